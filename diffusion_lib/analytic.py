@@ -1,0 +1,99 @@
+"""Distributions whose density, score and optimal denoisers are known in closed form.
+
+They are oracles: plugged into samplers and objectives in place of a trained network, they
+tell whether the math is right with no training at all (a Gaussian's score is -(x - mu) / var).
+
+    GaussianMixture     sum_k w_k N(mu_k, s_k^2 I); log density, score of the data smoothed by
+                        N(0, sigma^2 I) (each component's variance becomes s_k^2 + sigma^2), and
+                        exact sampling.
+    optimal_eps_fn      for data N(mu, s^2 I) under a GaussianDiffusion, the Bayes-optimal noise
+                        predictor E[eps | x_t] = sqrt(1 - abar_t)(x_t - sqrt(abar_t) mu)
+                                                 / (abar_t s^2 + 1 - abar_t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from diffusion_lib import _checks
+
+
+class GaussianMixture:
+    """Isotropic Gaussian mixture in d dimensions.
+
+    Args:
+      weights: [K] positive, normalised here.
+      means: [K, d].
+      stds: [K] per-component standard deviations s_k.
+    """
+
+    def __init__(self, weights, means, stds):
+        weights = np.asarray(weights, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        stds = np.asarray(stds, dtype=np.float64)
+        if weights.ndim != 1 or weights.size == 0 or np.any(weights <= 0):
+            raise ValueError("weights must be a non-empty 1-D array of positive numbers")
+        if means.ndim != 2 or means.shape[0] != weights.size:
+            raise ValueError(f"means must have shape [K={weights.size}, d], got {means.shape}")
+        if stds.shape != weights.shape or np.any(stds <= 0):
+            raise ValueError(f"stds must have shape [K={weights.size}] and be positive")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.stds = stds
+        self.dim = int(means.shape[1])
+
+    def _component_log_probs(self, x: tf.Tensor, sigma) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) [B, K], diffs x - mu_k [B, K, d], vars [B, K]."""
+        dt = x.dtype
+        sigma = tf.zeros([tf.shape(x)[0]], dt) if sigma is None else tf.cast(sigma, dt)
+        sigma = tf.broadcast_to(sigma, [tf.shape(x)[0]])
+        variances = tf.constant(self.stds**2, dt)[None, :] + tf.square(sigma)[:, None]
+        diffs = x[:, None, :] - tf.constant(self.means, dt)[None, :, :]
+        sq = tf.reduce_sum(tf.square(diffs), axis=-1)
+        log_norm = -0.5 * self.dim * (math.log(2.0 * math.pi) + tf.math.log(variances))
+        log_probs = tf.math.log(tf.constant(self.weights, dt))[None, :] + log_norm - 0.5 * sq / variances
+        return log_probs, diffs, variances
+
+    def _points(self, x) -> tf.Tensor:
+        x = _checks.as_float_tensor(x, "x")
+        if x.shape.rank != 2 or (x.shape[1] is not None and x.shape[1] != self.dim):
+            raise ValueError(f"x must have shape [B, {self.dim}], got {x.shape}")
+        return x
+
+    def log_prob(self, x, sigma=None) -> tf.Tensor:
+        """log p_sigma(x) [B] for x [B, d]; sigma (scalar or [B]) smooths the density."""
+        log_probs, _, _ = self._component_log_probs(self._points(x), sigma)
+        return tf.reduce_logsumexp(log_probs, axis=1)
+
+    def score(self, x, sigma=None) -> tf.Tensor:
+        """grad_x log p_sigma(x) [B, d] = sum_k r_k(x) * (-(x - mu_k) / (s_k^2 + sigma^2))."""
+        log_probs, diffs, variances = self._component_log_probs(self._points(x), sigma)
+        resp = tf.nn.softmax(log_probs, axis=1)
+        return -tf.reduce_sum(resp[:, :, None] * diffs / variances[:, :, None], axis=1)
+
+    def sample(self, n: int, seed) -> tuple[np.ndarray, np.ndarray]:
+        """n exact samples [n, d] float64 and their component labels [n], from an int seed."""
+        rng = np.random.default_rng(seed)
+        labels = rng.choice(self.weights.size, size=n, p=self.weights)
+        points = self.means[labels] + self.stds[labels, None] * rng.standard_normal((n, self.dim))
+        return points, labels
+
+
+def optimal_eps_fn(diffusion, mean, std: float):
+    """Returns model(x_t, t), the exact E[eps | x_t] for data N(mean, std^2 I) under `diffusion`.
+
+    `mean` is a scalar or broadcasts against one example. Works for any data shape [B, ...].
+    """
+    abar_table = tf.constant(diffusion.alphas_cumprod, tf.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    var = float(std) ** 2
+
+    def model(x_t, t):
+        abar = tf.cast(_checks.expand_to_rank(tf.gather(abar_table, t), x_t.shape.rank), x_t.dtype)
+        mu = tf.cast(mean, x_t.dtype)
+        return tf.sqrt(1.0 - abar) * (x_t - tf.sqrt(abar) * mu) / (abar * var + 1.0 - abar)
+
+    return model

@@ -1,0 +1,128 @@
+"""What every sampler shares: the result structure, the registry, and the chain loop.
+
+A sampler is a function that runs a Markov chain from noise to data and returns a
+`SampleResult`. Samplers are registered by name with the family of network they need:
+
+    "diffusion"   model(x_t, t) with integer timesteps t [B], plus a `GaussianDiffusion`
+    "score"       score_fn(x) or score_fn(x, sigma) with sigma [B] float, plus noise levels
+
+Randomness is stateless: a sampler's `seed` (int or int [2]) is split into one seed for the
+starting noise and one per chain step, so the same seed gives the same samples, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from diffusion_lib import _checks
+
+Progress = Callable[[int, int], None]
+Frames = int | Sequence[int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleResult:
+    """Samples [B, ...]; with frames requested, the chain's states at those steps.
+
+    frames: [F, B, ...] or None. frame_steps: the chain step of each frame, 0 being the starting
+    noise and `num_steps` the returned samples.
+    """
+
+    samples: tf.Tensor
+    frames: tf.Tensor | None = None
+    frame_steps: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerInfo:
+    name: str
+    family: str
+    fn: Callable[..., SampleResult]
+
+
+SAMPLERS: dict[str, SamplerInfo] = {}
+_FAMILIES = ("diffusion", "score")
+
+
+def register_sampler(name: str, family: str) -> Callable:
+    """Decorator adding a sampler function to the registry under `name`."""
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}")
+
+    def add(fn: Callable[..., SampleResult]) -> Callable[..., SampleResult]:
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        SAMPLERS[name] = SamplerInfo(name, family, fn)
+        return fn
+
+    return add
+
+
+def get_sampler(name: str) -> SamplerInfo:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}") from None
+
+
+def frame_indices(frames: Frames, num_steps: int) -> tuple[int, ...]:
+    """Chain steps to record: an int asks for that many, evenly spaced from noise to samples."""
+    if frames is None:
+        return ()
+    if isinstance(frames, int | np.integer) and not isinstance(frames, bool):
+        if frames < 2:
+            raise ValueError(f"frames must be at least 2 (noise and samples), got {frames}")
+        return tuple(sorted({int(round(v)) for v in np.linspace(0, num_steps, int(frames))}))
+    steps = tuple(sorted({int(s) for s in frames}))
+    if not steps or steps[0] < 0 or steps[-1] > num_steps:
+        raise ValueError(f"frames must be chain steps in [0, {num_steps}], got {list(frames)}")
+    return steps
+
+
+def split_seed(seed) -> tuple[tf.Tensor, tf.Tensor]:
+    """(seed for the starting noise, seed for the chain's steps)."""
+    seeds = tf.random.experimental.stateless_split(_checks.seed_tensor(seed), num=2)
+    return seeds[0], seeds[1]
+
+
+def initial_state(x, shape, seed: tf.Tensor, dtype, name: str) -> tf.Tensor:
+    """The chain's starting point: `x` if given (checked), else N(0, I) of `shape`."""
+    if x is not None:
+        x = _checks.as_float_tensor(x, name)
+        _checks.check_batched(x, name)
+        return _checks.check_finite(x, name)
+    if shape is None:
+        raise ValueError(f"give either shape or {name}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must be [B, ...] with positive sizes and rank >= 2, got {shape}")
+    return tf.random.stateless_normal(shape, seed, dtype=dtype)
+
+
+def run_chain(
+    step: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor],
+    x: tf.Tensor,
+    num_steps: int,
+    chain_seed: tf.Tensor,
+    frames: Frames = None,
+    progress: Progress | None = None,
+) -> SampleResult:
+    """Applies x <- step(x, i, seed_i) for i = 0..num_steps-1, recording requested frames.
+
+    `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
+    """
+    wanted = frame_indices(frames, num_steps)
+    recorded = [x] if 0 in wanted else []
+    for i in range(num_steps):
+        i_tensor = tf.constant(i, tf.int32)
+        x = step(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
+        if i + 1 in wanted:
+            recorded.append(x)
+        if progress is not None:
+            progress(i + 1, num_steps)
+    stacked = tf.stack(recorded, axis=0) if recorded else None
+    return SampleResult(samples=x, frames=stacked, frame_steps=wanted)
