@@ -44,7 +44,9 @@ def check_timesteps(t: object, x: tf.Tensor, num_timesteps: int, name: str = "t"
         raise TypeError(f"{name} must be an integer tensor of timesteps, got dtype {t.dtype.name}")
     t = tf.cast(t, tf.int32)
     if tf.executing_eagerly():
-        if int(tf.size(t)) and (int(tf.reduce_min(t)) < 0 or int(tf.reduce_max(t)) >= num_timesteps):
+        if int(tf.size(t)) and (
+            int(tf.reduce_min(t)) < 0 or int(tf.reduce_max(t)) >= num_timesteps
+        ):
             raise ValueError(f"{name} must lie in [0, {num_timesteps}), got {t.numpy().tolist()}")
         return t
     with tf.control_dependencies(

@@ -48,13 +48,20 @@ class GaussianMixture:
     def _component_log_probs(self, x: tf.Tensor, sigma) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) [B, K], diffs x - mu_k [B, K, d], vars [B, K]."""
         dt = x.dtype
-        sigma = tf.zeros([tf.shape(x)[0]], dt) if sigma is None else tf.cast(sigma, dt)
+        if sigma is None:
+            sigma = tf.zeros([tf.shape(x)[0]], dt)
+        elif isinstance(sigma, tf.Tensor | tf.Variable):
+            sigma = tf.cast(sigma, dt)
+        else:  # a Python or NumPy number: tf.cast would round it through float32 first
+            sigma = tf.constant(np.asarray(sigma, np.float64), dt)
         sigma = tf.broadcast_to(sigma, [tf.shape(x)[0]])
         variances = tf.constant(self.stds**2, dt)[None, :] + tf.square(sigma)[:, None]
         diffs = x[:, None, :] - tf.constant(self.means, dt)[None, :, :]
         sq = tf.reduce_sum(tf.square(diffs), axis=-1)
         log_norm = -0.5 * self.dim * (math.log(2.0 * math.pi) + tf.math.log(variances))
-        log_probs = tf.math.log(tf.constant(self.weights, dt))[None, :] + log_norm - 0.5 * sq / variances
+        log_probs = (
+            tf.math.log(tf.constant(self.weights, dt))[None, :] + log_norm - 0.5 * sq / variances
+        )
         return log_probs, diffs, variances
 
     def _points(self, x) -> tf.Tensor:

@@ -253,9 +253,9 @@ class GaussianDiffusion:
 
     def predict_eps_from_x0(self, x_t, t, x0) -> tf.Tensor:
         x_t, t = self._inputs(x_t, t, "x_t")
-        return (
-            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0
-        ) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract(
+            "sqrt_recipm1_alphas_cumprod", t, x_t
+        )
 
     def predict_x0_from_v(self, x_t, t, v) -> tf.Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
@@ -273,7 +273,9 @@ class GaussianDiffusion:
             - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
         )
 
-    def _split_output(self, output: tf.Tensor, x_t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+    def _split_output(
+        self, output: tf.Tensor, x_t: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
         """Checks the network output's shape and splits off the variance channels."""
         output = tf.cast(_checks.as_float_tensor(output, "model output"), x_t.dtype)
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
@@ -393,7 +395,10 @@ class GaussianDiffusion:
 
         vlb = None
         if self.loss_type in (LossType.VLB, LossType.HYBRID):
-            if self.model_var_type == ModelVarType.LEARNED_RANGE and self.loss_type == LossType.HYBRID:
+            if (
+                self.model_var_type == ModelVarType.LEARNED_RANGE
+                and self.loss_type == LossType.HYBRID
+            ):
                 # IDDPM sec. 3.1: the vlb term trains only the variance; the mean learns from L_simple.
                 frozen = tf.concat([tf.stop_gradient(mean_output), var_output], axis=-1)
             else:
@@ -451,4 +456,6 @@ class GaussianDiffusion:
             mse.append(_mean_flat(tf.square(pred_noise - noise)))
         vb = tf.stack(vb, axis=1)
         prior = self.prior_bpd(x0)
-        return BitsPerDim(total=prior + tf.reduce_sum(vb, axis=1), prior=prior, vb=vb, mse=tf.stack(mse, axis=1))
+        return BitsPerDim(
+            total=prior + tf.reduce_sum(vb, axis=1), prior=prior, vb=vb, mse=tf.stack(mse, axis=1)
+        )

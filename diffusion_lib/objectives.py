@@ -43,7 +43,6 @@ def _data(x, name: str = "x") -> tf.Tensor:
     return _checks.check_finite(x, name)
 
 
-
 def score_matching_loss(score_fn: ScoreFn, x) -> tf.Tensor:
     """Exact (implicit) score matching, [B]. score_fn(x [B, ...]) -> [B, ...]."""
     x = _data(x)
@@ -86,7 +85,9 @@ def sliced_score_matching_loss(
     if projection == "gaussian":
         v = tf.random.stateless_normal(tf.shape(x_rep), seed, dtype=x.dtype)
     else:
-        bits = tf.random.stateless_uniform(tf.shape(x_rep), seed, minval=0, maxval=2, dtype=tf.int32)
+        bits = tf.random.stateless_uniform(
+            tf.shape(x_rep), seed, minval=0, maxval=2, dtype=tf.int32
+        )
         v = tf.cast(2 * bits - 1, x.dtype)
     with tf.autodiff.ForwardAccumulator(primals=x_rep, tangents=v) as acc:
         score = _checks.call_network(score_fn, x_rep)
@@ -121,7 +122,12 @@ def ncsn_loss(score_fn: ScoreFn, x, sigmas, *, seed) -> tf.Tensor:
     With lambda = sigma^2 the per-level terms 0.5 ||sigma s + z||^2 are all O(1) (NCSN sec. 4.2).
     """
     sigmas = np.asarray(sigmas, dtype=np.float64)
-    if sigmas.ndim != 1 or sigmas.size == 0 or not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
+    if (
+        sigmas.ndim != 1
+        or sigmas.size == 0
+        or not np.all(np.isfinite(sigmas))
+        or np.any(sigmas <= 0)
+    ):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
     x = _data(x)
     level_seed, noise_seed = tf.unstack(

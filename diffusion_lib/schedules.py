@@ -33,7 +33,9 @@ import numpy as np
 class BetaSchedule(Protocol):
     """Returns float64 betas of shape [num_steps], each in (0, 1)."""
 
-    def __call__(self, num_steps: int, start: float, end: float, *, max_beta: float) -> np.ndarray: ...
+    def __call__(
+        self, num_steps: int, start: float, end: float, *, max_beta: float
+    ) -> np.ndarray: ...
 
 
 BETA_SCHEDULES: dict[str, BetaSchedule] = {}
@@ -110,7 +112,9 @@ def beta_schedule(
         dtype=np.float64,
     )
     if betas.shape != (num_steps,):
-        raise ValueError(f"beta schedule {kind!r} returned shape {betas.shape}, expected ({num_steps},)")
+        raise ValueError(
+            f"beta schedule {kind!r} returned shape {betas.shape}, expected ({num_steps},)"
+        )
     if not np.all((betas > 0.0) & (betas < 1.0)):
         raise ValueError(f"beta schedule {kind!r} produced betas outside (0, 1)")
     return betas
@@ -123,7 +127,9 @@ def sigma_schedule(sigma_max: float, sigma_min: float, num_levels: int) -> np.nd
     """
     num_levels = _check_positive_int(num_levels, "num_levels")
     for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
-        if not (isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0):
+        if not (
+            isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0
+        ):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if sigma_min > sigma_max:
         raise ValueError(f"sigma_min must not exceed sigma_max, got {sigma_min} > {sigma_max}")
@@ -131,4 +137,6 @@ def sigma_schedule(sigma_max: float, sigma_min: float, num_levels: int) -> np.nd
         if sigma_min != sigma_max:
             raise ValueError("num_levels=1 needs sigma_max == sigma_min")
         return np.array([float(sigma_max)], dtype=np.float64)
-    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_levels, dtype=np.float64))
+    return np.exp(
+        np.linspace(math.log(sigma_max), math.log(sigma_min), num_levels, dtype=np.float64)
+    )

@@ -63,7 +63,9 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform")
 def check_timestep_sequence(timesteps: Sequence[int], num_timesteps: int) -> np.ndarray:
     steps = np.asarray(timesteps)
     if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
-        raise ValueError(f"timesteps must be a non-empty 1-D sequence of integers, got {timesteps!r}")
+        raise ValueError(
+            f"timesteps must be a non-empty 1-D sequence of integers, got {timesteps!r}"
+        )
     if steps[0] < 0 or steps[-1] >= num_timesteps or np.any(np.diff(steps) <= 0):
         raise ValueError(
             f"timesteps must be strictly increasing within [0, {num_timesteps}), got {steps.tolist()}"
@@ -107,11 +109,7 @@ def ddim_sample(
     t_desc = seq[::-1].copy()
     abar = diffusion.alphas_cumprod[t_desc]
     abar_next = np.append(diffusion.alphas_cumprod[t_desc[1:]], 1.0)
-    sigma = (
-        float(eta)
-        * np.sqrt((1.0 - abar_next) / (1.0 - abar))
-        * np.sqrt(1.0 - abar / abar_next)
-    )
+    sigma = float(eta) * np.sqrt((1.0 - abar_next) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_next)
     # float64 tables, cast once per step: the coefficients are differences of numbers near 1.
     t_table = tf.constant(t_desc, tf.int32)
     sqrt_abar_next = tf.constant(np.sqrt(abar_next), tf.float64)
@@ -131,4 +129,3 @@ def ddim_sample(
         return mean + tf.cast(sigma_table[i], dt) * z
 
     return run_chain(step, x, len(t_desc), chain_seed, frames, progress)
-

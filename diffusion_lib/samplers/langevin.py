@@ -48,7 +48,6 @@ def _count(value: int, name: str) -> int:
     return int(value)
 
 
-
 @register_sampler("langevin", family="score")
 def langevin_dynamics(
     score_fn: ScoreFn,
@@ -69,7 +68,7 @@ def langevin_dynamics(
     @tf.function
     def step(x_k, i, step_seed):
         z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=x_k.dtype)
-        alpha = tf.cast(step_size, x_k.dtype)
+        alpha = tf.constant(step_size, x_k.dtype)  # not tf.cast: that rounds via float32
         return x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k) + tf.sqrt(alpha) * z
 
     return run_chain(step, x, n_steps, chain_seed, frames, progress)
@@ -93,7 +92,12 @@ def annealed_langevin_dynamics(
     The chain has L * steps_per_level steps (plus one if `denoise_final`); frames index it.
     """
     sigmas = np.asarray(sigmas, dtype=np.float64)
-    if sigmas.ndim != 1 or sigmas.size == 0 or not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
+    if (
+        sigmas.ndim != 1
+        or sigmas.size == 0
+        or not np.all(np.isfinite(sigmas))
+        or np.any(sigmas <= 0)
+    ):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
     if np.any(np.diff(sigmas) > 0):
         raise ValueError("sigmas must be non-increasing (sigma_1 >= ... >= sigma_L)")
@@ -116,10 +120,12 @@ def annealed_langevin_dynamics(
             sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
             alpha = tf.cast(alpha_table[i], dt)
             z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
-            return x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k, sigma) + tf.sqrt(alpha) * z
+            return (
+                x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k, sigma) + tf.sqrt(alpha) * z
+            )
         # The final denoising step: x + sigma_L^2 * s(x, sigma_L), no noise.
-        sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_min, dt))
-        return x_k + tf.cast(sigma_min**2, dt) * _checks.call_network(score_fn, x_k, sigma)
+        sigma = tf.fill([tf.shape(x_k)[0]], tf.constant(sigma_min, dt))
+        return x_k + tf.constant(sigma_min**2, dt) * _checks.call_network(score_fn, x_k, sigma)
 
     total = num_langevin + (1 if denoise_final else 0)
     return run_chain(step, x, total, chain_seed, frames, progress)

@@ -45,7 +45,10 @@ def test_posterior_matches_gaussian_conditioning(diffusion):
         alpha, abar_prev = 1 - betas[step], abar[step - 1]
         precision = alpha / betas[step] + 1 / (1 - abar_prev)
         v = 1 / precision
-        m = v * (math.sqrt(alpha) * xt.numpy()[row] / betas[step] + math.sqrt(abar_prev) * x0.numpy()[row] / (1 - abar_prev))
+        m = v * (
+            math.sqrt(alpha) * xt.numpy()[row] / betas[step]
+            + math.sqrt(abar_prev) * x0.numpy()[row] / (1 - abar_prev)
+        )
         np.testing.assert_allclose(var.numpy()[row], v, rtol=1e-11)
         np.testing.assert_allclose(mean.numpy()[row], m, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(logvar.numpy()[row], math.log(v), rtol=1e-12)
@@ -53,7 +56,9 @@ def test_posterior_matches_gaussian_conditioning(diffusion):
     mean0, var0, logvar0 = diffusion.q_posterior_mean_variance(x0, xt, np.zeros(16, np.int32))
     np.testing.assert_allclose(mean0.numpy(), x0.numpy(), rtol=1e-12)
     np.testing.assert_allclose(var0.numpy(), 0.0, atol=0)
-    np.testing.assert_allclose(logvar0.numpy(), math.log(diffusion.posterior_variance[1]), rtol=1e-12)
+    np.testing.assert_allclose(
+        logvar0.numpy(), math.log(diffusion.posterior_variance[1]), rtol=1e-12
+    )
 
 
 def test_q_sample_moments_and_q_mean_variance(diffusion):
@@ -76,10 +81,16 @@ def test_parametrisations_invert_q_sample(diffusion, rank_shape):
     x0, noise = _x(rank_shape, 3), _x(rank_shape, 4)
     t = tf.constant([0, 1, 50, 150, T - 1], tf.int32)
     xt = diffusion.q_sample(x0, t, noise)
-    np.testing.assert_allclose(diffusion.predict_x0_from_eps(xt, t, noise).numpy(), x0.numpy(), atol=1e-10)
-    np.testing.assert_allclose(diffusion.predict_eps_from_x0(xt, t, x0).numpy(), noise.numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        diffusion.predict_x0_from_eps(xt, t, noise).numpy(), x0.numpy(), atol=1e-10
+    )
+    np.testing.assert_allclose(
+        diffusion.predict_eps_from_x0(xt, t, x0).numpy(), noise.numpy(), atol=1e-9
+    )
     v = diffusion.v_target(x0, t, noise)
-    np.testing.assert_allclose(diffusion.predict_x0_from_v(xt, t, v).numpy(), x0.numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        diffusion.predict_x0_from_v(xt, t, v).numpy(), x0.numpy(), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
@@ -102,13 +113,19 @@ def test_variance_types(diffusion):
     eps = tf.zeros_like(xt)
     large = GaussianDiffusion(diffusion.betas, model_var_type="fixed_large")
     out = large.p_mean_variance(lambda x, s: eps, xt, t)
-    np.testing.assert_allclose(out.variance.numpy()[:, 0], [diffusion.posterior_variance[1], diffusion.betas[10], diffusion.betas[T - 1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        out.variance.numpy()[:, 0],
+        [diffusion.posterior_variance[1], diffusion.betas[10], diffusion.betas[T - 1]],
+        rtol=1e-12,
+    )
     learned = GaussianDiffusion(diffusion.betas, model_var_type="learned_range")
     small = diffusion.p_mean_variance(lambda x, s: eps, xt, t)
     at_min = learned.p_mean_variance(lambda x, s: tf.concat([eps, -tf.ones_like(eps)], -1), xt, t)
     at_max = learned.p_mean_variance(lambda x, s: tf.concat([eps, tf.ones_like(eps)], -1), xt, t)
     np.testing.assert_allclose(at_min.log_variance.numpy(), small.log_variance.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(at_max.variance.numpy()[1:, 0], diffusion.betas[[10, T - 1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        at_max.variance.numpy()[1:, 0], diffusion.betas[[10, T - 1]], rtol=1e-12
+    )
     np.testing.assert_allclose(at_min.mean.numpy(), small.mean.numpy(), rtol=1e-12)
 
 
@@ -132,7 +149,13 @@ def test_vlb_terms_vanish_for_the_exact_denoiser_of_a_point_mass():
     bpd = d.bits_per_dim(model, x0, seed=3)
     np.testing.assert_allclose(bpd.vb.numpy()[:, 1:], 0.0, atol=1e-9)
     scale = math.sqrt(d.posterior_variance[1])
-    decoder = -float(discretized_gaussian_log_likelihood(tf.constant(value, tf.float64), tf.constant(value, tf.float64), tf.constant(math.log(scale), tf.float64))) / math.log(2)
+    decoder = -float(
+        discretized_gaussian_log_likelihood(
+            tf.constant(value, tf.float64),
+            tf.constant(value, tf.float64),
+            tf.constant(math.log(scale), tf.float64),
+        )
+    ) / math.log(2)
     half_bin = 1 / 255 / scale
     decoder_closed = -math.log2(math.erf(half_bin / math.sqrt(2)))
     assert decoder == pytest.approx(decoder_closed, rel=1e-9)
@@ -143,7 +166,9 @@ def test_vlb_terms_vanish_for_the_exact_denoiser_of_a_point_mass():
     np.testing.assert_allclose(bpd.total.numpy(), prior + decoder_closed, rtol=1e-6)
     # The vlb training loss at random t is T * L_t: T * decoder at t = 0, zero elsewhere.
     terms = d.training_losses(model, x0, tf.constant([0, 5, 50, 99]), _x([4, 3], 10))
-    np.testing.assert_allclose(terms.loss.numpy(), [100 * decoder_closed, 0, 0, 0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        terms.loss.numpy(), [100 * decoder_closed, 0, 0, 0], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_vlb_loss_is_an_unbiased_estimate_of_the_bound():
@@ -161,7 +186,9 @@ def test_vlb_loss_is_an_unbiased_estimate_of_the_bound():
 
 
 def test_hybrid_loss_stops_the_mean_gradient_in_its_vlb_term():
-    d = GaussianDiffusion(beta_schedule("linear", T), model_var_type="learned_range", loss_type="hybrid")
+    d = GaussianDiffusion(
+        beta_schedule("linear", T), model_var_type="learned_range", loss_type="hybrid"
+    )
     x0, noise = _x([4, 3], 12), _x([4, 3], 13)
     t = tf.constant([0, 3, 80, 190], tf.int32)
     mean_part = tf.Variable(tf.zeros([4, 3], tf.float64))
@@ -171,9 +198,15 @@ def test_hybrid_loss_stops_the_mean_gradient_in_its_vlb_term():
         terms = d.training_losses(model, x0, t, noise)
         total = tf.reduce_sum(terms.loss)
         mse_only = tf.reduce_sum(terms.mse)
-    np.testing.assert_allclose(tape.gradient(total, mean_part).numpy(), tape.gradient(mse_only, mean_part).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        tape.gradient(total, mean_part).numpy(),
+        tape.gradient(mse_only, mean_part).numpy(),
+        rtol=1e-12,
+    )
     assert np.all(np.abs(tape.gradient(total, var_part).numpy()) > 0)
-    np.testing.assert_allclose(terms.loss.numpy(), (terms.mse + 0.001 * terms.vlb).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        terms.loss.numpy(), (terms.mse + 0.001 * terms.vlb).numpy(), rtol=1e-12
+    )
 
 
 def test_antithetic_timesteps_mirror(diffusion):

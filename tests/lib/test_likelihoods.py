@@ -53,7 +53,9 @@ def _oracle_log_prob(x, mean, scale, num_bins):
 def test_discretized_likelihood_sums_to_one_over_the_grid(mean, scale):
     grid = np.linspace(-1.0, 1.0, 256)
     logp = discretized_gaussian_log_likelihood(
-        tf.constant(grid), tf.constant(np.full(256, mean)), tf.constant(np.full(256, math.log(scale)))
+        tf.constant(grid),
+        tf.constant(np.full(256, mean)),
+        tf.constant(np.full(256, math.log(scale))),
     ).numpy()
     assert np.exp(logp).sum() == pytest.approx(1.0, abs=1e-12)
     expected = np.array([_oracle_log_prob(x, mean, scale, 256) for x in grid])
@@ -92,7 +94,9 @@ def test_log_ndtr_matches_scipy_in_both_tails(dtype):
     got = log_ndtr(tf.constant(x, dtype)).numpy().astype(np.float64)
     rtol = 1e-10 if dtype == tf.float64 else 2e-5
     expected = special.log_ndtr(x)
-    np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12 if dtype == tf.float64 else 1e-6)
+    np.testing.assert_allclose(
+        got, expected, rtol=rtol, atol=1e-12 if dtype == tf.float64 else 1e-6
+    )
     with tf.GradientTape() as tape:
         xt = tf.constant(x, dtype)
         tape.watch(xt)

@@ -160,7 +160,12 @@ def test_annealed_langevin_recovers_mixture_weights_where_plain_langevin_does_no
     start = tf.random.stateless_uniform([5000, 2], [1, 2], -8.0, 8.0)
     plain = langevin_dynamics(lambda x: mixture.score(x), start, 0.1, 2000, seed=0)
     annealed = annealed_langevin_dynamics(
-        lambda x, sigma: mixture.score(x, sigma), start, sigma_schedule(20.0, 1.0, 20), 100, 0.1, seed=0
+        lambda x, sigma: mixture.score(x, sigma),
+        start,
+        sigma_schedule(20.0, 1.0, 20),
+        100,
+        0.1,
+        seed=0,
     )
     plain_weight = float(np.mean(plain.samples.numpy().sum(axis=1) < 0))
     annealed_weight = float(np.mean(annealed.samples.numpy().sum(axis=1) < 0))
@@ -176,7 +181,9 @@ def test_final_denoising_step_is_tweedie():
     start = tf.random.stateless_normal([N, D], [3, 4]) * math.sqrt(s**2 + sigma_l**2)
     plain = annealed_langevin_dynamics(score, start, [sigma_l], 1, 1e-4, seed=1)
     final = annealed_langevin_dynamics(score, start, [sigma_l], 1, 1e-4, seed=1, denoise_final=True)
-    np.testing.assert_allclose(final.samples.numpy(), plain.samples.numpy() * s**2 / (s**2 + sigma_l**2), rtol=1e-5)
+    np.testing.assert_allclose(
+        final.samples.numpy(), plain.samples.numpy() * s**2 / (s**2 + sigma_l**2), rtol=1e-5
+    )
     assert_moments(final.samples, 0.0, s**4 / (s**2 + sigma_l**2))
 
 

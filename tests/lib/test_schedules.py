@@ -20,7 +20,9 @@ def test_quad_is_square_of_linear_sqrt():
     betas = beta_schedule("quad", 500, 1e-4, 0.02)
     roots = np.sqrt(betas)
     np.testing.assert_allclose(np.diff(roots), (math.sqrt(0.02) - math.sqrt(1e-4)) / 499, rtol=1e-9)
-    assert betas[0] == pytest.approx(1e-4, rel=1e-12) and betas[-1] == pytest.approx(0.02, rel=1e-12)
+    assert betas[0] == pytest.approx(1e-4, rel=1e-12) and betas[-1] == pytest.approx(
+        0.02, rel=1e-12
+    )
 
 
 def test_sigmoid_matches_closed_form():
@@ -79,7 +81,9 @@ def test_bad_arguments_name_the_argument(args, kwargs, names):
 
 def test_sigma_schedule_is_geometric():
     sigmas = sigma_schedule(50.0, 0.01, 10)
-    assert sigmas[0] == pytest.approx(50.0, rel=1e-14) and sigmas[-1] == pytest.approx(0.01, rel=1e-14)
+    assert sigmas[0] == pytest.approx(50.0, rel=1e-14) and sigmas[-1] == pytest.approx(
+        0.01, rel=1e-14
+    )
     ratios = sigmas[:-1] / sigmas[1:]
     np.testing.assert_allclose(ratios, (50.0 / 0.01) ** (1 / 9), rtol=1e-12)
     assert sigma_schedule(2.0, 2.0, 1).tolist() == [2.0]
