@@ -1,0 +1,431 @@
+"""Reading prepared shards: validated opening, range reads, and a deterministic batch stream.
+
+The stream's order is a pure function of (seed, epoch), computed from row indices before any
+data is read:
+
+- each epoch permutes the row groups of all shards (seeded by (seed, epoch)), cuts the
+  permutation into windows of `shuffle_window` row groups, and permutes the rows within each
+  window (seeded by (seed, epoch, window)): a shuffle buffer whose contents are known in advance;
+- epochs follow each other without a gap, and global batch k is rows [kB, (k+1)B) of that stream.
+
+So `start_step=k` seeks straight to batch k (whole windows before it are skipped unread), and a
+resumed run sees exactly the batches an uninterrupted one would. Memory holds one window plus one
+batch, whatever the dataset's size.
+
+Several input pipelines (workers) split the work in one of two modes:
+- "rows": every pipeline walks the same global stream and keeps its own slice of each global
+  batch. The union over pipelines is the one-pipeline batch, so results do not depend on the
+  number of workers; each pipeline reads all files.
+- "files": pipeline p reads only the shards with index % P == p, as its own stream; less I/O
+  per worker, but the order depends on P.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from diffusion_lib.data.errors import DataError
+from diffusion_lib.data.manifest import Manifest, read_manifest
+from diffusion_lib.data.shards import decode_values, file_sha256
+from diffusion_lib.data.sources.base import Examples
+
+VERIFY_MODES = ("none", "size", "checksum")
+ORDERS = ("shuffled", "sequential")
+SHARDING_MODES = ("rows", "files")
+_FLIP_STREAM = 0x5F11  # a fixed tag separating the flip RNG stream from the order's
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowGroup:
+    shard: int
+    group: int
+    start: int  # global index of its first row
+    rows: int
+
+
+class Batch(NamedTuple):
+    """One batch. x: uint8 or float32 [b, ...]; label: int64 [b] (-1 without labels);
+    index: int64 [b], the examples' stable indices; step: the global batch number."""
+
+    x: np.ndarray | tf.Tensor
+    label: np.ndarray | tf.Tensor
+    index: np.ndarray | tf.Tensor
+    step: np.ndarray | tf.Tensor
+
+
+class ShardedDataset:
+    """A prepared dataset directory, opened and checked against its manifest.
+
+    verify: "size" (default) checks every shard exists with the recorded byte size;
+    "checksum" also recomputes sha256 (reads every byte); "none" trusts the manifest.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, verify: str = "size"):
+        if verify not in VERIFY_MODES:
+            raise DataError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+        self.directory = pathlib.Path(directory)
+        self.manifest: Manifest = read_manifest(self.directory)
+        for record in self.manifest.shards:
+            path = self.directory / record.file
+            if not path.is_file():
+                raise DataError(f"shard file missing: {path}")
+            if verify != "none" and path.stat().st_size != record.bytes:
+                raise DataError(
+                    f"{path}: {path.stat().st_size} bytes, manifest says {record.bytes}"
+                )
+            if verify == "checksum" and file_sha256(path) != record.sha256:
+                raise DataError(f"{path}: sha256 mismatch with {self.directory / 'manifest.json'}")
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._groups = self._index_row_groups()
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.example_shape)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.manifest.has_labels
+
+    def __len__(self) -> int:
+        return self.manifest.num_examples
+
+    # --------------------------------------------------------------- reading
+
+    def _file(self, shard: int) -> pq.ParquetFile:
+        handle = self._files.get(shard)
+        if handle is None:
+            path = self.directory / self.manifest.shards[shard].file
+            try:
+                handle = pq.ParquetFile(path)
+            except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
+                raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+            self._files[shard] = handle
+        return handle
+
+    def _index_row_groups(self) -> list[_RowGroup]:
+        groups = []
+        for shard, record in enumerate(self.manifest.shards):
+            metadata = self._file(shard).metadata
+            if metadata.num_rows != record.rows:
+                raise DataError(
+                    f"{self.directory / record.file}: {metadata.num_rows} rows, manifest says {record.rows}"
+                )
+            start = record.start
+            for group in range(metadata.num_row_groups):
+                rows = metadata.row_group(group).num_rows
+                groups.append(_RowGroup(shard, group, start, rows))
+                start += rows
+        return groups
+
+    def _read_group(self, group: _RowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        columns = ["index", "image" if self.kind == "image" else "point"]
+        if self.has_labels:
+            columns.append("label")
+        path = self.directory / self.manifest.shards[group.shard].file
+        try:
+            table = self._file(group.shard).read_row_group(group.group, columns=columns)
+        except Exception as err:
+            raise DataError(f"{path}: row group {group.group} unreadable ({err})") from None
+        values = decode_values(table, self.kind, self.example_shape)
+        index = table.column("index").to_numpy()
+        labels = (
+            table.column("label").to_numpy()
+            if self.has_labels
+            else np.full(group.rows, -1, np.int64)
+        )
+        return values, labels, index
+
+    def read(self, start: int = 0, stop: int | None = None) -> Examples:
+        """Examples with indices [start, stop) in index order (for evaluation and inspection)."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise DataError(f"row range [{start}, {stop}) is outside [0, {len(self)})")
+        values, labels = [], []
+        for group in self._groups:
+            lo, hi = max(start, group.start), min(stop, group.start + group.rows)
+            if lo >= hi:
+                continue
+            v, lab, _ = self._read_group(group)
+            values.append(v[lo - group.start : hi - group.start])
+            labels.append(lab[lo - group.start : hi - group.start])
+        if not values:
+            return Examples(
+                np.zeros(
+                    (0, *self.example_shape), np.uint8 if self.kind == "image" else np.float32
+                ),
+                None,
+            )
+        return Examples(np.concatenate(values), np.concatenate(labels) if self.has_labels else None)
+
+    # ---------------------------------------------------------------- stream
+
+    def _epoch_windows(
+        self, groups: list[_RowGroup], seed: int, epoch: int, order: str, window: int
+    ):
+        """[(window number, row groups)] of one epoch."""
+        if order == "sequential":
+            return [(0, groups)]
+        permutation = np.random.default_rng([seed, epoch]).permutation(len(groups))
+        shuffled = [groups[i] for i in permutation]
+        return [
+            (w, shuffled[i : i + window]) for w, i in enumerate(range(0, len(shuffled), window))
+        ]
+
+    def _window_rows(
+        self, members: list[_RowGroup], seed: int, epoch: int, number: int, order: str
+    ):
+        parts = [self._read_group(g) for g in members]
+        values = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        index = np.concatenate([p[2] for p in parts])
+        if order == "shuffled":
+            perm = np.random.default_rng([seed, epoch, number]).permutation(len(index))
+            values, labels, index = values[perm], labels[perm], index[perm]
+        return values, labels, index
+
+    def stream(
+        self,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        start_step: int = 0,
+        order: str = "shuffled",
+        shuffle_window: int = 16,
+        num_epochs: int | None = None,
+        drop_remainder: bool = True,
+        flip: bool = False,
+        num_pipelines: int = 1,
+        pipeline_id: int = 0,
+        sharding: str = "rows",
+        splits_per_pipeline: int = 1,
+    ) -> Iterator[Batch]:
+        """Yields this pipeline's part of global batches start_step, start_step + 1, ...
+
+        Each pipeline's part is emitted as `splits_per_pipeline` consecutive equal batches
+        (one per local replica, for `distribute_datasets_from_function`). With `flip`, images
+        are mirrored left-right with probability 1/2, decided by (seed, step, row).
+        """
+        for name, value in (
+            ("global_batch_size", global_batch_size),
+            ("shuffle_window", shuffle_window),
+            ("num_pipelines", num_pipelines),
+            ("splits_per_pipeline", splits_per_pipeline),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise DataError(f"{name} must be a positive integer, got {value!r}")
+        if order not in ORDERS:
+            raise DataError(f"order must be one of {ORDERS}, got {order!r}")
+        if sharding not in SHARDING_MODES:
+            raise DataError(f"sharding must be one of {SHARDING_MODES}, got {sharding!r}")
+        if not 0 <= pipeline_id < num_pipelines:
+            raise DataError(f"pipeline_id must be in [0, {num_pipelines}), got {pipeline_id}")
+        if start_step < 0:
+            raise DataError(f"start_step must be >= 0, got {start_step}")
+        if flip and self.kind != "image":
+            raise DataError("flip applies to images only")
+        if global_batch_size % (num_pipelines * splits_per_pipeline):
+            raise DataError(
+                f"global_batch_size {global_batch_size} is not divisible by "
+                f"{num_pipelines} pipelines x {splits_per_pipeline} replicas"
+            )
+
+        groups, batch, slice_lo = self._groups, global_batch_size, 0
+        if num_pipelines > 1 and sharding == "files":
+            if len(self.manifest.shards) < num_pipelines:
+                raise DataError(
+                    f"sharding='files' needs at least {num_pipelines} shards, the dataset has "
+                    f"{len(self.manifest.shards)}; use sharding='rows' or smaller shards"
+                )
+            groups = [g for g in groups if g.shard % num_pipelines == pipeline_id]
+            batch, seed = global_batch_size // num_pipelines, seed * 1_000_003 + pipeline_id
+            part = batch
+        else:
+            part = global_batch_size // num_pipelines
+            slice_lo = pipeline_id * part
+        epoch_rows = sum(g.rows for g in groups)
+        if epoch_rows < batch and num_epochs is None:
+            raise DataError(
+                f"batch of {batch} is larger than the {epoch_rows} examples this pipeline reads"
+            )
+        split = part // splits_per_pipeline
+        # Everything above ran now, in the caller's frame; the rows flow lazily from here.
+        return self._iterate(
+            groups,
+            batch,
+            seed,
+            start_step,
+            order,
+            shuffle_window,
+            num_epochs,
+            drop_remainder,
+            flip,
+            slice_lo,
+            part,
+            split,
+            global_batch_size,
+        )
+
+    def _iterate(
+        self,
+        groups,
+        batch,
+        seed,
+        start_step,
+        order,
+        shuffle_window,
+        num_epochs,
+        drop_remainder,
+        flip,
+        slice_lo,
+        part,
+        split,
+        global_batch_size,
+    ) -> Iterator[Batch]:
+        epoch_rows = sum(g.rows for g in groups)
+        skip = start_step * batch
+        epoch, offset = divmod(skip, epoch_rows)
+        step = start_step
+        carry: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        carried = 0
+        while num_epochs is None or epoch < num_epochs:
+            for number, members in self._epoch_windows(groups, seed, epoch, order, shuffle_window):
+                size = sum(g.rows for g in members)
+                if offset >= size:  # before the start: skip without reading
+                    offset -= size
+                    continue
+                values, labels, index = self._window_rows(members, seed, epoch, number, order)
+                if offset:
+                    values, labels, index, offset = (
+                        values[offset:],
+                        labels[offset:],
+                        index[offset:],
+                        0,
+                    )
+                carry.append((values, labels, index))
+                carried += len(index)
+                while carried >= batch:
+                    chunk = self._take(carry, batch)
+                    carried -= batch
+                    yield from self._emit(
+                        chunk, step, seed, flip, slice_lo, part, split, global_batch_size
+                    )
+                    step += 1
+            epoch += 1
+        if carried and not drop_remainder:
+            chunk = self._take(carry, carried)
+            yield from self._emit(
+                chunk, step, seed, flip, 0, len(chunk[2]), len(chunk[2]), global_batch_size
+            )
+
+    @staticmethod
+    def _take(carry: list, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pops the first n rows off the carry list."""
+        parts, need = [], n
+        while need:
+            values, labels, index = carry[0]
+            if len(index) <= need:
+                parts.append(carry.pop(0))
+                need -= len(index)
+            else:
+                parts.append((values[:need], labels[:need], index[:need]))
+                carry[0] = (values[need:], labels[need:], index[need:])
+                need = 0
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+    @staticmethod
+    def _emit(chunk, step, seed, flip, lo, part, split, global_batch_size):
+        values, labels, index = chunk
+        if flip:
+            mask = (
+                np.random.default_rng([seed, _FLIP_STREAM, step]).random(global_batch_size)[
+                    : len(index)
+                ]
+                < 0.5
+            )
+            values = values.copy()
+            values[mask] = values[mask][:, :, ::-1]
+        for s in range(lo, lo + part, split):
+            yield Batch(
+                values[s : s + split], labels[s : s + split], index[s : s + split], np.int64(step)
+            )
+
+    # ------------------------------------------------------------- tf.data
+
+    def normalizer(self):
+        """The map from stored values to model inputs: images to [-1, 1], points standardised
+        with the manifest's per-dimension mean and std."""
+        if self.kind == "image":
+            return lambda x: tf.cast(x, tf.float32) / 127.5 - 1.0
+        mean = tf.constant(self.manifest.stats["mean"], tf.float32)
+        std = tf.constant(np.maximum(self.manifest.stats["std"], 1e-12), tf.float32)
+        return lambda x: (x - mean) / std
+
+    def tf_dataset(
+        self,
+        global_batch_size: int,
+        *,
+        input_context: tf.distribute.InputContext | None = None,
+        normalize: bool = True,
+        **stream_options,
+    ) -> tf.data.Dataset:
+        """The stream as a tf.data.Dataset of `Batch` (x float32 when normalized), prefetched.
+
+        With an `input_context` (inside `distribute_datasets_from_function`) the pipeline count,
+        id and per-replica batch size come from it. TensorFlow's auto-sharding is switched off:
+        the stream already gives each pipeline its disjoint rows.
+        """
+        if input_context is not None:
+            stream_options.update(
+                num_pipelines=input_context.num_input_pipelines,
+                pipeline_id=input_context.input_pipeline_id,
+                splits_per_pipeline=input_context.num_replicas_in_sync
+                // input_context.num_input_pipelines,
+            )
+        self.stream(
+            global_batch_size, **stream_options
+        )  # raises on bad options here, not in tf.data
+        parts = stream_options.get("num_pipelines", 1) * stream_options.get(
+            "splits_per_pipeline", 1
+        )
+        fixed = stream_options.get("drop_remainder", True)
+        size = global_batch_size // parts if fixed else None
+        value_dtype = tf.uint8 if self.kind == "image" else tf.float32
+        signature = Batch(
+            tf.TensorSpec([size, *self.example_shape], value_dtype),
+            tf.TensorSpec([size], tf.int64),
+            tf.TensorSpec([size], tf.int64),
+            tf.TensorSpec([], tf.int64),
+        )
+
+        def generate():
+            yield from self.stream(global_batch_size, **stream_options)
+
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        if normalize:
+            normalize_fn = self.normalizer()
+            dataset = dataset.map(
+                lambda b: Batch(normalize_fn(b.x), b.label, b.index, b.step),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        options.deterministic = True
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def open_dataset(directory: str | pathlib.Path, verify: str = "size") -> ShardedDataset:
+    return ShardedDataset(directory, verify)
