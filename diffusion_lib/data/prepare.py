@@ -256,6 +256,8 @@ def prepare_shard(
 def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manifest:
     """Checks every shard of `spec` is in place and writes the manifest (last, atomically).
 
+    Call it once all `prepare_shard` calls have returned: it removes leftover temporary files.
+
     Raises DataError naming the first missing or foreign shard; a complete, matching manifest
     is returned as is, without rewriting.
     """
@@ -275,6 +277,10 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
         records.append(
             ShardRecord(path.name, start, stop - start, path.stat().st_size, file_sha256(path))
         )
+    # Temporary files of writers killed mid-shard (SIGKILL leaves them): every shard is in place
+    # now, so no live writer can own one.
+    for stale in directory.glob(".shard-*.tmp"):
+        stale.unlink(missing_ok=True)
     if existing is not None and existing.shards == tuple(records):
         return existing
     manifest = Manifest(
