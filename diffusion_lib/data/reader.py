@@ -22,6 +22,7 @@ Several input pipelines (workers) split the work in one of two modes:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from diffusion_lib.data.sources.base import Examples
 VERIFY_MODES = ("none", "size", "checksum")
 ORDERS = ("shuffled", "sequential")
 SHARDING_MODES = ("rows", "files")
+MAX_OPEN_FILES = 16
 _FLIP_STREAM = 0x5F11  # a fixed tag separating the flip RNG stream from the order's
 
 
@@ -82,7 +84,9 @@ class ShardedDataset:
                 )
             if verify == "checksum" and file_sha256(path) != record.sha256:
                 raise DataError(f"{path}: sha256 mismatch with {self.directory / 'manifest.json'}")
-        self._files: dict[int, pq.ParquetFile] = {}
+        # Open Parquet readers, least recently used first. Bounded: each holds buffers, and a
+        # dataset of thousands of shards must not hold thousands of them.
+        self._files: collections.OrderedDict[int, pq.ParquetFile] = collections.OrderedDict()
         self._groups = self._index_row_groups()
 
     # ------------------------------------------------------------------ facts
@@ -106,13 +110,18 @@ class ShardedDataset:
 
     def _file(self, shard: int) -> pq.ParquetFile:
         handle = self._files.get(shard)
-        if handle is None:
+        if handle is not None:
+            self._files.move_to_end(shard)
+        else:
             path = self.directory / self.manifest.shards[shard].file
             try:
                 handle = pq.ParquetFile(path)
             except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
                 raise DataError(f"{path}: not a readable Parquet file ({err})") from None
             self._files[shard] = handle
+            while len(self._files) > MAX_OPEN_FILES:
+                _, oldest = self._files.popitem(last=False)
+                oldest.close()
         return handle
 
     def _index_row_groups(self) -> list[_RowGroup]:

@@ -47,6 +47,18 @@ class ShardStats:
 
     @classmethod
     def of(cls, values: np.ndarray) -> ShardStats:
+        if values.dtype == np.uint8:
+            # Exact integer sums with no float64 copy of the pixels (that copy and its square took
+            # 4.4 s per 20,000 32x32x3 images; this takes ~0.1 s). Squares via a uint16 lookup.
+            planes = np.ascontiguousarray(values.reshape(-1, values.shape[-1]).T)
+            squares = (np.arange(256, dtype=np.uint16) ** 2)[planes]
+            return cls(
+                count=int(planes.shape[1]),
+                sum=tuple(float(v) for v in planes.sum(axis=1, dtype=np.uint64)),
+                sum_sq=tuple(float(v) for v in squares.sum(axis=1, dtype=np.uint64)),
+                min=tuple(float(v) for v in planes.min(axis=1)),
+                max=tuple(float(v) for v in planes.max(axis=1)),
+            )
         flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
         return cls(
             count=int(flat.shape[0]),
