@@ -3,3 +3,7 @@
 
 class DataError(ValueError):
     """Bad input data, a bad argument, or a dataset directory that fails validation."""
+
+
+class NewerSchemaError(DataError):
+    """A manifest or shard written by a newer diffusion_lib: never overwritten, never misread."""

@@ -16,7 +16,7 @@ import pathlib
 
 from diffusion_lib import __version__
 from diffusion_lib._atomic import atomic_write_bytes
-from diffusion_lib.data.errors import DataError
+from diffusion_lib.data.errors import DataError, NewerSchemaError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -74,7 +74,7 @@ def read_manifest(directory: str | pathlib.Path) -> Manifest:
     if not isinstance(version, int):
         raise DataError(f"{path}: no schema_version")
     if version > SCHEMA_VERSION:
-        raise DataError(
+        raise NewerSchemaError(
             f"{path}: schema version {version} is newer than this library reads ({SCHEMA_VERSION}); upgrade diffusion_lib"
         )
     try:

@@ -19,7 +19,7 @@ import math
 import pathlib
 from typing import Any
 
-from diffusion_lib.data.errors import DataError
+from diffusion_lib.data.errors import DataError, NewerSchemaError
 from diffusion_lib.data.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -162,6 +162,8 @@ def _existing_manifest(directory: pathlib.Path, spec: DatasetSpec) -> Manifest |
         return None
     try:
         manifest = read_manifest(directory)
+    except NewerSchemaError:
+        raise
     except DataError:
         return None  # an unreadable manifest is rebuilt, never trusted
     if manifest.fingerprint != spec.fingerprint():

@@ -203,6 +203,9 @@ def test_refuses_a_manifest_from_a_newer_schema(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="schema version 99 is newer"):
         read_manifest(tmp_path / "mnist")
+    with pytest.raises(DataError, match="schema version 99 is newer"):
+        prepare_dataset(MNIST, tmp_path / "mnist")
+    assert json.loads(path.read_text())["schema_version"] == 99  # left as it was
 
 
 def test_spec_is_hashable_round_trips_and_ignores_download():
