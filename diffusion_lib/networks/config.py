@@ -1,0 +1,137 @@
+"""Typed network configurations, the family registry and the presets, each defined once.
+
+A preset is a base config plus a few overrides (score_sde's habit); the data shape and the
+conditioning are filled in from the dataset and the objective with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+
+FAMILIES: dict[str, Callable[[NetworkConfig], keras.Model]] = {}
+OUTPUT_SCALINGS = ("none", "inverse_sigma")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that decides a network's architecture (and so its checkpoint's layout).
+
+    data_shape: (d,) for points, (H, W, C) for images. conditioning: "timestep" (DDPM) or
+    "log_sigma" (score models). output_scaling: "inverse_sigma" divides the output by sigma
+    (NCSNv2). output_channels_factor: 2 for a DDPM with learned variance.
+    """
+
+    family: str
+    data_shape: tuple[int, ...] = (2,)
+    conditioning: str = "timestep"
+    output_scaling: str = "none"
+    output_channels_factor: int = 1
+    precision: str = "float32"
+    # MLP
+    hidden: int = 128
+    depth: int = 3
+    embedding_dim: int = 64
+    # U-Net
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = (7,)
+    dropout: float = 0.0
+    norm_groups: int = 8
+
+    def __post_init__(self):
+        object.__setattr__(self, "data_shape", tuple(int(v) for v in self.data_shape))
+        object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
+        object.__setattr__(self, "attn_resolutions", tuple(int(v) for v in self.attn_resolutions))
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(message):
+            raise ValueError(f"network config: {message}")
+
+        if self.family not in FAMILIES:
+            fail(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
+        if self.conditioning not in ("timestep", "log_sigma"):
+            fail(f"conditioning must be 'timestep' or 'log_sigma', got {self.conditioning!r}")
+        if self.output_scaling not in OUTPUT_SCALINGS:
+            fail(f"output_scaling must be one of {OUTPUT_SCALINGS}, got {self.output_scaling!r}")
+        if self.output_scaling == "inverse_sigma" and self.conditioning != "log_sigma":
+            fail("output_scaling='inverse_sigma' needs conditioning='log_sigma'")
+        if self.output_channels_factor not in (1, 2):
+            fail(f"output_channels_factor must be 1 or 2, got {self.output_channels_factor}")
+        if self.precision not in PRECISIONS:
+            fail(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if any(v <= 0 for v in self.data_shape):
+            fail(f"data_shape must be positive, got {self.data_shape}")
+        for name in (
+            "hidden",
+            "depth",
+            "embedding_dim",
+            "base_channels",
+            "num_res_blocks",
+            "norm_groups",
+        ):
+            if getattr(self, name) <= 0:
+                fail(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
+            fail(f"channel_mults must be positive, got {self.channel_mults}")
+        if not 0.0 <= self.dropout < 1.0:
+            fail(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.family == "unet" and len(self.data_shape) != 3:
+            fail(f"the U-Net needs data_shape (H, W, C), got {self.data_shape}")
+        if self.family == "mlp" and len(self.data_shape) != 1:
+            fail(f"the MLP needs data_shape (d,), got {self.data_shape}")
+
+
+def register_family(name: str):
+    def add(builder):
+        FAMILIES[name] = builder
+        return builder
+
+    return add
+
+
+def _presets() -> dict[str, NetworkConfig]:
+    mlp = NetworkConfig(family="mlp", data_shape=(2,))
+    unet = NetworkConfig(family="unet", data_shape=(28, 28, 1))
+    return {
+        "mlp-tiny": dataclasses.replace(mlp, hidden=32, depth=2, embedding_dim=16),
+        "mlp-small": mlp,
+        "unet-tiny": dataclasses.replace(
+            unet, base_channels=8, channel_mults=(1, 2), attn_resolutions=(14,), norm_groups=4
+        ),
+        "unet-small": dataclasses.replace(
+            unet, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1
+        ),
+        # DDPM's CIFAR-10 network (35.7M parameters at 32x32x3): for GPUs.
+        "unet-standard": dataclasses.replace(
+            unet,
+            base_channels=128,
+            channel_mults=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16, 14),
+            dropout=0.1,
+            norm_groups=32,
+        ),
+    }
+
+
+def preset(name: str, **overrides) -> NetworkConfig:
+    """A preset by name with fields replaced, e.g. preset("unet-small", data_shape=(32, 32, 3))."""
+    presets = _presets()
+    if name not in presets:
+        raise ValueError(f"network preset must be one of {sorted(presets)}, got {name!r}")
+    return dataclasses.replace(presets[name], **overrides)
+
+
+def preset_names() -> list[str]:
+    return sorted(_presets())
+
+
+def build_network(config: NetworkConfig) -> keras.Model:
+    """The Keras model of `config`, built (its variables exist) and ready to call as model(x, cond)."""
+    return FAMILIES[config.family](config)

@@ -1,0 +1,66 @@
+"""A conditional MLP for low-dimensional data (the score-matching tutorials' network).
+
+x [B, d] and cond [B] (timestep or sigma) -> [B, d * output_channels_factor]. The condition's
+embedding is added to every hidden layer; the output layer is zero-initialised, so an untrained
+model predicts 0 (eps = 0, or a zero score).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from diffusion_lib.networks.config import NetworkConfig, register_family
+from diffusion_lib.networks.layers import ConditionEmbedding
+
+
+@keras.saving.register_keras_serializable(package="diffusion_lib")
+class ConditionalMLP(keras.Model):
+    def __init__(self, config: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = dict(config)
+        cfg = NetworkConfig(**self.config)
+        policy = cfg.precision
+        self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
+        self.embedding = ConditionEmbedding(cfg.embedding_dim, cfg.conditioning, dtype=policy)
+        self.inp = keras.layers.Dense(cfg.hidden, dtype=policy)
+        self.hidden = [keras.layers.Dense(cfg.hidden, dtype=policy) for _ in range(cfg.depth)]
+        self.cond_proj = [keras.layers.Dense(cfg.hidden, dtype=policy) for _ in range(cfg.depth)]
+        out_dim = cfg.data_shape[0] * cfg.output_channels_factor
+        self.out = keras.layers.Dense(out_dim, kernel_initializer="zeros", dtype=policy)
+
+    def call(self, x, cond, training=False, seed=None):
+        emb = tf.nn.silu(self.embedding(cond))
+        h = self.inp(tf.cast(x, self.compute_dtype))
+        for dense, proj in zip(self.hidden, self.cond_proj, strict=True):
+            h = dense(tf.nn.silu(h)) + proj(emb)
+        out = tf.cast(self.out(tf.nn.silu(h)), tf.float32)
+        if self.output_scaling == "inverse_sigma":
+            out = out / tf.cast(cond, tf.float32)[:, None]
+        return out
+
+    def get_config(self):
+        return {"config": self.config, "name": self.name}
+
+    def get_build_config(self):
+        return {"data_shape": list(self.config["data_shape"])}
+
+    def build_from_config(self, config):
+        """Creates the variables on load by one call on zeros (the layers build lazily)."""
+        cond = tf.zeros([1], tf.int32) if self.conditioning == "timestep" else tf.ones([1])
+        self(tf.zeros([1, *config["data_shape"]]), cond)
+
+
+@register_family("mlp")
+def build_mlp(config: NetworkConfig) -> keras.Model:
+    model = ConditionalMLP(_as_dict(config))
+    model.build_from_config({"data_shape": list(config.data_shape)})
+    return model
+
+
+def _as_dict(config: NetworkConfig) -> dict:
+    import dataclasses
+
+    return {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+    }
