@@ -43,6 +43,17 @@ def _data(x, name: str = "x") -> tf.Tensor:
     return _checks.check_finite(x, name)
 
 
+def _given_or_drawn(given, x: tf.Tensor, seed, name: str) -> tf.Tensor:
+    """The explicit randomness if given (checked against x), else N(0, I) like x from `seed`."""
+    if given is not None:
+        given = tf.cast(_checks.as_float_tensor(given, name), x.dtype)
+        _checks.check_same_shape(given, x, name, "x")
+        return given
+    if seed is None:
+        raise ValueError(f"give seed or {name}")
+    return tf.random.stateless_normal(tf.shape(x), _checks.seed_tensor(seed), dtype=x.dtype)
+
+
 def score_matching_loss(score_fn: ScoreFn, x) -> tf.Tensor:
     """Exact (implicit) score matching, [B]. score_fn(x [B, ...]) -> [B, ...]."""
     x = _data(x)
@@ -100,26 +111,39 @@ def sliced_score_matching_loss(
     return tf.reduce_mean(tf.reshape(loss, [num_projections, batch]), axis=0)
 
 
-def denoising_score_matching_loss(score_fn: ScoreFn, x, sigma: float, *, seed) -> tf.Tensor:
+def denoising_score_matching_loss(
+    score_fn: ScoreFn, x, sigma: float, *, seed=None, noise: tf.Tensor | None = None
+) -> tf.Tensor:
     """Denoising score matching at one noise level, [B]. score_fn(x~ [B, ...]) -> [B, ...].
 
     Minimised by the score of the smoothed data density p_sigma = p * N(0, sigma^2 I).
+    The noise z comes from `seed`, or is given as `noise` (like x), e.g. by a training step
+    that draws it for the global batch so results do not depend on the replica count.
     """
     sigma = float(sigma)
     if not np.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     x = _data(x)
-    z = tf.random.stateless_normal(tf.shape(x), _checks.seed_tensor(seed), dtype=x.dtype)
+    z = _given_or_drawn(noise, x, seed, "noise")
     perturbed = x + sigma * z
     score = _checks.call_network(score_fn, perturbed)
     return 0.5 * _flat_sum(tf.square(score + z / sigma))
 
 
-def ncsn_loss(score_fn: ScoreFn, x, sigmas, *, seed) -> tf.Tensor:
+def ncsn_loss(
+    score_fn: ScoreFn,
+    x,
+    sigmas,
+    *,
+    seed=None,
+    levels: tf.Tensor | None = None,
+    noise: tf.Tensor | None = None,
+) -> tf.Tensor:
     """Multi-level denoising score matching with lambda(sigma) = sigma^2, [B].
 
     Each example gets one level drawn uniformly from `sigmas` [L]; score_fn(x~, sigma [B]).
     With lambda = sigma^2 the per-level terms 0.5 ||sigma s + z||^2 are all O(1) (NCSN sec. 4.2).
+    `levels` (int [B]) and `noise` (like x) may be given instead of drawn from `seed`.
     """
     sigmas = np.asarray(sigmas, dtype=np.float64)
     if (
@@ -130,15 +154,20 @@ def ncsn_loss(score_fn: ScoreFn, x, sigmas, *, seed) -> tf.Tensor:
     ):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
     x = _data(x)
-    level_seed, noise_seed = tf.unstack(
-        tf.random.experimental.stateless_split(_checks.seed_tensor(seed), num=2)
-    )
-    batch = tf.shape(x)[0]
-    levels = tf.random.stateless_uniform(
-        [batch], level_seed, minval=0, maxval=sigmas.size, dtype=tf.int32
-    )
+    if levels is None or noise is None:
+        if seed is None:
+            raise ValueError("give seed, or both levels and noise")
+        level_seed, noise_seed = tf.unstack(
+            tf.random.experimental.stateless_split(_checks.seed_tensor(seed), num=2)
+        )
+    if levels is None:
+        levels = tf.random.stateless_uniform(
+            [tf.shape(x)[0]], level_seed, minval=0, maxval=sigmas.size, dtype=tf.int32
+        )
+    levels = _checks.check_batch_vector(levels, x, "levels")
     sigma = tf.gather(tf.constant(sigmas, x.dtype), levels)
     sigma_b = _checks.expand_to_rank(sigma, x.shape.rank)
-    z = tf.random.stateless_normal(tf.shape(x), noise_seed, dtype=x.dtype)
+    z = noise if noise is not None else None
+    z = _given_or_drawn(z, x, None if noise is not None else noise_seed, "noise")
     score = _checks.call_network(score_fn, x + sigma_b * z, sigma)
     return 0.5 * _flat_sum(tf.square(sigma_b * score + z))

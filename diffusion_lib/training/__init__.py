@@ -1,0 +1,45 @@
+"""Training: a typed config, pluggable objectives, a distributed custom loop, checkpoints.
+
+TrainConfig, config_preset(name, **overrides)
+train(config, run_dir, ...) -> TrainResult; Trainer for finer control
+load_ema_model(run_dir, step=None) -> RestoredModel (EMA weights, for sampling and evaluation)
+python -m diffusion_lib.training --config FILE --run-dir DIR   (one worker process)
+"""
+
+from diffusion_lib.training.checkpoints import CheckpointMismatch, committed_steps
+from diffusion_lib.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_preset,
+    config_preset_names,
+)
+from diffusion_lib.training.engine import (
+    Progress,
+    RestoredModel,
+    Trainer,
+    TrainingDiverged,
+    TrainResult,
+    enable_determinism,
+    load_ema_model,
+    train,
+)
+from diffusion_lib.training.strategy import choose_strategy, worker_role
+
+__all__ = [
+    "CheckpointMismatch",
+    "ConfigError",
+    "Progress",
+    "RestoredModel",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "choose_strategy",
+    "committed_steps",
+    "config_preset",
+    "config_preset_names",
+    "enable_determinism",
+    "load_ema_model",
+    "train",
+    "worker_role",
+]

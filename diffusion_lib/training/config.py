@@ -1,0 +1,262 @@
+"""The training configuration: one flat, typed, frozen record, with named presets.
+
+Flat on purpose: it is also the Prefect flow's parameter set, and a flat model can be
+overridden field by field from the command line or the UI (a nested one is replaced whole).
+`identity()` names the fields that define what is being trained; the others (how long, how
+often to save, on which devices) may change when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+OBJECTIVES = ("ddpm", "ncsn", "dsm", "ssm")
+OPTIMIZERS = ("adam", "adamw")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# Fields that may differ between a run and its resumption.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "num_steps",
+        "checkpoint_every",
+        "keep_last",
+        "keep_every",
+        "log_every",
+        "strategy",
+        "devices",
+        "deterministic",
+        "data_dir",
+        "jit_compile",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration with impossible values; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str = ""
+    network: str = "unet-small"
+    network_overrides: tuple[tuple[str, Any], ...] = ()
+    objective: str = "ddpm"
+    # DDPM (objective "ddpm")
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    mean_type: str = "eps"
+    var_type: str = "fixed_small"
+    loss_type: str = "simple"
+    antithetic: bool = False
+    # Score models (objectives "ncsn", "dsm", "ssm")
+    sigma_max: float = 1.0
+    sigma_min: float = 0.01
+    num_levels: int = 10
+    sigma: float = 0.1
+    num_projections: int = 1
+    projection: str = "gaussian"
+    variance_reduction: bool = True
+    score_output_scaling: str = "none"
+    # Optimisation
+    optimizer: str = "adam"
+    learning_rate: float = 2e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    grad_clip_norm: float = 1.0
+    ema_decay: float = 0.9999
+    batch_size: int = 128
+    num_steps: int = 10_000
+    seed: int = 0
+    flip: bool = False
+    shuffle_window: int = 16
+    # Checkpoints and reports
+    checkpoint_every: int = 1_000
+    keep_last: int = 3
+    keep_every: int = 0
+    log_every: int = 100
+    # Execution
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "auto"
+    devices: tuple[str, ...] = ()
+    deterministic: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "devices", tuple(self.devices))
+        overrides = dict(self.network_overrides)
+        frozen = tuple(
+            sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items())
+        )
+        object.__setattr__(self, "network_overrides", frozen)
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(field, message):
+            raise ConfigError(f"{field}: {message}")
+
+        def positive(field, allow_zero=False):
+            value = getattr(self, field)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value < 0
+                or (value == 0 and not allow_zero)
+            ):
+                fail(
+                    field, f"must be {'non-negative' if allow_zero else 'positive'}, got {value!r}"
+                )
+
+        choices = {
+            "objective": OBJECTIVES,
+            "optimizer": OPTIMIZERS,
+            "strategy": STRATEGIES,
+            "precision": PRECISIONS,
+            "mean_type": ("eps", "x0", "v"),
+            "var_type": ("fixed_small", "fixed_large", "learned_range"),
+            "loss_type": ("simple", "vlb", "hybrid"),
+            "projection": ("gaussian", "rademacher"),
+            "score_output_scaling": ("none", "inverse_sigma"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                fail(field, f"must be one of {allowed}, got {getattr(self, field)!r}")
+        for field in (
+            "num_timesteps",
+            "batch_size",
+            "num_steps",
+            "checkpoint_every",
+            "log_every",
+            "keep_last",
+            "learning_rate",
+            "sigma_max",
+            "sigma_min",
+            "num_levels",
+            "sigma",
+            "num_projections",
+            "shuffle_window",
+        ):
+            positive(field)
+        for field in ("warmup_steps", "weight_decay", "grad_clip_norm", "keep_every", "seed"):
+            positive(field, allow_zero=True)
+        if not 0.0 <= self.ema_decay < 1.0:
+            fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        if self.sigma_min > self.sigma_max:
+            fail("sigma_min", f"must not exceed sigma_max ({self.sigma_min} > {self.sigma_max})")
+        if not 0.0 < self.beta_start <= self.beta_end < 1.0:
+            fail(
+                "beta_start",
+                f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}",
+            )
+        if self.var_type == "learned_range" and self.loss_type == "simple":
+            fail(
+                "loss_type",
+                "a learned variance needs loss_type 'hybrid' or 'vlb' (the simple loss ignores it)",
+            )
+        if self.score_output_scaling == "inverse_sigma" and self.objective not in ("ncsn", "dsm"):
+            fail(
+                "score_output_scaling",
+                "'inverse_sigma' needs a noise-conditional objective (ncsn or dsm)",
+            )
+        for field, beta in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
+            if not 0.0 <= beta < 1.0:
+                fail(field, f"must be in [0, 1), got {beta}")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["network_overrides"] = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in self.network_overrides
+        }
+        data["devices"] = list(self.devices)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}")
+        data = dict(data)
+        if isinstance(data.get("network_overrides"), dict):
+            data["network_overrides"] = tuple(data["network_overrides"].items())
+        return cls(**data)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what is trained (all but RESUMABLE_FIELDS)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_FIELDS}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _presets() -> dict[str, TrainConfig]:
+    toy = TrainConfig(
+        network="mlp-small",
+        batch_size=256,
+        learning_rate=1e-3,
+        num_timesteps=100,
+        beta_end=0.2,
+        num_steps=5_000,
+        checkpoint_every=1_000,
+        log_every=100,
+        ema_decay=0.995,
+    )
+    mnist = TrainConfig(
+        network="unet-small",
+        batch_size=128,
+        learning_rate=2e-4,
+        warmup_steps=500,
+        num_steps=20_000,
+        ema_decay=0.999,
+    )
+    return {
+        "toy-ddpm": toy,
+        "toy-ncsn": toy.replace(objective="ncsn", sigma_max=5.0, sigma_min=0.05, num_levels=10),
+        "toy-ssm": toy.replace(objective="ssm", variance_reduction=True),
+        "mnist-ddpm": mnist,
+        "mnist-ddpm-tiny": mnist.replace(
+            network="unet-tiny",
+            batch_size=32,
+            num_steps=200,
+            warmup_steps=20,
+            checkpoint_every=50,
+            log_every=10,
+        ),
+        "mnist-ncsn": mnist.replace(
+            objective="ncsn",
+            sigma_max=50.0,
+            sigma_min=0.01,
+            num_levels=232,
+            score_output_scaling="inverse_sigma",
+        ),
+        "cifar10-ddpm": TrainConfig(
+            network="unet-standard",
+            batch_size=128,
+            learning_rate=2e-4,
+            warmup_steps=5_000,
+            num_steps=800_000,
+            flip=True,
+            ema_decay=0.9999,
+        ),
+    }
+
+
+def config_preset(name: str, **overrides) -> TrainConfig:
+    presets = _presets()
+    if name not in presets:
+        raise ConfigError(f"preset must be one of {sorted(presets)}, got {name!r}")
+    return presets[name].replace(**overrides)
+
+
+def config_preset_names() -> list[str]:
+    return sorted(_presets())

@@ -1,0 +1,445 @@
+"""The training loop: one distributed step in `tf.function`, checkpoints, reports, exact resume.
+
+A step is a pure function of (weights, optimizer state, global batch k, seed, k): the batch
+comes from the reader at position k, randomness from `fold_in(seed, k)`. Checkpoints hold the
+model, optimizer, EMA and step; restoring step k and continuing therefore reproduces an
+uninterrupted run (bitwise on CPU with op determinism on).
+
+Distribution: each replica computes the gradient of sum(its per-example losses) / global batch;
+the gradients are summed across replicas (all-reduce), clipped by their global norm (the same
+norm on every replica, so clipping does not depend on the replica count) and applied once, in
+cross-replica context, with the EMA update right after. Keras's own apply_gradients would clip
+before summing, per replica.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from diffusion_lib._atomic import atomic_write_bytes
+from diffusion_lib.data import open_dataset
+from diffusion_lib.networks import NetworkConfig, build_network, preset
+from diffusion_lib.training.checkpoints import (
+    CheckpointStore,
+    committed_steps,
+    read_marker,
+    restore,
+)
+from diffusion_lib.training.config import ConfigError, TrainConfig
+from diffusion_lib.training.objectives import build_objective
+from diffusion_lib.training.strategy import choose_strategy, worker_role
+
+CONFIG_NAME = "config.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or Inf; the message names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float
+    images_per_sec: float
+    learning_rate: float
+    grad_norm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    step: int
+    checkpoint: str | None
+    loss: float | None
+    images_per_sec: float | None
+    stopped_early: bool
+
+
+@keras.saving.register_keras_serializable(package="diffusion_lib")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then constant (DDPM: 5,000 steps)."""
+
+    def __init__(self, peak: float, warmup_steps: int):
+        self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+
+    def __call__(self, step):
+        if self.warmup_steps == 0:
+            return tf.constant(self.peak, tf.float32)
+        fraction = tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / self.warmup_steps)
+        return self.peak * fraction
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+
+
+class EmaWeights(tf.Module):
+    """Exponential moving averages of the trainable weights, kept apart from them:
+    ema <- decay * ema + (1 - decay) * weight after every update; evaluation and sampling copy
+    them into a model of their own, training never reads them."""
+
+    def __init__(self, weights):
+        super().__init__(name="ema")
+        self.averages = [
+            tf.Variable(w.value if hasattr(w, "value") else w, trainable=False) for w in weights
+        ]
+
+
+def network_config(config: TrainConfig, data_shape: tuple[int, ...], objective) -> NetworkConfig:
+    overrides = {**objective.network_overrides(), **dict(config.network_overrides)}
+    return preset(
+        config.network, data_shape=tuple(data_shape), precision=config.precision, **overrides
+    )
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    schedule = WarmupSchedule(config.learning_rate, config.warmup_steps)
+    common = {
+        "learning_rate": schedule,
+        "beta_1": config.beta_1,
+        "beta_2": config.beta_2,
+        "epsilon": 1e-8,
+    }
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    else:
+        optimizer = keras.optimizers.Adam(**common)
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _prepare_run_dir(
+    run_dir: pathlib.Path,
+    config: TrainConfig,
+    dataset_fingerprint: str,
+    is_chief: bool,
+    network: NetworkConfig,
+) -> None:
+    """Writes config.json on a new run; on an existing one, refuses a different identity."""
+    path = run_dir / CONFIG_NAME
+    record = {
+        "config": config.to_dict(),
+        "identity": config.identity(),
+        "dataset_fingerprint": dataset_fingerprint,
+        "network": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(network).items()
+        },
+    }
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        differing = sorted(
+            k
+            for k in set(stored["identity"]) | set(config.identity())
+            if stored["identity"].get(k) != config.identity().get(k)
+        )
+        if differing:
+            raise ConfigError(
+                f"run directory {run_dir} belongs to another config (fields differ: {differing}); "
+                "use a new run directory"
+            )
+        if stored.get("dataset_fingerprint") != dataset_fingerprint:
+            raise ConfigError(
+                f"run directory {run_dir} was trained on another dataset; use a new run directory"
+            )
+        return
+    if is_chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+class Trainer:
+    """Builds everything for one run directory and trains; `train()` below is the usual entry."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | pathlib.Path,
+        *,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        config.validate()
+        if not config.data_dir:
+            raise ConfigError("data_dir: must name a prepared dataset directory")
+        self.config = config
+        self.run_dir = pathlib.Path(run_dir)
+        self.strategy = strategy or choose_strategy(config.strategy, config.devices)
+        self.is_chief, self.worker_id = worker_role(self.strategy)
+        self.dataset = open_dataset(config.data_dir)
+        if config.flip and self.dataset.kind != "image":
+            raise ConfigError("flip: only image datasets can be flipped")
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ConfigError(
+                f"batch_size: {config.batch_size} is not divisible by {replicas} replicas"
+            )
+        self.objective = build_objective(config)
+        self.network_config = network_config(config, self.dataset.example_shape, self.objective)
+        _prepare_run_dir(
+            self.run_dir,
+            config,
+            self.dataset.manifest.fingerprint,
+            self.is_chief,
+            self.network_config,
+        )
+        with self.strategy.scope():
+            self.model = build_network(self.network_config)
+            self.optimizer = make_optimizer(config)
+            # Built inside the scope before the first distributed step (a Keras 3 requirement).
+            self.optimizer.build(self.model.trainable_variables)
+            self.ema = EmaWeights(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, ema=self.ema, step=self.step
+        )
+        self.store = CheckpointStore(
+            self.run_dir / "checkpoints",
+            self.checkpoint,
+            is_chief=self.is_chief,
+            worker_id=self.worker_id,
+            keep_last=config.keep_last,
+            keep_every=config.keep_every,
+        )
+        latest = self.store.latest()
+        if latest is not None:
+            self.store.restore(latest)
+            if int(self.step.numpy()) != latest:
+                raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
+        self._train_step = self._make_train_step()
+
+    # ---------------------------------------------------------------- the step
+
+    def _make_train_step(self):
+        config, model, optimizer, objective = (
+            self.config,
+            self.model,
+            self.optimizer,
+            self.objective,
+        )
+        global_batch = config.batch_size
+        base_seed = tf.constant([config.seed, 0x5EED], tf.int64)
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        clip = float(config.grad_clip_norm)
+        decay = float(config.ema_decay)
+        variables = model.trainable_variables
+
+        def loss_and_grads(x, step_seed, offset):
+            with tf.GradientTape() as tape:
+                per_example = objective.losses(model, x, step_seed, offset, global_batch)
+                loss = tf.reduce_sum(tf.cast(per_example, tf.float32)) / global_batch
+                scaled = optimizer.scale_loss(loss) if loss_scaled else loss
+            return loss, tape.gradient(scaled, variables)
+
+        compute = (
+            tf.function(loss_and_grads, jit_compile=True) if config.jit_compile else loss_and_grads
+        )
+
+        def apply(strategy, grads):
+            optimizer.apply(grads, variables)
+            for average, weight in zip(self.ema.averages, variables, strict=True):
+                strategy.extended.update(
+                    average,
+                    lambda a, w: a.assign(decay * a + (1.0 - decay) * w),
+                    args=(weight.value,),
+                    group=False,
+                )
+
+        def replica_step(x, step):
+            ctx = tf.distribute.get_replica_context()
+            offset = ctx.replica_id_in_sync_group * tf.shape(x)[0]
+            step_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+            loss, grads = compute(x, step_seed, offset)
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+            scale = tf.cast(optimizer.scale, tf.float32) if loss_scaled else tf.constant(1.0)
+            norm = tf.linalg.global_norm(grads) / scale
+            finite = tf.math.is_finite(loss) & (tf.math.is_finite(norm) | loss_scaled)
+            if clip > 0:
+                grads, _ = tf.clip_by_global_norm(grads, clip * scale, use_norm=norm * scale)
+            ctx.merge_call(apply, args=(grads,))
+            return loss, norm, finite
+
+        @tf.function
+        def train_step(x, step):
+            loss, norm, finite = self.strategy.run(replica_step, args=(x, step))
+            first = self.strategy.experimental_local_results
+            return first(loss)[0], first(norm)[0], first(finite)[0]
+
+        return train_step
+
+    # ---------------------------------------------------------------- the loop
+
+    def _dataset(self, start_step: int):
+        config = self.config
+
+        def dataset_fn(ctx):
+            return self.dataset.tf_dataset(
+                config.batch_size,
+                input_context=ctx,
+                seed=config.seed,
+                start_step=start_step,
+                flip=config.flip,
+                shuffle_window=config.shuffle_window,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def learning_rate(self, step: int) -> float:
+        return float(WarmupSchedule(self.config.learning_rate, self.config.warmup_steps)(step))
+
+    def run(
+        self,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        max_steps: int | None = None,
+    ) -> TrainResult:
+        """Trains from the latest checkpoint to `num_steps` (or for at most `max_steps` more).
+
+        Saves a checkpoint every `checkpoint_every` steps, at the end, and when `should_stop()`
+        turns true (a clean stop); raises TrainingDiverged on NaN/Inf without saving.
+        """
+        config = self.config
+        start = int(self.step.numpy())
+        end = config.num_steps if max_steps is None else min(config.num_steps, start + max_steps)
+        iterator = iter(self._dataset(start))
+        writer = (
+            tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+            if self.is_chief
+            else None
+        )
+        last_loss = last_rate = None
+        window_start, window_steps = time.perf_counter(), 0
+        saved = self.store.latest()
+        stopped_early = False
+        for step in range(start, end):
+            batch = next(iterator)
+            loss, norm, finite = self._train_step(batch.x, tf.constant(step, tf.int64))
+            if not bool(finite):
+                raise TrainingDiverged(
+                    f"step {step}: loss or gradient is NaN/Inf (loss={float(loss)}, grad norm={float(norm)}); "
+                    f"the last good checkpoint is step {saved}"
+                )
+            self.step.assign(step + 1)
+            window_steps += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                elapsed = time.perf_counter() - window_start
+                last_rate = window_steps * config.batch_size / max(elapsed, 1e-9)
+                last_loss = float(loss)
+                report = Progress(
+                    done,
+                    config.num_steps,
+                    last_loss,
+                    last_rate,
+                    self.learning_rate(step),
+                    float(norm),
+                )
+                self._log(report, writer)
+                if progress is not None:
+                    progress(report)
+                window_start, window_steps = time.perf_counter(), 0
+            stop = should_stop is not None and should_stop()
+            if done % config.checkpoint_every == 0 or done == end or stop:
+                self._save(done, last_loss)
+                saved = done
+            if stop:
+                stopped_early = done < config.num_steps
+                break
+        if writer is not None:
+            writer.flush()
+        final = int(self.step.numpy())
+        if saved != final and final > start:
+            self._save(final, last_loss)
+            saved = final
+        checkpoint = str(self.store.directory / f"ckpt-{saved}") if saved is not None else None
+        return TrainResult(
+            str(self.run_dir),
+            final,
+            checkpoint,
+            last_loss,
+            last_rate,
+            stopped_early or final < config.num_steps,
+        )
+
+    def _save(self, step: int, loss: float | None) -> None:
+        self.store.save(
+            step,
+            {"config_fingerprint": self.config.fingerprint(), "loss": loss, "time": time.time()},
+        )
+
+    def _log(self, report: Progress, writer) -> None:
+        if not self.is_chief:
+            return
+        row = dataclasses.asdict(report) | {"time": time.time()}
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        with writer.as_default(step=report.step):
+            tf.summary.scalar("loss", report.loss)
+            tf.summary.scalar("learning_rate", report.learning_rate)
+            tf.summary.scalar("grad_norm", report.grad_norm)
+            tf.summary.scalar("images_per_sec", report.images_per_sec)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | pathlib.Path,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Trains `config` in `run_dir`, resuming from its latest checkpoint if there is one."""
+    trainer = Trainer(config, run_dir, strategy=strategy)
+    return trainer.run(progress=progress, should_stop=should_stop, max_steps=max_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """A trained network with its EMA weights loaded, ready for sampling or evaluation."""
+
+    model: keras.Model
+    objective: object
+    config: TrainConfig
+    step: int
+
+
+def load_ema_model(run_dir: str | pathlib.Path, step: int | None = None) -> RestoredModel:
+    """The network of `run_dir` with the EMA weights of checkpoint `step` (default: latest).
+
+    Raises FileNotFoundError without checkpoints and CheckpointMismatch if the checkpoint does
+    not fit the network its config describes.
+    """
+    run_dir = pathlib.Path(run_dir)
+    record = json.loads((run_dir / CONFIG_NAME).read_text())
+    config = TrainConfig.from_dict(record["config"])
+    steps = committed_steps(run_dir / "checkpoints")
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint for step {step}; have {steps}")
+    objective = build_objective(config)
+    model = build_network(NetworkConfig(**record["network"]))
+    ema = EmaWeights(model.trainable_variables)
+    restore(tf.train.Checkpoint(model=model, ema=ema), run_dir / "checkpoints", step, partial=True)
+    for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
+        weight.assign(average)
+    read_marker(run_dir / "checkpoints", step)
+    return RestoredModel(model, objective, config, step)
+
+
+def enable_determinism() -> None:
+    """Op determinism for exact resume on CPU (process-wide: call from an entry point)."""
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    tf.config.experimental.enable_op_determinism()

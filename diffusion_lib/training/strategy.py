@@ -1,0 +1,50 @@
+"""Choosing the distribution strategy from the environment, and this worker's role.
+
+    TF_CONFIG naming several workers   MultiWorkerMirroredStrategy (create it first thing in
+                                       the process, before other TensorFlow work)
+    several local GPUs                 MirroredStrategy over all of them
+    one GPU                            OneDeviceStrategy on it
+    otherwise (CPU)                    the default strategy
+
+`mode` forces one ("default", "mirrored" with an optional device list, "multi_worker").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+
+def _tf_config() -> dict:
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
+
+
+def choose_strategy(mode: str = "auto", devices: tuple[str, ...] = ()) -> tf.distribute.Strategy:
+    workers = len(_tf_config().get("cluster", {}).get("worker", []))
+    if mode == "multi_worker" or (mode == "auto" and workers > 1):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if mode == "mirrored":
+        return tf.distribute.MirroredStrategy(list(devices) or None)
+    if mode == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        if len(gpus) == 1:
+            return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    return tf.distribute.get_strategy()
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """(is_chief, worker index). The chief writes config, logs and kept checkpoints."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return is_chief, task_id
