@@ -132,6 +132,11 @@ def preset_names() -> list[str]:
     return sorted(_presets())
 
 
-def build_network(config: NetworkConfig) -> keras.Model:
-    """The Keras model of `config`, built (its variables exist) and ready to call as model(x, cond)."""
-    return FAMILIES[config.family](config)
+def build_network(config: NetworkConfig, seed: int = 0) -> keras.Model:
+    """The Keras model of `config`, built (its variables exist) and ready to call as model(x, cond).
+
+    Initial weights are a function of (config, seed): see `networks.init`.
+    """
+    from diffusion_lib.networks.init import initialize
+
+    return initialize(FAMILIES[config.family](config), seed)

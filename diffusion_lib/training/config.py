@@ -114,6 +114,19 @@ class TrainConfig:
                     field, f"must be {'non-negative' if allow_zero else 'positive'}, got {value!r}"
                 )
 
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                fail(spec.name, f"must be an integer, got {value!r}")
+            if spec.type == "float" and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                fail(spec.name, f"must be a number, got {value!r}")
+            if spec.type == "bool" and not isinstance(value, bool):
+                fail(spec.name, f"must be true or false, got {value!r}")
+            if spec.type == "str" and not isinstance(value, str):
+                fail(spec.name, f"must be a string, got {value!r}")
+
         choices = {
             "objective": OBJECTIVES,
             "optimizer": OPTIMIZERS,

@@ -6,10 +6,10 @@ model, optimizer, EMA and step; restoring step k and continuing therefore reprod
 uninterrupted run (bitwise on CPU with op determinism on).
 
 Distribution: each replica computes the gradient of sum(its per-example losses) / global batch;
-the gradients are summed across replicas (all-reduce), clipped by their global norm (the same
-norm on every replica, so clipping does not depend on the replica count) and applied once, in
-cross-replica context, with the EMA update right after. Keras's own apply_gradients would clip
-before summing, per replica.
+the gradients are summed across replicas (all-reduce) and clipped by their global norm (the same
+norm on every replica, so clipping does not depend on the replica count; Keras's own clipping
+acts per replica, before summing). Keras's optimizer then applies them (it sums again, so each
+replica hands it 1/R of the clipped sum), and the EMA is updated in cross-replica context.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class Trainer:
             self.network_config,
         )
         with self.strategy.scope():
-            self.model = build_network(self.network_config)
+            self.model = build_network(self.network_config, seed=config.seed)
             self.optimizer = make_optimizer(config)
             # Built inside the scope before the first distributed step (a Keras 3 requirement).
             self.optimizer.build(self.model.trainable_variables)
@@ -243,8 +243,7 @@ class Trainer:
             tf.function(loss_and_grads, jit_compile=True) if config.jit_compile else loss_and_grads
         )
 
-        def apply(strategy, grads):
-            optimizer.apply(grads, variables)
+        def update_ema(strategy):
             for average, weight in zip(self.ema.averages, variables, strict=True):
                 strategy.extended.update(
                     average,
@@ -265,7 +264,12 @@ class Trainer:
             finite = tf.math.is_finite(loss) & (tf.math.is_finite(norm) | loss_scaled)
             if clip > 0:
                 grads, _ = tf.clip_by_global_norm(grads, clip * scale, use_norm=norm * scale)
-            ctx.merge_call(apply, args=(grads,))
+            # Keras's apply must run in replica context and sums the gradients across replicas
+            # itself; hand it each replica's 1/R share of the reduced, clipped gradient. (The cost
+            # is a second all-reduce; the first is what makes clipping replica-count independent.)
+            replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
+            optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], variables)
+            ctx.merge_call(update_ema)
             return loss, norm, finite
 
         @tf.function

@@ -120,3 +120,22 @@ def test_bfloat16_precision_computes_in_bfloat16_and_returns_float32():
     model = build_network(preset("unet-tiny", precision="mixed_bfloat16"))
     assert model.conv_in.compute_dtype == "bfloat16" and model.conv_in.kernel.dtype == "float32"
     assert model(tf.zeros([1, 28, 28, 1]), tf.constant([3])).dtype == tf.float32
+
+
+def test_initial_weights_are_a_function_of_config_and_seed():
+    cfg = preset("unet-tiny")
+    a, b, c = build_network(cfg, seed=1), build_network(cfg, seed=1), build_network(cfg, seed=2)
+    for wa, wb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    assert any(
+        not np.array_equal(wa.numpy(), wc.numpy())
+        for wa, wc in zip(a.weights, c.weights, strict=True)
+    )
+    # Deliberate constants survive: the zero-initialised output layer and GroupNorm's gamma.
+    np.testing.assert_array_equal(a.conv_out.kernel.numpy(), 0.0)
+    np.testing.assert_array_equal(a.norm_out.gamma.numpy(), 1.0)
+    kernel = a.conv_in.kernel.numpy()
+    limit = np.sqrt(6.0 / (9 * 1 + 9 * 8))
+    assert np.abs(kernel).max() <= limit and kernel.std() == pytest.approx(
+        limit / np.sqrt(3), rel=0.3
+    )

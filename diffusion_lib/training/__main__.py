@@ -1,0 +1,113 @@
+"""One training worker as a process: `python -m diffusion_lib.training --config FILE --run-dir DIR`.
+
+An orchestrator launches one of these per worker, each with its own TF_CONFIG and visible
+devices, reads the JSON lines it prints (progress, then a final result), times it out by
+killing its process group, and reads its exit status:
+
+    0  finished, or stopped cleanly on SIGTERM/SIGINT (a checkpoint was written first)
+    2  bad input: config, dataset, run directory or checkpoint (the message says which)
+    3  training diverged (NaN/Inf); the last good checkpoint is kept as the latest
+    1  anything else
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusion_lib.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="JSON file with TrainConfig fields")
+    parser.add_argument("--preset", help="a named config preset to start from")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one field (VALUE parsed as JSON when it is JSON)",
+    )
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps"
+    )
+    parser.add_argument(
+        "--deterministic", action="store_true", help="enable op determinism (exact resume on CPU)"
+    )
+    args = parser.parse_args(argv)
+
+    # Imported here so `--help` is instant; the strategy is created before any other TF work,
+    # as MultiWorkerMirroredStrategy requires.
+    from diffusion_lib.data import DataError
+    from diffusion_lib.training.checkpoints import CheckpointMismatch
+    from diffusion_lib.training.config import ConfigError, TrainConfig, config_preset
+    from diffusion_lib.training.engine import Trainer, TrainingDiverged, enable_determinism
+    from diffusion_lib.training.strategy import choose_strategy
+
+    def emit(event: str, **fields) -> None:
+        print(json.dumps({"event": event, **fields}), flush=True)
+
+    try:
+        fields = {}
+        if args.config:
+            with open(args.config) as handle:
+                fields.update(json.load(handle))
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set takes FIELD=VALUE, got {item!r}")
+            fields[key] = _parse_value(value)
+        config = (
+            config_preset(args.preset, **fields) if args.preset else TrainConfig.from_dict(fields)
+        )
+        if args.deterministic or config.deterministic:
+            enable_determinism()
+        strategy = choose_strategy(config.strategy, config.devices)
+        trainer = Trainer(config, args.run_dir, strategy=strategy)
+    except (
+        ConfigError,
+        DataError,
+        CheckpointMismatch,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    ) as err:
+        emit("error", kind=type(err).__name__, message=str(err))
+        return 2
+
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        result = trainer.run(
+            progress=lambda p: emit("progress", **dataclasses.asdict(p)),
+            should_stop=lambda: stop["requested"],
+            max_steps=args.max_steps,
+        )
+    except TrainingDiverged as err:
+        emit("error", kind="TrainingDiverged", message=str(err))
+        return 3
+    emit("done", **dataclasses.asdict(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
