@@ -144,7 +144,9 @@ def test_two_replicas_follow_the_one_device_trajectory(mnist, tmp_path):
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(eight, tmp_path):
-    config = config_preset("toy-ddpm", data_dir=eight, network="mlp-tiny", num_steps=4, checkpoint_every=2, log_every=1)
+    config = config_preset(
+        "toy-ddpm", data_dir=eight, network="mlp-tiny", num_steps=4, checkpoint_every=2, log_every=1
+    )
     train(config, tmp_path / "run")
     checkpoints = tmp_path / "run" / "checkpoints"
     before = _mtimes(checkpoints)
@@ -152,11 +154,16 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(eight
     real_losses = trainer.objective.losses
     trainer.objective.losses = lambda *args: real_losses(*args) * float("nan")  # a poisoned batch
     trainer._train_step = trainer._make_train_step()
-    with pytest.raises(TrainingDiverged, match=r"^step 4: loss or gradient is NaN/Inf .* last good checkpoint is step 4"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^step 4: loss or gradient is NaN/Inf .* last good checkpoint is step 4",
+    ):
         trainer.run()
     assert _mtimes(checkpoints) == before and committed_steps(checkpoints) == [2, 4]
     restored = load_ema_model(tmp_path / "run")
-    assert restored.step == 4 and all(np.all(np.isfinite(w.numpy())) for w in restored.model.trainable_variables)
+    assert restored.step == 4 and all(
+        np.all(np.isfinite(w.numpy())) for w in restored.model.trainable_variables
+    )
 
 
 def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):

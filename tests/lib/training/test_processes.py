@@ -1,0 +1,165 @@
+"""Training as real worker processes: exact resume after a clean stop and after SIGKILL, and
+two MultiWorkerMirroredStrategy workers on localhost."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diffusion_lib.data import DatasetSpec, prepare_dataset
+from diffusion_lib.training import committed_steps, config_preset
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    prepare_dataset(DatasetSpec.create("moons", n=4_000), root / "moons")
+    config = config_preset(
+        "toy-ddpm",
+        data_dir=str(root / "moons"),
+        network="mlp-tiny",
+        batch_size=64,
+        num_steps=600,
+        checkpoint_every=50,
+        log_every=10,
+        keep_last=20,
+    )
+    path = root / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def _worker(config_file, run_dir, *extra, env=None):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "diffusion_lib.training",
+            "--config",
+            str(config_file),
+            "--run-dir",
+            str(run_dir),
+            "--deterministic",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or ENV,
+        start_new_session=True,
+    )
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _weights(run_dir, step):
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints" / f"ckpt-{step}"))
+    names = [n for n, _ in tf.train.list_variables(str(run_dir / "checkpoints" / f"ckpt-{step}"))]
+    return {n: reader.get_tensor(n) for n in names if "save_counter" not in n}
+
+
+@pytest.fixture(scope="module")
+def reference(config_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    events = _finish(_worker(config_file, run_dir))
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 600
+    return _weights(run_dir, 600)
+
+
+def _assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_clean_stop_then_resume_is_bitwise_identical(config_file, reference, tmp_path):
+    events = _finish(_worker(config_file, tmp_path / "run", "--max-steps", "230"))
+    assert events[-1]["step"] == 230 and events[-1]["stopped_early"]
+    assert committed_steps(tmp_path / "run" / "checkpoints")[-1] == 230
+    events = _finish(_worker(config_file, tmp_path / "run"))
+    assert events[0]["event"] == "progress" and events[0]["step"] == 240
+    _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
+
+
+def test_sigterm_saves_and_stops(config_file, tmp_path):
+    proc = _worker(config_file, tmp_path / "run")
+    for line in proc.stdout:
+        if '"step": 100' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    events = _finish(proc)
+    assert events[-1]["event"] == "done" and events[-1]["stopped_early"]
+    stopped_at = events[-1]["step"]
+    assert (
+        100 <= stopped_at < 600
+        and committed_steps(tmp_path / "run" / "checkpoints")[-1] == stopped_at
+    )
+
+
+def test_sigkill_then_resume_is_bitwise_identical(config_file, reference, tmp_path):
+    proc = _worker(config_file, tmp_path / "run")
+    for line in proc.stdout:
+        if '"step": 170' in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    steps = committed_steps(tmp_path / "run" / "checkpoints")
+    assert steps and steps[-1] < 600
+    events = _finish(_worker(config_file, tmp_path / "run"))
+    assert events[0]["step"] == steps[-1] + 10
+    _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_train_and_save_one_checkpoint(config_file, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {
+            **ENV,
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
+        procs.append(
+            _worker(
+                config_file,
+                tmp_path / "run",
+                "--set",
+                "num_steps=4",
+                "--set",
+                "checkpoint_every=4",
+                "--set",
+                "log_every=2",
+                env=env,
+            )
+        )
+    results = [_finish(p, timeout=300) for p in procs]
+    assert all(r[-1]["event"] == "done" and r[-1]["step"] == 4 for r in results)
+    assert committed_steps(tmp_path / "run" / "checkpoints") == [4]
+    # Only the chief's copy is kept; the other worker's scratch copy is gone.
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".worker-")]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
