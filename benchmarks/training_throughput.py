@@ -1,0 +1,144 @@
+"""Training and sampling throughput of the U-Net presets at 28x28, against the machine's matmul.
+
+    python benchmarks/training_throughput.py [--presets unet-tiny unet-small] [--steps 20]
+
+Prints, in one run on one machine:
+  - fp32 matrix-multiply GFLOP/s (2048x2048 tf.matmul, best of several), the reference;
+  - per preset, fp32 with and without XLA, and mixed bfloat16: training images/s through the real engine (data
+    pipeline, distributed step, EMA), achieved GFLOP/s and its fraction of the matmul figure;
+  - forward-only model evaluations (images) per second at batch 256, as a sampler sees them.
+
+FLOPs are counted, not guessed: TensorFlow's profiler counts the floating-point operations of
+the forward graph at the benchmark's batch size; a training step is counted as 3x the forward
+(backward = 2x forward, the usual estimate for conv nets), which leaves out the optimizer and
+EMA updates (a few FLOPs per parameter).
+The bar (issue 4): the training step at >= 70% of the measured matmul throughput on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
+from diffusion_lib.networks import build_network, preset  # noqa: E402
+from diffusion_lib.training import Trainer, config_preset  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    product = tf.function(lambda x, y: tf.matmul(x, y))
+    product(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops(model, batch: int, shape) -> float:
+    """Profiler-counted FLOPs of one forward pass at `batch`."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    function = tf.function(lambda x, t: model(x, t))
+    concrete = function.get_concrete_function(
+        tf.TensorSpec([batch, *shape]), tf.TensorSpec([batch], tf.int32)
+    )
+    frozen = convert_variables_to_constants_v2(concrete)
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+    return float(profile.total_float_ops)
+
+
+def train_rate(
+    data_dir: str,
+    network: str,
+    batch: int,
+    steps: int,
+    xla: bool,
+    workdir: pathlib.Path,
+    precision: str = "float32",
+) -> float:
+    config = config_preset(
+        "mnist-ddpm",
+        data_dir=data_dir,
+        network=network,
+        batch_size=batch,
+        num_steps=10**9,
+        log_every=10**9,
+        checkpoint_every=10**9,
+        jit_compile=xla,
+        precision=precision,
+    )
+    trainer = Trainer(config, workdir / f"run-{network}-{precision}-{'xla' if xla else 'plain'}")
+    trainer.run(max_steps=3)  # trace and warm up; saves one checkpoint at the end
+    iterator = iter(trainer._dataset(int(trainer.step.numpy())))
+    start_step = int(trainer.step.numpy())
+    next(iterator)
+    start = time.perf_counter()
+    for k in range(steps):
+        batch_x = next(iterator).x
+        loss, _, _ = trainer._train_step(batch_x, tf.constant(start_step + k, tf.int64))
+    float(loss)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def forward_rate(
+    network: str, batch: int, xla: bool, repeats: int = 10, precision: str = "float32"
+) -> float:
+    model = build_network(preset(network, precision=precision))
+    function = tf.function(lambda x, t: model(x, t), jit_compile=xla)
+    x, t = tf.random.normal([batch, 28, 28, 1]), tf.fill([batch], 500)
+    function(x, t).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = function(x, t)
+    out.numpy()
+    return repeats * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", nargs="+", default=["unet-tiny", "unet-small"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_train_bench_"))
+    data_dir = str(workdir / "mnist")
+    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), data_dir)
+    reference = matmul_gflops()
+    print(f"cores: {os.cpu_count()}; fp32 matmul (2048^2): {reference:.1f} GFLOP/s")
+    for network in args.presets:
+        model = build_network(preset(network))
+        per_image = forward_flops(model, args.batch, (28, 28, 1)) / args.batch
+        print(
+            f"{network}: {model.count_params():,} parameters, {per_image / 1e6:.1f} MFLOP forward per image "
+            f"(training counted as 3x: {3 * per_image / 1e6:.1f} MFLOP)"
+        )
+        for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
+            rate = train_rate(data_dir, network, args.batch, args.steps, xla, workdir, precision)
+            achieved = rate * 3 * per_image / 1e9
+            forward = forward_rate(network, 256, xla, precision=precision)
+            label = f"{precision:>14} {'XLA   ' if xla else 'no XLA'}"
+            print(
+                f"  {label}: train {rate:,.0f} images/s = {achieved:.1f} GFLOP/s "
+                f"({100 * achieved / reference:.0f}% of matmul); forward {forward:,.0f} images/s "
+                f"= {forward * per_image / 1e9:.1f} GFLOP/s"
+            )
+
+
+if __name__ == "__main__":
+    main()
