@@ -52,6 +52,25 @@ class _RowGroup:
     rows: int
 
 
+@dataclasses.dataclass(frozen=True)
+class _StreamPlan:
+    """A validated stream request: what `stream` checked, `_iterate` walks."""
+
+    groups: list
+    batch: int
+    seed: int
+    start_step: int
+    order: str
+    shuffle_window: int
+    num_epochs: int | None
+    drop_remainder: bool
+    flip: bool
+    slice_lo: int
+    part: int
+    split: int
+    global_batch_size: int
+
+
 class Batch(NamedTuple):
     """One batch. x: uint8 or float32 [b, ...]; label: int64 [b] (-1 without labels);
     index: int64 [b], the examples' stable indices; step: the global batch number."""
@@ -271,51 +290,41 @@ class ShardedDataset:
             )
         split = part // splits_per_pipeline
         # Everything above ran now, in the caller's frame; the rows flow lazily from here.
-        return self._iterate(
-            groups,
-            batch,
-            seed,
-            start_step,
-            order,
-            shuffle_window,
-            num_epochs,
-            drop_remainder,
-            flip,
-            slice_lo,
-            part,
-            split,
-            global_batch_size,
+        plan = _StreamPlan(
+            groups=groups,
+            batch=batch,
+            seed=seed,
+            start_step=start_step,
+            order=order,
+            shuffle_window=shuffle_window,
+            num_epochs=num_epochs,
+            drop_remainder=drop_remainder,
+            flip=flip,
+            slice_lo=slice_lo,
+            part=part,
+            split=split,
+            global_batch_size=global_batch_size,
         )
+        return self._iterate(plan)
 
-    def _iterate(
-        self,
-        groups,
-        batch,
-        seed,
-        start_step,
-        order,
-        shuffle_window,
-        num_epochs,
-        drop_remainder,
-        flip,
-        slice_lo,
-        part,
-        split,
-        global_batch_size,
-    ) -> Iterator[Batch]:
-        epoch_rows = sum(g.rows for g in groups)
-        skip = start_step * batch
+    def _iterate(self, plan: _StreamPlan) -> Iterator[Batch]:
+        epoch_rows = sum(g.rows for g in plan.groups)
+        skip = plan.start_step * plan.batch
         epoch, offset = divmod(skip, epoch_rows)
-        step = start_step
+        step = plan.start_step
         carry: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         carried = 0
-        while num_epochs is None or epoch < num_epochs:
-            for number, members in self._epoch_windows(groups, seed, epoch, order, shuffle_window):
+        while plan.num_epochs is None or epoch < plan.num_epochs:
+            for number, members in self._epoch_windows(
+                plan.groups, plan.seed, epoch, plan.order, plan.shuffle_window
+            ):
                 size = sum(g.rows for g in members)
                 if offset >= size:  # before the start: skip without reading
                     offset -= size
                     continue
-                values, labels, index = self._window_rows(members, seed, epoch, number, order)
+                values, labels, index = self._window_rows(
+                    members, plan.seed, epoch, number, plan.order
+                )
                 if offset:
                     values, labels, index, offset = (
                         values[offset:],
@@ -325,18 +334,32 @@ class ShardedDataset:
                     )
                 carry.append((values, labels, index))
                 carried += len(index)
-                while carried >= batch:
-                    chunk = self._take(carry, batch)
-                    carried -= batch
+                while carried >= plan.batch:
+                    chunk = self._take(carry, plan.batch)
+                    carried -= plan.batch
                     yield from self._emit(
-                        chunk, step, seed, flip, slice_lo, part, split, global_batch_size
+                        chunk,
+                        step,
+                        plan.seed,
+                        plan.flip,
+                        plan.slice_lo,
+                        plan.part,
+                        plan.split,
+                        plan.global_batch_size,
                     )
                     step += 1
             epoch += 1
-        if carried and not drop_remainder:
+        if carried and not plan.drop_remainder:
             chunk = self._take(carry, carried)
             yield from self._emit(
-                chunk, step, seed, flip, 0, len(chunk[2]), len(chunk[2]), global_batch_size
+                chunk,
+                step,
+                plan.seed,
+                plan.flip,
+                0,
+                len(chunk[2]),
+                len(chunk[2]),
+                plan.global_batch_size,
             )
 
     @staticmethod

@@ -157,3 +157,20 @@ class AttentionBlock(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "norm_groups": self.norm_groups}
+
+
+class ConfigModel(keras.Model):
+    """A model described by a NetworkConfig dict: serialised as it, built by one call on zeros."""
+
+    def get_config(self):
+        return {"config": self.config, "name": self.name}
+
+    def get_build_config(self):
+        return {"data_shape": list(self.config["data_shape"])}
+
+    def build_from_config(self, config):
+        """Creates the variables on load by one call on zeros (the layers build lazily)."""
+        cond = (
+            tf.zeros([1], tf.int32) if self.config["conditioning"] == "timestep" else tf.ones([1])
+        )
+        self(tf.zeros([1, *config["data_shape"]]), cond)

@@ -18,11 +18,11 @@ import keras
 import tensorflow as tf
 
 from diffusion_lib.networks.config import NetworkConfig, register_family
-from diffusion_lib.networks.layers import AttentionBlock, ConditionEmbedding, ResBlock
+from diffusion_lib.networks.layers import AttentionBlock, ConditionEmbedding, ConfigModel, ResBlock
 
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")
-class UNet(keras.Model):
+class UNet(ConfigModel):
     def __init__(self, config: dict, **kwargs):
         super().__init__(**kwargs)
         self.config = dict(config)
@@ -122,17 +122,6 @@ class UNet(keras.Model):
         if self.output_scaling == "inverse_sigma":
             out = out / tf.cast(cond, tf.float32)[:, None, None, None]
         return out
-
-    def get_config(self):
-        return {"config": self.config, "name": self.name}
-
-    def get_build_config(self):
-        return {"data_shape": list(self.config["data_shape"])}
-
-    def build_from_config(self, config):
-        """Creates the variables on load by one call on zeros (the layers build lazily)."""
-        cond = tf.zeros([1], tf.int32) if self.conditioning == "timestep" else tf.ones([1])
-        self(tf.zeros([1, *config["data_shape"]]), cond)
 
 
 def _gcd(a: int, b: int) -> int:
