@@ -1,0 +1,41 @@
+"""Evaluation: sample-quality metrics, the feature classifier, checkpoint scoring.
+
+Metrics never need a download: image features come from a classifier trained on the dataset
+itself (`classifier`), and every score is reported beside its real-versus-real floor.
+"""
+
+from diffusion_lib.evaluation.checkpoints import EvalReport, EvalSpec, evaluate_checkpoints
+from diffusion_lib.evaluation.classifier import (
+    ClassifierSpec,
+    FeatureExtractor,
+    load_or_train_classifier,
+)
+from diffusion_lib.evaluation.metrics import (
+    MetricInputError,
+    class_histogram,
+    classifier_score,
+    fid,
+    frechet_distance,
+    kid,
+    mmd_rbf,
+    precision_recall,
+    sliced_wasserstein,
+)
+
+__all__ = [
+    "ClassifierSpec",
+    "EvalReport",
+    "EvalSpec",
+    "FeatureExtractor",
+    "MetricInputError",
+    "class_histogram",
+    "classifier_score",
+    "evaluate_checkpoints",
+    "fid",
+    "frechet_distance",
+    "kid",
+    "load_or_train_classifier",
+    "mmd_rbf",
+    "precision_recall",
+    "sliced_wasserstein",
+]

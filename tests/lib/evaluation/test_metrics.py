@@ -1,0 +1,121 @@
+"""Metrics against closed forms and known statistics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from diffusion_lib.evaluation import (
+    MetricInputError,
+    class_histogram,
+    classifier_score,
+    fid,
+    frechet_distance,
+    kid,
+    mmd_rbf,
+    precision_recall,
+    sliced_wasserstein,
+)
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T + np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    # Equal covariances: only the means remain.
+    assert frechet_distance(mu1, cov, mu2, cov) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-9)
+    # Commuting (diagonal) covariances: sum (sqrt(a) - sqrt(b))^2.
+    d1, d2 = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)
+    assert frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(expected, rel=1e-9)
+    # Rotating both by the same orthogonal matrix changes nothing.
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    rotated = frechet_distance(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
+    assert rotated == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_detects_a_shift():
+    x = np.random.default_rng(1).normal(size=(2000, 16))
+    assert fid(x, x) == pytest.approx(0.0, abs=1e-9)
+    shifted = x + 0.5
+    assert fid(x, shifted) == pytest.approx(16 * 0.25, rel=1e-6)
+
+
+def test_kid_is_unbiased_for_equal_distributions():
+    rng = np.random.default_rng(2)
+    estimates = [
+        kid(
+            rng.normal(size=(300, 8)),
+            rng.normal(size=(300, 8)),
+            num_subsets=5,
+            subset_size=300,
+            seed=s,
+        ).mean
+        for s in range(40)
+    ]
+    mean, stderr = np.mean(estimates), np.std(estimates) / math.sqrt(len(estimates))
+    assert abs(mean) < 3 * stderr
+    assert (
+        kid(rng.normal(size=(300, 8)), rng.normal(1.0, 1.0, size=(300, 8)), subset_size=300).mean
+        > 20 * stderr
+    )
+
+
+def test_precision_recall_extremes():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 4))
+    same = precision_recall(x, x.copy())
+    assert same.precision == 1.0 and same.recall == 1.0
+    far = precision_recall(x, x + 100.0)
+    assert far.precision == 0.0 and far.recall == 0.0
+    collapsed = precision_recall(x, np.repeat(x[:1], 400, axis=0) + rng.normal(0, 1e-3, (400, 4)))
+    assert (
+        collapsed.precision == 1.0 and collapsed.recall < 0.05
+    )  # mode collapse: precise, no recall
+
+
+def test_classifier_score_and_histogram_bounds():
+    one_hot = np.eye(10)[np.arange(1000) % 10]
+    assert classifier_score(one_hot) == pytest.approx(10.0, rel=1e-6)
+    assert classifier_score(np.full((100, 10), 0.1)) == pytest.approx(1.0, rel=1e-9)
+    assert classifier_score(np.eye(10)[np.zeros(50, int)]) == pytest.approx(1.0, rel=1e-6)
+    hist = class_histogram(one_hot[:500])
+    assert hist.covered == 10 and sum(hist.frequencies) == pytest.approx(1.0)
+    assert class_histogram(np.eye(10)[np.zeros(50, int)]).covered == 1
+
+
+def test_two_dimensional_metrics():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4000, 2))
+    shift = np.array([3.0, 4.0])
+    # Mean over unit directions of |shift . theta| = |shift| * E|cos| = 5 * 2 / pi (uniform angle).
+    assert sliced_wasserstein(x, x + shift, num_projections=4000) == pytest.approx(
+        5 * 2 / math.pi, rel=0.03
+    )
+    assert sliced_wasserstein(x, x) == 0.0
+    same = [mmd_rbf(rng.normal(size=(300, 2)), rng.normal(size=(300, 2))) for _ in range(20)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / math.sqrt(20)
+    assert mmd_rbf(x[:300], x[:300] + 1.0) > 10 * np.std(same)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: fid(np.ones((10, 3, 3)), np.ones((10, 9))), r"must have shape \[n, d\]"),
+        (
+            lambda: fid(
+                np.random.default_rng(0).normal(size=(20, 64)),
+                np.random.default_rng(1).normal(size=(20, 64)),
+            ),
+            "cannot give a full-rank covariance of 64 features",
+        ),
+        (lambda: fid(np.full((100, 2), np.nan), np.ones((100, 2))), "NaN"),
+        (lambda: kid(np.ones((10, 3)), np.ones((10, 4))), "feature dimensions differ"),
+        (lambda: precision_recall(np.ones((3, 2)), np.ones((3, 2)), k=3), "at least 4 rows"),
+        (lambda: classifier_score(np.full((5, 3), 0.5)), "summing to 1"),
+    ],
+)
+def test_bad_inputs(call, message):
+    with pytest.raises(MetricInputError, match=message):
+        call()
