@@ -5,7 +5,8 @@ one fixed sampler and seed, scores them against `n` held-out real examples, and 
 `run_dir/eval/metrics.json`: one row per checkpoint, every metric with its floor (the same
 metric between `n` training and `n` held-out real examples, the best a model can honestly
 reach at that n), and the best checkpoint by `best_metric`. Checkpoints already scored with the
-same settings are not recomputed; reference features are cached by manifest and n.
+same settings are not recomputed; reference features and floors are cached by the classifier,
+both manifests, n and the seed.
 
 Images: FID, KID, precision/recall on the feature classifier's features, classifier score and
 class coverage on its softmax, and bits/dim from the variational bound (DDPM runs) on a fixed
@@ -23,7 +24,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from diffusion_lib._atomic import atomic_write_bytes
+from diffusion_lib._atomic import atomic_path, atomic_write_bytes
 from diffusion_lib.data import open_dataset
 from diffusion_lib.data.sources.toy2d import mixture_from_options
 from diffusion_lib.evaluation import metrics as M
@@ -147,6 +148,22 @@ def _image_metrics(real_feats, samples_feats, samples_probs) -> dict:
     }
 
 
+def _image_reference(extractor, train, test, train_real, test_real, spec, cache_dir):
+    """Held-out features and the floors, cached by (classifier, both manifests, n, seed)."""
+    identity = f"{extractor.path.name}|{train.manifest.fingerprint}|{test.manifest.fingerprint}|{spec.n}|{spec.seed}"
+    path = cache_dir / f"reference-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            return cached["test_features"], json.loads(str(cached["floors"]))
+    test_feats = extractor.features(test_real)
+    train_feats, train_probs = extractor.features_and_probabilities(train_real)
+    floors = _image_metrics(test_feats, train_feats, train_probs)
+    floors["classifier_test_accuracy"] = extractor.test_accuracy
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, test_features=test_feats, floors=np.array(json.dumps(floors)))
+    return test_feats, floors
+
+
 def _point_metrics(real, samples, mixture) -> dict:
     out = {
         "sliced_wasserstein": M.sliced_wasserstein(real, samples),
@@ -187,17 +204,17 @@ def evaluate_checkpoints(
     rows = {row["step"]: row for row in previous.get("rows", [])}
 
     train_real, test_real = _reference(train, test, spec.n, spec.seed)
+    cache_dir = pathlib.Path(cache_dir or run_dir / "eval" / "cache")
     if images:
         extractor = load_or_train_classifier(
             train.directory,
             test.directory,
-            cache_dir or run_dir / "eval" / "cache",
+            cache_dir,
             ClassifierSpec(epochs=spec.classifier_epochs),
         )
-        test_feats = extractor.features(test_real)
-        train_feats, train_probs = extractor.features_and_probabilities(train_real)
-        floors = _image_metrics(test_feats, train_feats, train_probs)
-        floors["classifier_test_accuracy"] = extractor.test_accuracy
+        test_feats, floors = _image_reference(
+            extractor, train, test, train_real, test_real, spec, cache_dir
+        )
     else:
         mixture = None
         if train.manifest.spec.get("source") == "gaussian_mixture":

@@ -136,5 +136,10 @@ def test_image_run_gets_every_metric(mnist, tmp_path):
     assert report.floors["classifier_test_accuracy"] >= 0.93
     assert 1.0 <= metrics["classifier_score"]["value"] <= 10.0
     assert np.isfinite(metrics["bits_per_dim"]["value"]) and metrics["bits_per_dim"]["value"] > 0
+    assert len(list((mnist / "cache").glob("reference-*.npz"))) == 1
+    again = evaluate_checkpoints(
+        tmp_path / "run", test_dir=mnist / "test", cache_dir=mnist / "cache", spec=spec
+    )
+    assert again.floors == report.floors and again.rows == report.rows
     with pytest.raises(ValueError, match="n=1000 needs 1000 examples"):
         evaluate_checkpoints(tmp_path / "run", test_dir=mnist / "test", spec=EvalSpec(n=1000))
