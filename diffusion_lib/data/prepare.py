@@ -151,6 +151,13 @@ def _plan(spec: DatasetSpec, source: Source) -> DatasetPlan:
     )
 
 
+def _source_metadata(source: Source) -> dict:
+    """What a source wants recorded in every shard and the manifest (sample sets: checkpoint,
+    sampler, seed); most sources record nothing."""
+    metadata = getattr(source, "metadata", None)
+    return dict(metadata()) if callable(metadata) else {}
+
+
 def plan_dataset(spec: DatasetSpec) -> DatasetPlan:
     """How many examples and shards `spec` makes (opens the source, reads no rows)."""
     return _plan(spec, _source(spec))
@@ -250,6 +257,7 @@ def prepare_shard(
             stop=stop,
             has_labels=plan.has_labels,
             stats=ShardStats.of(values),
+            extra=_source_metadata(source),
         )
         write_shard(path, examples, header, spec.row_group_size)
     return ShardRecord(path.name, start, stop - start, path.stat().st_size, file_sha256(path))
@@ -264,7 +272,8 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
     is returned as is, without rewriting.
     """
     directory = pathlib.Path(directory)
-    plan = plan_dataset(spec)
+    source = _source(spec)
+    plan = _plan(spec, source)
     existing = _existing_manifest(directory, spec)
     records, stats = [], []
     for index in range(plan.num_shards):
@@ -295,6 +304,7 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
         num_examples=plan.num_examples,
         shards=tuple(records),
         stats=ShardStats.merge(stats),
+        extra=_source_metadata(source),
     )
     return write_manifest(directory, manifest)
 

@@ -110,19 +110,42 @@ def run_chain(
     chain_seed: tf.Tensor,
     frames: Frames = None,
     progress: Progress | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
     """Applies x <- step(x, i, seed_i) for i = 0..num_steps-1, recording requested frames.
 
     `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
+    With a `strategy`, the batch is split evenly over its replicas and every step runs on all of
+    them at once; each replica folds its id into the step seed, so the samples are a function of
+    (seed, replica count).
     """
     wanted = frame_indices(frames, num_steps)
-    recorded = [x] if 0 in wanted else []
+    advance, gather = step, lambda v: v
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        batch = int(x.shape[0])
+        if batch % replicas:
+            raise ValueError(f"batch {batch} is not divisible by {replicas} replicas")
+        part = batch // replicas
+        x = strategy.experimental_distribute_values_from_function(
+            lambda ctx: x[
+                ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
+            ]
+        )
+
+        def replica_step(x_r, i, seed):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return step(x_r, i, tf.random.experimental.stateless_fold_in(seed, replica))
+
+        advance = tf.function(lambda x_d, i, seed: strategy.run(replica_step, args=(x_d, i, seed)))
+        gather = lambda v: tf.concat(strategy.experimental_local_results(v), axis=0)  # noqa: E731
+    recorded = [gather(x)] if 0 in wanted else []
     for i in range(num_steps):
         i_tensor = tf.constant(i, tf.int32)
-        x = step(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
+        x = advance(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
         if i + 1 in wanted:
-            recorded.append(x)
+            recorded.append(gather(x))
         if progress is not None:
             progress(i + 1, num_steps)
     stacked = tf.stack(recorded, axis=0) if recorded else None
-    return SampleResult(samples=x, frames=stacked, frame_steps=wanted)
+    return SampleResult(samples=gather(x), frames=stacked, frame_steps=wanted)

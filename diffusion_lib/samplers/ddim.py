@@ -88,6 +88,7 @@ def ddim_sample(
     clip_x0: tuple[float, float] | None = None,
     frames: Frames = None,
     progress: Progress | None = None,
+    strategy: tf.distribute.Strategy | None = None,
     dtype: tf.DType = tf.float32,
 ) -> SampleResult:
     """Draws samples of `shape` [B, ...] with DDIM.
@@ -128,4 +129,4 @@ def ddim_sample(
         z = tf.random.stateless_normal(tf.shape(x_t), step_seed, dtype=dt)
         return mean + tf.cast(sigma_table[i], dt) * z
 
-    return run_chain(step, x, len(t_desc), chain_seed, frames, progress)
+    return run_chain(step, x, len(t_desc), chain_seed, frames, progress, strategy)

@@ -35,6 +35,7 @@ def ddpm_sample(
     clip_x0: tuple[float, float] | None = None,
     frames: Frames = None,
     progress: Progress | None = None,
+    strategy: tf.distribute.Strategy | None = None,
     dtype: tf.DType = tf.float32,
 ) -> SampleResult:
     """Draws samples of `shape` [B, ...] (or from starting `noise` x_T) with all T steps.
@@ -55,4 +56,4 @@ def ddpm_sample(
         keep = tf.cast(i < num_timesteps - 1, x_t.dtype)
         return out.mean + keep * tf.exp(0.5 * out.log_variance) * z
 
-    return run_chain(step, x, num_timesteps, chain_seed, frames, progress)
+    return run_chain(step, x, num_timesteps, chain_seed, frames, progress, strategy)

@@ -58,6 +58,7 @@ def langevin_dynamics(
     seed,
     frames: Frames = None,
     progress: Progress | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
     """Runs `n_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...]."""
     step_size = _positive(step_size, "step_size")
@@ -71,7 +72,7 @@ def langevin_dynamics(
         alpha = tf.constant(step_size, x_k.dtype)  # not tf.cast: that rounds via float32
         return x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k) + tf.sqrt(alpha) * z
 
-    return run_chain(step, x, n_steps, chain_seed, frames, progress)
+    return run_chain(step, x, n_steps, chain_seed, frames, progress, strategy)
 
 
 @register_sampler("annealed_langevin", family="score")
@@ -86,6 +87,7 @@ def annealed_langevin_dynamics(
     denoise_final: bool = False,
     frames: Frames = None,
     progress: Progress | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
     """NCSN Alg. 1 from x [B, ...] over decreasing `sigmas` [L], score_fn(x, sigma [B]).
 
@@ -128,4 +130,4 @@ def annealed_langevin_dynamics(
         return x_k + tf.constant(sigma_min**2, dt) * _checks.call_network(score_fn, x_k, sigma)
 
     total = num_langevin + (1 if denoise_final else 0)
-    return run_chain(step, x, total, chain_seed, frames, progress)
+    return run_chain(step, x, total, chain_seed, frames, progress, strategy)

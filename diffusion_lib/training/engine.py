@@ -418,8 +418,14 @@ class RestoredModel:
     step: int
 
 
-def load_ema_model(run_dir: str | pathlib.Path, step: int | None = None) -> RestoredModel:
-    """The network of `run_dir` with the EMA weights of checkpoint `step` (default: latest).
+def load_ema_model(
+    run_dir: str | pathlib.Path,
+    step: int | None = None,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+) -> RestoredModel:
+    """The network of `run_dir` with the EMA weights of checkpoint `step` (default: latest),
+    built under `strategy` (if given) so a sampler can run it on every replica.
 
     Raises FileNotFoundError without checkpoints and CheckpointMismatch if the checkpoint does
     not fit the network its config describes.
@@ -434,8 +440,11 @@ def load_ema_model(run_dir: str | pathlib.Path, step: int | None = None) -> Rest
     if step not in steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint for step {step}; have {steps}")
     objective = build_objective(config)
-    model = build_network(NetworkConfig(**record["network"]))
-    ema = EmaWeights(model.trainable_variables)
+    with (
+        strategy or tf.distribute.get_strategy()
+    ).scope():  # mirrored weights for sampling on replicas
+        model = build_network(NetworkConfig(**record["network"]))
+        ema = EmaWeights(model.trainable_variables)
     restore(tf.train.Checkpoint(model=model, ema=ema), run_dir / "checkpoints", step, partial=True)
     for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
         weight.assign(average)
