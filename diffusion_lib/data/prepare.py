@@ -280,9 +280,12 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
         path = directory / shard_name(index, plan.num_shards)
         start = index * spec.rows_per_shard
         stop = min(start + spec.rows_per_shard, plan.num_examples)
-        if not _shard_is_good(path, spec, index, start, stop, None):
+        expected = None
+        if existing is not None:  # a shard the manifest already vouches for must still match it
+            expected = next((s.sha256 for s in existing.shards if s.file == path.name), None)
+        if not _shard_is_good(path, spec, index, start, stop, expected):
             raise DataError(
-                f"{path}: missing or not a shard of this dataset; run prepare_shard({index}) first"
+                f"{path}: missing, corrupt or not a shard of this dataset; run prepare_shard({index}) first"
             )
         stats.append(read_header(path).stats)
         records.append(

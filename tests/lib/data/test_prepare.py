@@ -132,7 +132,7 @@ def test_shards_prepared_in_any_order_make_the_same_dataset(tmp_path):
 def test_finalize_refuses_an_incomplete_directory(tmp_path):
     prepare_shard(MNIST, tmp_path / "c", 0)
     with pytest.raises(
-        DataError, match=r"shard-00001-of-00005.parquet: missing .* prepare_shard\(1\)"
+        DataError, match=r"shard-00001-of-00005.parquet: missing, corrupt .* prepare_shard\(1\)"
     ):
         finalize_dataset(MNIST, tmp_path / "c")
     assert not (tmp_path / "c" / "manifest.json").exists()
@@ -223,3 +223,17 @@ def test_spec_is_hashable_round_trips_and_ignores_download():
     )
     with pytest.raises(DataError, match="rows_per_shard"):
         DatasetSpec.create("moons", rows_per_shard=0)
+
+
+def test_finalize_never_vouches_for_a_corrupted_shard(tmp_path):
+    directory = tmp_path / "mnist"
+    manifest = prepare_dataset(MNIST, directory)
+    path = directory / manifest.shards[2].file
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="shard-00002-of-00005.parquet: missing, corrupt"):
+        finalize_dataset(MNIST, directory)
+    assert read_manifest(directory).shards == manifest.shards  # the manifest was not rewritten
+    prepare_shard(MNIST, directory, 2)  # rebuilds it: the checksum no longer matches
+    assert finalize_dataset(MNIST, directory).shards == manifest.shards
