@@ -1,0 +1,86 @@
+"""train_model as a Prefect task: a SIGKILLed worker is retried and resumes from its checkpoint;
+a bad config fails with the worker's message; a timeout kills the process group."""
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
+
+from diffusion_lib.data import DatasetSpec, prepare_dataset
+from diffusion_lib.training import committed_steps
+from tasks.train import TrainingFailed, train_model, training_config
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("roll")
+    prepare_dataset(DatasetSpec.create("swiss_roll", n=4_000), directory)
+    return str(directory)
+
+
+def _kill_worker_after(checkpoints, step, killed):
+    """Waits for a committed checkpoint >= step, then SIGKILLs the training child's process group."""
+    deadline = time.time() + 180
+    while time.time() < deadline and not killed:
+        done = committed_steps(checkpoints)
+        if done and done[-1] >= step:
+            for child in psutil.Process().children(recursive=True):
+                if "diffusion_lib.training" in " ".join(child.cmdline()):
+                    os.killpg(child.pid, signal.SIGKILL)
+                    killed.append(done[-1])
+                    return
+        time.sleep(0.05)
+
+
+def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
+    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 3000,
+                              "checkpoint_every": 100, "log_every": 100}, data_dir)
+    run_dir = tmp_path / "run"
+    killed = []
+    watcher = threading.Thread(target=_kill_worker_after, args=(run_dir / "checkpoints", 500, killed), daemon=True)
+
+    @flow
+    def one_training():
+        return train_model.with_options(retry_delay_seconds=0)(config, str(run_dir), timeout_seconds=600)
+
+    watcher.start()
+    state = one_training(return_state=True)
+    watcher.join(timeout=1)
+    assert killed, "the worker finished before it could be killed"
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["step"] == 3000 and result["checkpoint"].endswith("ckpt-3000")
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in rows]
+    # The retry resumed after the last checkpoint before the kill, not from step 0.
+    assert steps.count(100) == 1 and steps[-1] == 3000
+
+
+def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
+    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10}, data_dir)
+    config["data_dir"] = str(tmp_path / "missing")
+    with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
+        train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
+    with pytest.raises(Exception, match="num_steps"):
+        training_config({"preset": "toy-ddpm", "num_steps": -1}, data_dir)
+
+
+def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
+    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10**6,
+                              "checkpoint_every": 10**6, "log_every": 10}, data_dir)
+    start = time.time()
+    with pytest.raises(TrainingFailed, match="exceeded 8 s; killed its process group"):
+        train_model.fn(config, str(tmp_path / "run"), timeout_seconds=8)
+    assert time.time() - start < 60
+    assert not [c for c in psutil.Process().children(recursive=True) if "diffusion_lib.training" in " ".join(c.cmdline())]
