@@ -83,7 +83,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 class EmaWeights(tf.Module):
     """Exponential moving averages of the trainable weights, kept apart from them:
-    ema <- decay * ema + (1 - decay) * weight after every update; evaluation and sampling copy
+    ema <- rate * ema + (1 - rate) * weight after every update k, with rate = decay, or with
+    `ema_warmup` rate = min(decay, (1 + k) / (10 + k)); evaluation and sampling copy
     them into a model of their own, training never reads them."""
 
     def __init__(self, weights):
@@ -230,6 +231,7 @@ class Trainer:
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         clip = float(config.grad_clip_norm)
         decay = float(config.ema_decay)
+        warmup = bool(config.ema_warmup)
         variables = model.trainable_variables
 
         def loss_and_grads(x, step_seed, offset):
@@ -243,12 +245,12 @@ class Trainer:
             tf.function(loss_and_grads, jit_compile=True) if config.jit_compile else loss_and_grads
         )
 
-        def update_ema(strategy):
+        def update_ema(strategy, rate):
             for average, weight in zip(self.ema.averages, variables, strict=True):
                 strategy.extended.update(
                     average,
-                    lambda a, w: a.assign(decay * a + (1.0 - decay) * w),
-                    args=(weight.value,),
+                    lambda a, w, r: a.assign(r * a + (1.0 - r) * w),
+                    args=(weight.value, rate),
                     group=False,
                 )
 
@@ -269,7 +271,11 @@ class Trainer:
             # is a second all-reduce; the first is what makes clipping replica-count independent.)
             replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
             optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], variables)
-            ctx.merge_call(update_ema)
+            rate = tf.constant(decay)
+            if warmup:  # min(decay, (1 + k) / (10 + k)): a usable average early in short runs
+                k = tf.cast(step, tf.float32)
+                rate = tf.minimum(rate, (1.0 + k) / (10.0 + k))
+            ctx.merge_call(update_ema, args=(rate,))
             return loss, norm, finite
 
         @tf.function

@@ -22,14 +22,23 @@ def _mtimes(directory: pathlib.Path) -> dict:
 
 
 def test_tiny_preset_end_to_end_then_resume(prefect_server, tmp_path):
-    state = train_and_sample(preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True)
+    state = train_and_sample(
+        preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True
+    )
     assert state.is_completed(), state.message
     result = state.result()
     run = tmp_path / "r1"
     assert result["run_dir"] == str(run) and result["best_step"] in (30, 60)
-    for path in ("data/train/manifest.json", "data/test/manifest.json", "checkpoints/ckpt-60.json",
-                 "eval/metrics.json", "samples/manifest.json", "render/grid.png", "render/sampling.gif",
-                 "render/loss.png"):
+    for path in (
+        "data/train/manifest.json",
+        "data/test/manifest.json",
+        "checkpoints/ckpt-60.json",
+        "eval/metrics.json",
+        "samples/manifest.json",
+        "render/grid.png",
+        "render/sampling.gif",
+        "render/loss.png",
+    ):
         assert (run / path).is_file(), path
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert [row["step"] for row in metrics["rows"]] == [30, 60]
@@ -46,10 +55,15 @@ def test_tiny_preset_end_to_end_then_resume(prefect_server, tmp_path):
     assert "data:image/png;base64," in found["sample-report"].data
 
     shards_before = _mtimes(run / "data" / "train")
-    again = train_and_sample(preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True)
+    again = train_and_sample(
+        preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True
+    )
     assert again.is_completed(), again.message
     assert _mtimes(run / "data" / "train") == shards_before  # finished work is not redone
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == ["ckpt-30.json", "ckpt-60.json"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == [
+        "ckpt-30.json",
+        "ckpt-60.json",
+    ]
 
 
 def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path):

@@ -44,15 +44,27 @@ def _kill_worker_after(checkpoints, step, killed):
 
 
 def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
-    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 3000,
-                              "checkpoint_every": 100, "log_every": 100}, data_dir)
+    config = training_config(
+        {
+            "preset": "toy-ddpm",
+            "network": "mlp-tiny",
+            "num_steps": 3000,
+            "checkpoint_every": 100,
+            "log_every": 100,
+        },
+        data_dir,
+    )
     run_dir = tmp_path / "run"
     killed = []
-    watcher = threading.Thread(target=_kill_worker_after, args=(run_dir / "checkpoints", 500, killed), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_worker_after, args=(run_dir / "checkpoints", 500, killed), daemon=True
+    )
 
     @flow
     def one_training():
-        return train_model.with_options(retry_delay_seconds=0)(config, str(run_dir), timeout_seconds=600)
+        return train_model.with_options(retry_delay_seconds=0)(
+            config, str(run_dir), timeout_seconds=600
+        )
 
     watcher.start()
     state = one_training(return_state=True)
@@ -68,7 +80,9 @@ def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_p
 
 
 def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
-    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10}, data_dir)
+    config = training_config(
+        {"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10}, data_dir
+    )
     config["data_dir"] = str(tmp_path / "missing")
     with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
@@ -77,10 +91,22 @@ def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp
 
 
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
-    config = training_config({"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10**6,
-                              "checkpoint_every": 10**6, "log_every": 10}, data_dir)
+    config = training_config(
+        {
+            "preset": "toy-ddpm",
+            "network": "mlp-tiny",
+            "num_steps": 10**6,
+            "checkpoint_every": 10**6,
+            "log_every": 10,
+        },
+        data_dir,
+    )
     start = time.time()
     with pytest.raises(TrainingFailed, match="exceeded 8 s; killed its process group"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=8)
     assert time.time() - start < 60
-    assert not [c for c in psutil.Process().children(recursive=True) if "diffusion_lib.training" in " ".join(c.cmdline())]
+    assert not [
+        c
+        for c in psutil.Process().children(recursive=True)
+        if "diffusion_lib.training" in " ".join(c.cmdline())
+    ]
