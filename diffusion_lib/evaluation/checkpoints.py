@@ -135,7 +135,12 @@ def _reference(train, test, n: int, seed: int):
 
 def _image_metrics(real_feats, samples_feats, samples_probs) -> dict:
     pr = M.precision_recall(real_feats, samples_feats)
-    k = M.kid(real_feats, samples_feats, num_subsets=20, subset_size=min(500, len(real_feats)))
+    k = M.kid(
+        real_feats,
+        samples_feats,
+        num_subsets=20,
+        subset_size=max(2, min(1000, len(real_feats) // 2)),
+    )
     hist = M.class_histogram(samples_probs)
     return {
         "fid": M.fid(real_feats, samples_feats),
