@@ -87,9 +87,12 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     assert [row["step"] for row in report.rows] == [300, 600]
     floor = report.floors["sliced_wasserstein"]
     last = report.rows[-1]["metrics"]
-    assert (
-        last["sliced_wasserstein"]["floor"] == floor and floor < last["sliced_wasserstein"]["value"]
-    )
+    first = report.rows[0]["metrics"]
+    assert last["sliced_wasserstein"]["floor"] == floor
+    # Training helps, and 600 steps get within a few floors (the floor itself is a finite-n
+    # estimate: a good model can land below it).
+    assert last["sliced_wasserstein"]["value"] < first["sliced_wasserstein"]["value"]
+    assert last["sliced_wasserstein"]["value"] < 3 * floor
     # The exact log-likelihood of held-out data (the floor) is the mixture's entropy estimate, about -3.35.
     assert report.floors["log_likelihood"] == pytest.approx(-3.35, abs=0.15)
     assert report.best_step == 600 and report.best_metric == "sliced_wasserstein"
