@@ -7,6 +7,9 @@ argument; checks on shapes and dtypes use static information and raise at trace 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import tensorflow as tf
 
 
@@ -91,3 +94,30 @@ def call_network(fn, x: tf.Tensor, *args, name: str = "score_fn output") -> tf.T
     out = tf.cast(as_float_tensor(fn(x, *args), name), x.dtype)
     check_same_shape(out, x, name, "x")
     return out
+
+
+def positive_int(value: object, name: str) -> int:
+    """A positive integer (bools refused), else ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_number(value: object, name: str) -> float:
+    """A positive finite number, else ValueError naming the argument."""
+    if not (isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def noise_levels(sigmas) -> np.ndarray:
+    """Noise levels as float64 [L]: non-empty, 1-D, positive and finite."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if (
+        sigmas.ndim != 1
+        or sigmas.size == 0
+        or not np.all(np.isfinite(sigmas))
+        or np.any(sigmas <= 0)
+    ):
+        raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
+    return sigmas

@@ -145,14 +145,7 @@ def ncsn_loss(
     With lambda = sigma^2 the per-level terms 0.5 ||sigma s + z||^2 are all O(1) (NCSN sec. 4.2).
     `levels` (int [B]) and `noise` (like x) may be given instead of drawn from `seed`.
     """
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    if (
-        sigmas.ndim != 1
-        or sigmas.size == 0
-        or not np.all(np.isfinite(sigmas))
-        or np.any(sigmas <= 0)
-    ):
-        raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
+    sigmas = _checks.noise_levels(sigmas)
     x = _data(x)
     if levels is None or noise is None:
         if seed is None:

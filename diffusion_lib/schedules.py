@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from diffusion_lib import _checks
+
 
 class BetaSchedule(Protocol):
     """Returns float64 betas of shape [num_steps], each in (0, 1)."""
@@ -79,12 +81,6 @@ def _cosine(num_steps: int, start: float, end: float, *, max_beta: float) -> np.
     return np.clip(betas, 0.0, max_beta)
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def beta_schedule(
     kind: str,
     num_steps: int,
@@ -101,7 +97,7 @@ def beta_schedule(
     """
     if kind not in BETA_SCHEDULES:
         raise ValueError(f"kind must be one of {sorted(BETA_SCHEDULES)}, got {kind!r}")
-    num_steps = _check_positive_int(num_steps, "num_steps")
+    num_steps = _checks.positive_int(num_steps, "num_steps")
     for name, value in (("start", start), ("end", end), ("max_beta", max_beta)):
         if not (isinstance(value, int | float | np.floating) and 0.0 < float(value) < 1.0):
             raise ValueError(f"{name} must be in the open interval (0, 1), got {value!r}")
@@ -125,12 +121,9 @@ def sigma_schedule(sigma_max: float, sigma_min: float, num_levels: int) -> np.nd
 
     Song & Ermon 2019, sec. 4.2: {sigma_i} is a geometric sequence, sigma_{i-1}/sigma_i constant.
     """
-    num_levels = _check_positive_int(num_levels, "num_levels")
-    for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
-        if not (
-            isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0
-        ):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    num_levels = _checks.positive_int(num_levels, "num_levels")
+    sigma_max = _checks.positive_number(sigma_max, "sigma_max")
+    sigma_min = _checks.positive_number(sigma_min, "sigma_min")
     if sigma_min > sigma_max:
         raise ValueError(f"sigma_min must not exceed sigma_max, got {sigma_min} > {sigma_max}")
     if num_levels == 1:

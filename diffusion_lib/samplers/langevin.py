@@ -16,7 +16,6 @@ sigma a float tensor [B] in x's dtype (every entry the current level).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -36,18 +35,6 @@ from diffusion_lib.samplers.base import (
 ScoreFn = Callable[..., tf.Tensor]
 
 
-def _positive(value: float, name: str) -> float:
-    if not (isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 @register_sampler("langevin", family="score")
 def langevin_dynamics(
     score_fn: ScoreFn,
@@ -61,8 +48,8 @@ def langevin_dynamics(
     strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
     """Runs `n_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...]."""
-    step_size = _positive(step_size, "step_size")
-    n_steps = _count(n_steps, "n_steps")
+    step_size = _checks.positive_number(step_size, "step_size")
+    n_steps = _checks.positive_int(n_steps, "n_steps")
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
 
@@ -93,18 +80,11 @@ def annealed_langevin_dynamics(
 
     The chain has L * steps_per_level steps (plus one if `denoise_final`); frames index it.
     """
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    if (
-        sigmas.ndim != 1
-        or sigmas.size == 0
-        or not np.all(np.isfinite(sigmas))
-        or np.any(sigmas <= 0)
-    ):
-        raise ValueError("sigmas must be a non-empty 1-D sequence of positive finite numbers")
+    sigmas = _checks.noise_levels(sigmas)
     if np.any(np.diff(sigmas) > 0):
         raise ValueError("sigmas must be non-increasing (sigma_1 >= ... >= sigma_L)")
-    steps_per_level = _count(steps_per_level, "steps_per_level")
-    step_lr = _positive(step_lr, "step_lr")
+    steps_per_level = _checks.positive_int(steps_per_level, "steps_per_level")
+    step_lr = _checks.positive_number(step_lr, "step_lr")
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
 
