@@ -316,7 +316,13 @@ class GaussianDiffusion:
         two stay consistent (as DDIM's and IDDPM's samplers do).
         """
         x_t, t = self._inputs(x_t, t, "x_t")
-        mean_output, var_output = self._split_output(model(x_t, t), x_t)
+        return self._predictions(model(x_t, t), x_t, t, clip_x0)
+
+    def _predictions(
+        self, model_output, x_t, t, clip_x0
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """(pred_x0, pred_noise, variance channels or None) from a network output."""
+        mean_output, var_output = self._split_output(model_output, x_t)
         pred_x0, pred_noise = self.predict_x0_and_eps(mean_output, x_t, t)
         if clip_x0 is not None:
             pred_x0 = tf.clip_by_value(pred_x0, clip_x0[0], clip_x0[1])
@@ -355,11 +361,7 @@ class GaussianDiffusion:
         x_t, t = self._inputs(x_t, t, "x_t")
         if model_output is None:
             model_output = model(x_t, t)
-        mean_output, var_output = self._split_output(model_output, x_t)
-        pred_x0, pred_noise = self.predict_x0_and_eps(mean_output, x_t, t)
-        if clip_x0 is not None:
-            pred_x0 = tf.clip_by_value(pred_x0, clip_x0[0], clip_x0[1])
-            pred_noise = self.predict_eps_from_x0(x_t, t, pred_x0)
+        pred_x0, pred_noise, var_output = self._predictions(model_output, x_t, t, clip_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         variance, log_variance = self._variance(var_output, x_t, t)
         return PMeanVariance(mean, variance, log_variance, pred_x0, pred_noise)
@@ -458,8 +460,7 @@ class GaussianDiffusion:
             x_t = self.q_sample(x0, t, noise)
             model_output = tf.cast(model(tf.cast(x_t, model_dtype), t), tf.float64)
             vb_t = self._vb_terms_bpd(model_output, x0, x_t, t, clip_x0=clip_x0)
-            mean_output, _ = self._split_output(model_output, x_t)
-            _, pred_noise = self.predict_x0_and_eps(mean_output, x_t, t)
+            _, pred_noise, _ = self._predictions(model_output, x_t, t, None)
             return vb_t, _mean_flat(tf.square(pred_noise - noise))
 
         vb, mse = [], []
