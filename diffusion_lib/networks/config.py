@@ -49,6 +49,12 @@ class NetworkConfig:
         object.__setattr__(self, "attn_resolutions", tuple(int(v) for v in self.attn_resolutions))
         self.validate()
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (tuples as lists): what models and run directories store."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+        }
+
     def validate(self) -> None:
         def fail(message):
             raise ValueError(f"network config: {message}")

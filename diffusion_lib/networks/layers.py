@@ -162,6 +162,13 @@ class AttentionBlock(keras.layers.Layer):
 class ConfigModel(keras.Model):
     """A model described by a NetworkConfig dict: serialised as it, built by one call on zeros."""
 
+    @classmethod
+    def build_for(cls, config) -> keras.Model:
+        """The model of a NetworkConfig with its variables created."""
+        model = cls(config.to_dict())
+        model.build_from_config({"data_shape": list(config.data_shape)})
+        return model
+
     def get_config(self):
         return {"config": self.config, "name": self.name}
 

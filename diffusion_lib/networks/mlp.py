@@ -42,14 +42,4 @@ class ConditionalMLP(ConfigModel):
 
 @register_family("mlp")
 def build_mlp(config: NetworkConfig) -> keras.Model:
-    model = ConditionalMLP(_as_dict(config))
-    model.build_from_config({"data_shape": list(config.data_shape)})
-    return model
-
-
-def _as_dict(config: NetworkConfig) -> dict:
-    import dataclasses
-
-    return {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
-    }
+    return ConditionalMLP.build_for(config)

@@ -12,7 +12,7 @@ skip connection's size (4 -> 8 -> 7), so 28x28 (28 -> 14 -> 7 -> 4) and 32x32 bo
 
 from __future__ import annotations
 
-import dataclasses
+import math
 
 import keras
 import tensorflow as tf
@@ -83,7 +83,7 @@ class UNet(ConfigModel):
                 self.upsamplers.append(None)
 
         self.norm_out = keras.layers.GroupNormalization(
-            _gcd(ch, groups), epsilon=1e-5, dtype=policy
+            math.gcd(ch, groups), epsilon=1e-5, dtype=policy
         )
         out_channels = cfg.data_shape[-1] * cfg.output_channels_factor
         self.conv_out = keras.layers.Conv2D(
@@ -124,16 +124,6 @@ class UNet(ConfigModel):
         return out
 
 
-def _gcd(a: int, b: int) -> int:
-    import math
-
-    return math.gcd(a, b)
-
-
 @register_family("unet")
 def build_unet(config: NetworkConfig) -> keras.Model:
-    model = UNet(
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    )
-    model.build_from_config({"data_shape": list(config.data_shape)})
-    return model
+    return UNet.build_for(config)

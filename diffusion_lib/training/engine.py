@@ -131,10 +131,7 @@ def _prepare_run_dir(
         "config": config.to_dict(),
         "identity": config.identity(),
         "dataset_fingerprint": dataset_fingerprint,
-        "network": {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(network).items()
-        },
+        "network": network.to_dict(),
     }
     if path.is_file():
         stored = json.loads(path.read_text())
