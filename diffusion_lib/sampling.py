@@ -22,6 +22,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from diffusion_lib import render
 from diffusion_lib.data import DataError, DatasetSpec, Manifest, open_dataset, prepare_dataset
 from diffusion_lib.data.sources.base import Examples, check_range, register_source
 from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample, ddpm_sample
@@ -154,7 +155,7 @@ class DiffusionSamples:
                 f"checkpoint ckpt-{self.step}: chunk {index} of the samples contains NaN or Inf"
             )
         if self.kind == "image":
-            return np.clip(np.rint((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            return render.to_uint8(samples)
         return (samples * self._std + self._mean).astype(np.float32)
 
     def read(self, start: int, stop: int) -> Examples:
@@ -220,8 +221,6 @@ def generate_samples(
         run_dir, n=n, sampler=sampler, step=step, rows_per_shard=rows_per_shard, **options
     )
     manifest = prepare_dataset(spec, out_dir)
-    from diffusion_lib import render  # rendering is optional output; keep the import local
-
     first = open_dataset(out_dir).read(0, min(n, grid * grid)).values
     if manifest.kind == "image":
         render.save_image_grid(first, pathlib.Path(out_dir) / "grid.png", columns=grid)

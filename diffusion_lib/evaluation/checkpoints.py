@@ -29,8 +29,9 @@ from diffusion_lib.data import open_dataset
 from diffusion_lib.data.sources.toy2d import mixture_from_options
 from diffusion_lib.evaluation import metrics as M
 from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_classifier
+from diffusion_lib.render import to_uint8
 from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample, ddpm_sample
-from diffusion_lib.training import committed_steps, load_ema_model
+from diffusion_lib.training import committed_steps, load_ema_model, read_run_config
 
 LOWER_IS_BETTER = {
     "fid": True,
@@ -119,7 +120,7 @@ def _clip(shape) -> tuple[float, float] | None:
 def _to_images(samples: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(samples)):
         raise M.MetricInputError("generated samples contain NaN or Inf")
-    return np.clip(np.rint((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return to_uint8(samples)
 
 
 def _reference(train, test, n: int, seed: int):
@@ -193,8 +194,7 @@ def evaluate_checkpoints(
     steps = committed_steps(run_dir / "checkpoints")
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
-    first = load_ema_model(run_dir, steps[0])
-    train = open_dataset(train_dir or first.config.data_dir)
+    train = open_dataset(train_dir or read_run_config(run_dir).data_dir)
     test = open_dataset(test_dir)
     if train.example_shape != test.example_shape:
         raise M.MetricInputError(

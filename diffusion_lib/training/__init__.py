@@ -21,6 +21,7 @@ from diffusion_lib.training.engine import (
     TrainResult,
     enable_determinism,
     load_ema_model,
+    read_run_config,
     train,
 )
 from diffusion_lib.training.strategy import choose_strategy, worker_role
@@ -40,6 +41,7 @@ __all__ = [
     "config_preset_names",
     "enable_determinism",
     "load_ema_model",
+    "read_run_config",
     "train",
     "worker_role",
 ]

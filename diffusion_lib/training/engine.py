@@ -30,7 +30,6 @@ from diffusion_lib.networks import NetworkConfig, build_network, preset
 from diffusion_lib.training.checkpoints import (
     CheckpointStore,
     committed_steps,
-    read_marker,
     restore,
 )
 from diffusion_lib.training.config import ConfigError, TrainConfig
@@ -421,6 +420,12 @@ class RestoredModel:
     step: int
 
 
+def read_run_config(run_dir: str | pathlib.Path) -> TrainConfig:
+    """The TrainConfig a run directory was trained with (its config.json)."""
+    record = json.loads((pathlib.Path(run_dir) / CONFIG_NAME).read_text())
+    return TrainConfig.from_dict(record["config"])
+
+
 def load_ema_model(
     run_dir: str | pathlib.Path,
     step: int | None = None,
@@ -451,7 +456,6 @@ def load_ema_model(
     restore(tf.train.Checkpoint(model=model, ema=ema), run_dir / "checkpoints", step, partial=True)
     for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
         weight.assign(average)
-    read_marker(run_dir / "checkpoints", step)
     return RestoredModel(model, objective, config, step)
 
 
