@@ -193,28 +193,36 @@ def _check_no_foreign_shards(directory: pathlib.Path, spec: DatasetSpec) -> None
             )
 
 
-def _shard_is_good(
+def _expected_sha(manifest: Manifest | None, name: str) -> str | None:
+    """The sha256 a manifest records for shard `name`, if it records one."""
+    if manifest is None:
+        return None
+    return next((s.sha256 for s in manifest.shards if s.file == name), None)
+
+
+def _checked_shard(
     path: pathlib.Path,
     spec: DatasetSpec,
     index: int,
     start: int,
     stop: int,
     expected_sha: str | None,
-) -> bool:
+) -> tuple[ShardHeader, str] | None:
+    """(header, sha256) of a shard file that belongs here and matches `expected_sha` if given;
+    None if it is missing, unreadable, foreign or corrupt. Hashes the file once."""
     if not path.is_file():
-        return False
+        return None
     try:
         header = read_header(path)
     except DataError:
-        return False
-    if (header.fingerprint, header.shard_index, header.start, header.stop) != (
-        spec.fingerprint(),
-        index,
-        start,
-        stop,
-    ):
-        return False
-    return expected_sha is None or file_sha256(path) == expected_sha
+        return None
+    identity = (header.fingerprint, header.shard_index, header.start, header.stop)
+    if identity != (spec.fingerprint(), index, start, stop):
+        return None
+    digest = file_sha256(path)
+    if expected_sha is not None and digest != expected_sha:
+        return None
+    return header, digest
 
 
 def prepare_shard(
@@ -232,10 +240,10 @@ def prepare_shard(
     start = shard_index * spec.rows_per_shard
     stop = min(start + spec.rows_per_shard, plan.num_examples)
     path = directory / shard_name(shard_index, plan.num_shards)
-    expected = None
-    if manifest is not None:
-        expected = next((s.sha256 for s in manifest.shards if s.file == path.name), None)
-    if not _shard_is_good(path, spec, shard_index, start, stop, expected):
+    checked = _checked_shard(
+        path, spec, shard_index, start, stop, _expected_sha(manifest, path.name)
+    )
+    if checked is None:
         examples = source.read(start, stop)
         what = f"{spec.source}/{spec.split} rows [{start}, {stop})"
         if source.kind == "image":
@@ -260,7 +268,8 @@ def prepare_shard(
             extra=_source_metadata(source),
         )
         write_shard(path, examples, header, spec.row_group_size)
-    return ShardRecord(path.name, start, stop - start, path.stat().st_size, file_sha256(path))
+        checked = (header, file_sha256(path))
+    return ShardRecord(path.name, start, stop - start, path.stat().st_size, checked[1])
 
 
 def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manifest:
@@ -280,17 +289,14 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
         path = directory / shard_name(index, plan.num_shards)
         start = index * spec.rows_per_shard
         stop = min(start + spec.rows_per_shard, plan.num_examples)
-        expected = None
-        if existing is not None:  # a shard the manifest already vouches for must still match it
-            expected = next((s.sha256 for s in existing.shards if s.file == path.name), None)
-        if not _shard_is_good(path, spec, index, start, stop, expected):
+        # A shard the manifest already vouches for must still match it.
+        checked = _checked_shard(path, spec, index, start, stop, _expected_sha(existing, path.name))
+        if checked is None:
             raise DataError(
                 f"{path}: missing, corrupt or not a shard of this dataset; run prepare_shard({index}) first"
             )
-        stats.append(read_header(path).stats)
-        records.append(
-            ShardRecord(path.name, start, stop - start, path.stat().st_size, file_sha256(path))
-        )
+        stats.append(checked[0].stats)
+        records.append(ShardRecord(path.name, start, stop - start, path.stat().st_size, checked[1]))
     # Temporary files of writers killed mid-shard (SIGKILL leaves them): every shard is in place
     # now, so no live writer can own one.
     for stale in directory.glob(".shard-*.tmp"):
