@@ -18,7 +18,13 @@ import keras
 import tensorflow as tf
 
 from diffusion_lib.networks.config import NetworkConfig, register_family
-from diffusion_lib.networks.layers import AttentionBlock, ConditionEmbedding, ConfigModel, ResBlock
+from diffusion_lib.networks.layers import (
+    AttentionBlock,
+    ConditionEmbedding,
+    ConfigModel,
+    GroupNorm,
+    ResBlock,
+)
 
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")
@@ -82,9 +88,7 @@ class UNet(ConfigModel):
             else:
                 self.upsamplers.append(None)
 
-        self.norm_out = keras.layers.GroupNormalization(
-            math.gcd(ch, groups), epsilon=1e-5, dtype=policy
-        )
+        self.norm_out = GroupNorm(math.gcd(ch, groups), epsilon=1e-5, dtype=policy)
         out_channels = cfg.data_shape[-1] * cfg.output_channels_factor
         self.conv_out = keras.layers.Conv2D(
             out_channels, 3, padding="same", kernel_initializer="zeros", dtype=policy
