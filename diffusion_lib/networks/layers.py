@@ -125,7 +125,9 @@ class GroupNorm(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         if channels % self.groups:
-            raise ValueError(f"GroupNorm: {channels} channels do not split into {self.groups} groups")
+            raise ValueError(
+                f"GroupNorm: {channels} channels do not split into {self.groups} groups"
+            )
         self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
 
@@ -176,14 +178,10 @@ class ResBlock(keras.layers.Layer):
     def build(self, input_shape):
         in_channels = input_shape[-1]
         policy = self.dtype_policy
-        self.norm1 = GroupNorm(
-            _groups(in_channels, self.norm_groups), epsilon=1e-5, dtype=policy
-        )
+        self.norm1 = GroupNorm(_groups(in_channels, self.norm_groups), epsilon=1e-5, dtype=policy)
         self.conv1 = keras.layers.Conv2D(self.channels, 3, padding="same", dtype=policy)
         self.emb_proj = keras.layers.Dense(self.channels, dtype=policy)
-        self.norm2 = GroupNorm(
-            _groups(self.channels, self.norm_groups), epsilon=1e-5, dtype=policy
-        )
+        self.norm2 = GroupNorm(_groups(self.channels, self.norm_groups), epsilon=1e-5, dtype=policy)
         self.conv2 = keras.layers.Conv2D(
             self.channels, 3, padding="same", kernel_initializer="zeros", dtype=policy
         )
@@ -222,9 +220,7 @@ class AttentionBlock(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         policy = self.dtype_policy
-        self.norm = GroupNorm(
-            _groups(channels, self.norm_groups), epsilon=1e-5, dtype=policy
-        )
+        self.norm = GroupNorm(_groups(channels, self.norm_groups), epsilon=1e-5, dtype=policy)
         self.qkv = keras.layers.Dense(3 * channels, dtype=policy)
         self.proj = keras.layers.Dense(channels, kernel_initializer="zeros", dtype=policy)
 

@@ -170,7 +170,7 @@ def test_group_norm_value_and_gradients_match_the_float64_definition(channels, g
 
     ours = gradients(lambda *a: layers.group_norm(*a, groups=groups, epsilon=1e-5), tf.float32)
     reference = gradients(lambda *a: _group_norm_float64(*a, groups=groups), tf.float64)
-    for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), ours, reference):
+    for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), ours, reference, strict=True):
         scale = np.abs(want).max()
         assert np.abs(got - want).max() <= 2e-5 * scale, name
 
