@@ -4,7 +4,12 @@ Metrics never need a download: image features come from a classifier trained on 
 itself (`classifier`), and every score is reported beside its real-versus-real floor.
 """
 
-from diffusion_lib.evaluation.checkpoints import EvalReport, EvalSpec, evaluate_checkpoints
+from diffusion_lib.evaluation.checkpoints import (
+    EvalReport,
+    EvalSpec,
+    best_previous_checkpoint,
+    evaluate_checkpoints,
+)
 from diffusion_lib.evaluation.classifier import (
     ClassifierSpec,
     FeatureExtractor,
@@ -23,6 +28,7 @@ from diffusion_lib.evaluation.metrics import (
 )
 
 __all__ = [
+    "best_previous_checkpoint",
     "ClassifierSpec",
     "EvalReport",
     "EvalSpec",

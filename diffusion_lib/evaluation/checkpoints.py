@@ -31,7 +31,13 @@ from diffusion_lib.evaluation import metrics as M
 from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_classifier
 from diffusion_lib.render import to_uint8
 from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample, ddpm_sample
-from diffusion_lib.training import committed_steps, load_ema_model, read_run_config
+from diffusion_lib.training import (
+    TrainConfig,
+    committed_steps,
+    load_ema_model,
+    read_run_config,
+)
+from diffusion_lib.training.engine import CONFIG_NAME
 
 LOWER_IS_BETTER = {
     "fid": True,
@@ -277,3 +283,41 @@ def evaluate_checkpoints(
     }
     atomic_write_bytes(out_path, json.dumps(report, indent=2).encode())
     return EvalReport(str(out_path), ordered, floors, best, best_metric)
+
+
+# The TrainConfig fields that decide the shapes of a run's weights: a warm start needs them equal.
+ARCHITECTURE_FIELDS = (
+    "network",
+    "network_overrides",
+    "objective",
+    "num_timesteps",
+    "num_levels",
+    "var_type",
+    "score_output_scaling",
+)
+
+
+def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
+    """ "RUN_DIR@STEP" of the best scored checkpoint of the newest run under `root` (newest by
+    its eval/metrics.json) trained on the same dataset as `like.data_dir`, with the same
+    architecture and objective; "" if there is none. Runs in `exclude` are skipped."""
+    fingerprint = open_dataset(like.data_dir, verify="none").manifest.fingerprint
+    wanted = {k: like.to_dict()[k] for k in ARCHITECTURE_FIELDS}
+    skip = {pathlib.Path(p).resolve() for p in exclude}
+    candidates = sorted(
+        pathlib.Path(root).glob("*/eval/metrics.json"), key=lambda p: p.stat().st_mtime_ns
+    )
+    for metrics in reversed(candidates):
+        run_dir = metrics.parent.parent
+        if run_dir.resolve() in skip or not (run_dir / CONFIG_NAME).is_file():
+            continue
+        record = json.loads((run_dir / CONFIG_NAME).read_text())
+        config = TrainConfig.from_dict(record["config"]).to_dict()
+        step = json.loads(metrics.read_text())["best"]["step"]
+        if (
+            record.get("dataset_fingerprint") == fingerprint
+            and {k: config[k] for k in ARCHITECTURE_FIELDS} == wanted
+            and step in committed_steps(run_dir / "checkpoints")
+        ):
+            return f"{run_dir}@{step}"
+    return ""

@@ -35,6 +35,12 @@ RESUMABLE_FIELDS = frozenset(
 )
 
 
+def init_from_parts(text: str) -> tuple[str, int] | None:
+    """ "RUN_DIR@STEP" -> (RUN_DIR, STEP), or None if it is not of that form."""
+    run_dir, _, step = text.rpartition("@")
+    return (run_dir, int(step)) if run_dir and step.isdigit() else None
+
+
 class ConfigError(ValueError):
     """A configuration with impossible values; the message names the field."""
 
@@ -75,6 +81,10 @@ class TrainConfig:
     # min(ema_decay, (1 + step) / (10 + step)): without it a 0.999 average after 1,500 steps
     # still holds 22% of the initial weights (measured: samples were noise).
     ema_warmup: bool = True
+    # Warm start: "RUN_DIR@STEP" initialises a new run (no checkpoint of its own yet) with the
+    # EMA weights of that run's checkpoint, for both the trained and the averaged weights; the
+    # optimizer and the step start fresh. "" starts from the seeded initialisation.
+    init_from: str = ""
     batch_size: int = 128
     num_steps: int = 10_000
     seed: int = 0
@@ -162,6 +172,8 @@ class TrainConfig:
             positive(field)
         for field in ("warmup_steps", "weight_decay", "grad_clip_norm", "keep_every", "seed"):
             positive(field, allow_zero=True)
+        if self.init_from and init_from_parts(self.init_from) is None:
+            fail("init_from", f"must be 'RUN_DIR@STEP' (or empty), got {self.init_from!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if self.sigma_min > self.sigma_max:

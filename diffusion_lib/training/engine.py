@@ -32,7 +32,7 @@ from diffusion_lib.training.checkpoints import (
     committed_steps,
     restore,
 )
-from diffusion_lib.training.config import ConfigError, TrainConfig
+from diffusion_lib.training.config import ConfigError, TrainConfig, init_from_parts
 from diffusion_lib.training.objectives import build_objective
 from diffusion_lib.training.strategy import choose_strategy, worker_role
 
@@ -211,7 +211,22 @@ class Trainer:
             self.store.restore(latest)
             if int(self.step.numpy()) != latest:
                 raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
+        elif config.init_from:
+            self._warm_start(*init_from_parts(config.init_from))
         self._train_step = self._make_train_step()
+
+    def _warm_start(self, source: str, step: int) -> None:
+        """Trained and averaged weights := the EMA weights of `source`'s checkpoint `step`."""
+        checkpoints = pathlib.Path(source) / "checkpoints"
+        if step not in committed_steps(checkpoints):
+            raise ConfigError(f"init_from: {checkpoints} has no complete checkpoint {step}")
+        donor = EmaWeights(self.model.trainable_variables)
+        restore(tf.train.Checkpoint(model=self.model, ema=donor), checkpoints, step, partial=True)
+        for weight, average, own in zip(
+            self.model.trainable_variables, donor.averages, self.ema.averages, strict=True
+        ):
+            weight.assign(average)
+            own.assign(average)
 
     # ---------------------------------------------------------------- the step
 

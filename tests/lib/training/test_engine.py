@@ -253,3 +253,49 @@ def test_mixed_precision_and_xla_run(mnist, tmp_path):
         reports = []
         train(config, tmp_path / name, progress=reports.append)
         assert len(reports) == 3 and all(np.isfinite(r.loss) for r in reports)
+
+
+def test_warm_start_copies_the_donor_ema_into_weights_and_average(eight, tmp_path):
+    small = dict(data_dir=eight, network="mlp-tiny", log_every=10, checkpoint_every=20)
+    train(config_preset("toy-ddpm", num_steps=20, **small), tmp_path / "donor")
+    donor = load_ema_model(tmp_path / "donor", 20)
+
+    warm = Trainer(
+        config_preset("toy-ddpm", num_steps=5, init_from=f"{tmp_path / 'donor'}@20", **small),
+        tmp_path / "warm",
+    )
+    assert int(warm.step.numpy()) == 0 and warm.optimizer.iterations.numpy() == 0
+    for ours, average, theirs in zip(
+        warm.model.trainable_variables,
+        warm.ema.averages,
+        donor.model.trainable_variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+        np.testing.assert_array_equal(average.numpy(), theirs.numpy())
+    cold = Trainer(config_preset("toy-ddpm", num_steps=5, **small), tmp_path / "cold")
+    assert not np.array_equal(
+        cold.model.trainable_variables[0].numpy(), warm.model.trainable_variables[0].numpy()
+    )
+
+    # Once the warm run has its own checkpoint it resumes from that, not from the donor again.
+    warm.run()
+    resumed = Trainer(warm.config, tmp_path / "warm")
+    assert int(resumed.step.numpy()) == 5
+
+    with pytest.raises(ConfigError, match="init_from"):
+        config_preset("toy-ddpm", init_from="no-step-here", **small)
+    with pytest.raises(ConfigError, match="no complete checkpoint 7"):
+        Trainer(
+            config_preset("toy-ddpm", init_from=f"{tmp_path / 'donor'}@7", **small),
+            tmp_path / "missing",
+        )
+    with pytest.raises(CheckpointMismatch):
+        Trainer(
+            config_preset(
+                "toy-ddpm",
+                init_from=f"{tmp_path / 'donor'}@20",
+                **{**small, "network": "mlp-small"},
+            ),
+            tmp_path / "other-architecture",
+        )
