@@ -1,7 +1,7 @@
-"""The `train-and-sample` flow: prepare data, train, evaluate every checkpoint, sample from the
-best one, render. Composes tasks only.
+"""The `train-and-sample` flow: prepare-dataset -> train -> evaluate -> sample, each a subflow
+of its own (so each shows as one stage in the UI and can be run alone), on one run directory.
 
-    python -m flows.train_and_sample --preset tiny --output-root runs
+    python -m flows.train_and_sample --preset mnist-cpu --output-root runs
 
 Run directory: <output_root>/<run_name>/{data/, checkpoints/, eval/, samples/, render/}. The
 default run name is "<preset>-<flow run name>", so concurrent runs never share a directory; pass
@@ -12,28 +12,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Annotated, Literal
 
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.utilities.annotations import unmapped
-from pydantic import Field
 
-from tasks.data import finalize_shards, plan_shards, prepare_shards
-from tasks.evaluate import evaluate_checkpoints
+from flows.evaluate import evaluate
+from flows.params import Minutes, Model, Positive, Preset, RunName, Sampler, run_directory
+from flows.prepare_dataset import prepare_dataset
+from flows.sample import sample
+from flows.train import train
 from tasks.presets import PRESETS, resolve
-from tasks.render import render_outputs
-from tasks.sample import finalize_samples, generate_samples, plan_samples
-from tasks.train import train_model, training_config
-
-Preset = Literal["tiny", "swiss-roll", "mnist-cpu"]
-Positive = Annotated[int, Field(gt=0)]
 
 
-def _prepare(spec: dict, directory: str) -> str:
-    count = plan_shards(spec)
-    files = prepare_shards.map(unmapped(spec), unmapped(directory), range(count))
-    return finalize_shards(spec, directory, files)
+class StageFailed(RuntimeError):
+    """A stage (subflow) failed; the message names it and keeps the cause's message."""
+
+
+def _stage(name: str, subflow, **parameters):
+    state = subflow(**parameters, return_state=True)
+    if not state.is_completed():
+        raise StageFailed(f"stage {name!r} failed: {state.message}")
+    return state.result()
 
 
 def report_failure(flow_obj, flow_run, state) -> None:
@@ -54,40 +53,42 @@ def report_failure(flow_obj, flow_run, state) -> None:
 def train_and_sample(
     preset: Preset = "tiny",
     output_root: str = "runs",
-    run_name: str | None = None,
+    run_name: RunName | None = None,
+    model: Model = "ddpm",
     steps: Positive | None = None,
     batch_size: Positive | None = None,
     num_samples: Positive | None = None,
-    sampler: Literal["ddpm", "ddim", "annealed_langevin"] | None = None,
-    timeout_minutes: Annotated[float, Field(gt=0)] = 120.0,
+    sampler: Sampler | None = None,
+    workers: Positive = 1,
+    timeout_minutes: Minutes = 120.0,
+    warm_start: bool = False,
 ) -> dict:
-    plan = resolve(
-        preset, steps=steps, batch_size=batch_size, num_samples=num_samples, sampler=sampler
+    # Every override is checked here, before any stage starts (a bad value costs nothing).
+    resolve(
+        preset, model, steps=steps, batch_size=batch_size, num_samples=num_samples, sampler=sampler
     )
-    run_dir = f"{output_root}/{run_name or f'{preset}-{runtime.flow_run.name}'}"
-    train_dir = _prepare(plan["train_data"], f"{run_dir}/data/train")
-    test_dir = _prepare(plan["test_data"], f"{run_dir}/data/test")
-    config = training_config(plan["train"], train_dir)
-    trained = train_model(config, run_dir, timeout_seconds=timeout_minutes * 60)
-    evaluation = evaluate_checkpoints(run_dir, test_dir, plan["eval"], wait_for=[trained])
+    run_name = run_name or f"{preset}-{runtime.flow_run.name}"
+    where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
+    _stage("prepare-dataset", prepare_dataset, **where)
+    trained = _stage(
+        "train",
+        train,
+        **where,
+        steps=steps,
+        batch_size=batch_size,
+        workers=workers,
+        timeout_minutes=timeout_minutes,
+        warm_start=warm_start,
+    )
+    evaluation = _stage("evaluate", evaluate, **where)
     best = evaluation["best_step"]
-    count = plan_samples(run_dir, plan["samples"], best)
-    samples_dir = f"{run_dir}/samples"
-    files = generate_samples.map(
-        unmapped(run_dir),
-        unmapped(plan["samples"]),
-        unmapped(best),
-        unmapped(samples_dir),
-        range(count),
-    )
-    finalize_samples(run_dir, plan["samples"], best, samples_dir, files)
-    outputs = render_outputs(run_dir, samples_dir, f"{run_dir}/render", best)
+    sampled = _stage("sample", sample, **where, step=best, num_samples=num_samples, sampler=sampler)
     result = {
-        "run_dir": run_dir,
+        "run_dir": run_directory(output_root, run_name),
+        "final_step": trained["step"],
         "best_step": best,
         "metrics": evaluation["metrics_path"],
-        "samples": samples_dir,
-        **outputs,
+        **sampled,
     }
     print(json.dumps(result, indent=2))
     return result
@@ -98,17 +99,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="mnist-cpu", choices=sorted(PRESETS))
+    parser.add_argument("--model", default="ddpm", choices=["ddpm", "ncsn"])
     parser.add_argument("--output-root", default="runs")
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
+    parser.add_argument("--warm-start", action="store_true")
     args = parser.parse_args()
     train_and_sample(
         preset=args.preset,
+        model=args.model,
         output_root=args.output_root,
         run_name=args.run_name,
         steps=args.steps,
         num_samples=args.num_samples,
+        warm_start=args.warm_start,
     )
 
 

@@ -70,11 +70,83 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve(preset: str, **overrides) -> dict[str, Any]:
-    """The preset with the flow's flat overrides applied (None means: keep the preset's)."""
+def _tfds(name: str, train: dict, eval_settings: dict, samples: dict) -> dict[str, Any]:
+    """A TFDS image set. Read from the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets):
+    nothing is downloaded at run time; prepare it once with `tfds build <name>`."""
+    return {
+        "train_data": {"source": "tfds", "split": "train", "options": {"name": name}},
+        "test_data": {"source": "tfds", "split": "test", "options": {"name": name}},
+        "train": train,
+        "eval": eval_settings,
+        "samples": samples,
+    }
+
+
+# GPU-sized jobs: DDPM's settings (Ho et al. 2020, appendix B) for CIFAR-10, a unet-small
+# sized for 28x28 greyscale sets.
+_GREY_TRAIN = {"preset": "mnist-ddpm", "num_steps": 50_000, "checkpoint_every": 5_000}
+_GREY_EVAL = {"n": 10_000, "sampler": "ddim", "sampler_steps": 50, "bpd_examples": 0}
+_GREY_SAMPLES = {"n": 50_000, "sampler": "ddim", "num_steps": 50, "rows_per_shard": 5_000}
+PRESETS.update(
+    {
+        "mnist": _tfds("mnist", _GREY_TRAIN, _GREY_EVAL, _GREY_SAMPLES),
+        "fashion-mnist": _tfds("fashion_mnist", _GREY_TRAIN, _GREY_EVAL, _GREY_SAMPLES),
+        "cifar10": _tfds(
+            "cifar10",
+            {"preset": "cifar10-ddpm", "checkpoint_every": 10_000, "log_every": 100},
+            {"n": 10_000, "sampler": "ddim", "sampler_steps": 100, "bpd_examples": 0},
+            {"n": 50_000, "sampler": "ddim", "num_steps": 100, "rows_per_shard": 5_000},
+        ),
+    }
+)
+
+# The score-based alternative (NCSN + annealed Langevin dynamics) of a preset: what changes
+# when a flow is run with model="ncsn". Presets without an entry have no score variant.
+SCORE_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "train": {"preset": "toy-ncsn"},
+        "eval": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 0.01},
+        "samples": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 0.01},
+    },
+    "swiss-roll": {
+        "train": {"preset": "toy-ncsn"},
+        "eval": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 0.01},
+        "samples": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 0.01},
+    },
+    "mnist-cpu": {
+        "train": {"preset": "mnist-ncsn"},
+        "eval": {"sampler": "annealed_langevin", "steps_per_level": 5, "step_lr": 2e-5},
+        "samples": {"sampler": "annealed_langevin", "steps_per_level": 5, "step_lr": 2e-5},
+    },
+}
+SCORE_VARIANTS["mnist"] = SCORE_VARIANTS["fashion-mnist"] = {
+    **SCORE_VARIANTS["mnist-cpu"],
+    "train": {"preset": "mnist-ncsn", "num_steps": 50_000, "checkpoint_every": 5_000},
+}
+MODELS = ("ddpm", "ncsn")
+SAMPLERS_OF = {"ddpm": ("ddpm", "ddim"), "ncsn": ("annealed_langevin",)}
+
+
+def resolve(preset: str, model: str = "ddpm", **overrides) -> dict[str, Any]:
+    """The preset (its `model` variant) with the flow's flat overrides applied (None: keep)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     plan = {k: dict(v) for k, v in PRESETS[preset].items()}
+    if model == "ncsn":
+        if preset not in SCORE_VARIANTS:
+            raise ValueError(
+                f"model: preset {preset!r} has no score-based variant; those that do: "
+                f"{sorted(SCORE_VARIANTS)}"
+            )
+        for part, changes in SCORE_VARIANTS[preset].items():
+            plan[part] = {**plan[part], **changes}
+    wanted = overrides.get("sampler")
+    if wanted is not None and wanted not in SAMPLERS_OF[model]:
+        raise ValueError(
+            f"sampler: {wanted!r} cannot sample a {model} model; use one of {SAMPLERS_OF[model]}"
+        )
     if overrides.get("steps") is not None:
         plan["train"]["num_steps"] = overrides["steps"]
         plan["train"]["checkpoint_every"] = min(

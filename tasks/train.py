@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 from prefect import get_run_logger, task
@@ -28,7 +31,21 @@ EXIT_MEANINGS = {
 
 
 class TrainingFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """Retry crashes, kills and timeouts (a retry resumes from the latest checkpoint), not bad
+    input (exit 2) or divergence (exit 3): those fail the same way every time."""
+    try:
+        state.result()
+    except TrainingFailed as err:
+        return err.exit_code not in EXIT_MEANINGS
+    except Exception:
+        return True
+    return True
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -39,20 +56,75 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def training_config(settings: dict, data_dir: str) -> dict:
-    """A full TrainConfig dict from a preset name plus overrides (validated here, before any work)."""
+def training_config_object(settings: dict, data_dir: str):
     from diffusion_lib.training import config_preset
 
     settings = dict(settings)
-    return config_preset(settings.pop("preset"), data_dir=data_dir, **settings).to_dict()
+    return config_preset(settings.pop("preset"), data_dir=data_dir, **settings)
 
 
-@task(retries=2, retry_delay_seconds=10)
+def training_config(settings: dict, data_dir: str) -> dict:
+    """A full TrainConfig dict from a preset name plus overrides (validated here, before any work)."""
+    return training_config_object(settings, data_dir).to_dict()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def worker_environments(workers: int, visible_devices: str | None) -> list[dict]:
+    """One environment per local training worker: TF_CONFIG naming all of them on localhost
+    (none for a single worker) and an even share of the visible GPUs, if any are listed."""
+    if workers == 1:
+        return [{}]
+    hosts = [f"localhost:{port}" for port in _free_ports(workers)]
+    devices = [d for d in (visible_devices or "").split(",") if d]
+    if devices and len(devices) % workers:
+        raise ValueError(
+            f"workers: {len(devices)} visible GPUs do not split over {workers} workers"
+        )
+    share = len(devices) // workers
+    return [
+        {
+            "TF_CONFIG": json.dumps(
+                {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+            ),
+            **(
+                {"CUDA_VISIBLE_DEVICES": ",".join(devices[index * share : (index + 1) * share])}
+                if devices
+                else {}
+            ),
+        }
+        for index in range(workers)
+    ]
+
+
+def _stream(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
+    for line in proc.stdout:
+        lines.put((index, line.rstrip()))
+    lines.put((index, None))
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=_worth_retrying)
 def train_model(
-    config: dict, run_dir: str, timeout_seconds: float = 3600.0, env: dict | None = None
+    config: dict,
+    run_dir: str,
+    timeout_seconds: float = 3600.0,
+    env: dict | None = None,
+    workers: int = 1,
 ) -> dict:
-    """Trains `config` (a TrainConfig dict) in `run_dir` in a child process; returns
-    {"step", "checkpoint", "loss"}."""
+    """Trains `config` (a TrainConfig dict) in `run_dir` with `workers` child processes on this
+    host (MultiWorkerMirroredStrategy when more than one); returns {"step", "checkpoint", "loss"}.
+
+    The chief's (worker 0's) JSON lines drive the log and the progress artifact; any worker
+    failing, or the deadline passing, kills every worker's process group."""
     try:
         logger = get_run_logger()
     except MissingContextError:  # called through .fn(), outside a run
@@ -73,14 +145,22 @@ def train_model(
         "--run-dir",
         run_dir,
     ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    base_env = {**os.environ, **(env or {})}
+    lines: queue.Queue = queue.Queue()
+    procs = []
+    for index, extra in enumerate(
+        worker_environments(workers, base_env.get("CUDA_VISIBLE_DEVICES"))
+    ):
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**base_env, **extra},
+        )
+        procs.append(proc)
+        threading.Thread(target=_stream, args=(index, proc, lines), daemon=True).start()
     total = int(config.get("num_steps", 1))
     progress_id = (
         create_progress_artifact(progress=0.0, description=f"training {run.name}")
@@ -88,17 +168,32 @@ def train_model(
         else None
     )
     deadline = time.monotonic() + timeout_seconds
-    last = None
+    last, open_streams, failed = None, len(procs), None
     try:
-        for line in proc.stdout:
-            if time.monotonic() > deadline:
+        while open_streams:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TrainingFailed(
-                    f"training exceeded {timeout_seconds:.0f} s; killed its process group"
+                    f"training in {run_dir} exceeded {timeout_seconds:.0f} s; killed its process group"
                 )
-            line = line.rstrip()
+            try:
+                index, line = lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                open_streams -= 1
+                code = procs[index].wait()
+                if code != 0 and failed is None:
+                    failed = index
+                    break  # one worker down: the others would wait for it forever
+                continue
             if not line.startswith("{"):
                 continue  # TensorFlow's own start-up chatter
             event = json.loads(line)
+            if event["event"] == "error":
+                logger.error("worker %d: %s: %s", index, event["kind"], event["message"])
+            if index != 0:
+                continue
             if event["event"] == "progress":
                 logger.info(
                     "step %d/%d loss %.4f %.0f images/s",
@@ -111,24 +206,31 @@ def train_model(
                     update_progress_artifact(
                         progress_id, progress=100.0 * event["step"] / max(total, 1)
                     )
-            elif event["event"] == "error":
-                logger.error("%s: %s", event["kind"], event["message"])
             last = event
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except (TrainingFailed, subprocess.TimeoutExpired):
-        _kill_group(proc)
-        raise TrainingFailed(
-            f"training in {run_dir} exceeded {timeout_seconds:.0f} s; killed its process group"
-        ) from None
     finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-    if proc.returncode != 0:
-        meaning = EXIT_MEANINGS.get(proc.returncode, "crashed" if proc.returncode < 0 else "failed")
+        for proc in procs:
+            if proc.poll() is None:
+                _kill_group(proc)
+    if failed is not None:
+        code = procs[failed].returncode
+        meaning = EXIT_MEANINGS.get(code, "crashed" if code < 0 else "failed")
         detail = last.get("message") if last and last.get("event") == "error" else ""
         raise TrainingFailed(
-            f"training worker exited with {proc.returncode} ({meaning}) {detail}".strip()
+            f"training worker {failed} exited with {code} ({meaning}) {detail}".strip(), code
         )
     if progress_id is not None:
         update_progress_artifact(progress_id, progress=100.0)
     return {"step": last["step"], "checkpoint": last["checkpoint"], "loss": last["loss"]}
+
+
+@task(retries=2, retry_delay_seconds=5)
+def find_warm_start(output_root: str, run_dir: str, settings: dict, data_dir: str) -> str:
+    """ "RUN_DIR@STEP" of the newest other run's best checkpoint that fits `settings` (same
+    dataset, network and objective), "" if none; logged either way."""
+    from diffusion_lib.evaluation import best_previous_checkpoint
+
+    found = best_previous_checkpoint(
+        output_root, training_config_object(settings, data_dir), exclude=[run_dir]
+    )
+    get_run_logger().info("warm start from %s", found or "nothing (no earlier fitting run)")
+    return found

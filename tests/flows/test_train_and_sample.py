@@ -1,14 +1,22 @@
-"""The train-and-sample flow under a real (temporary) Prefect server: the tiny preset end to end,
-artifacts read back through the API, a resumed run that redoes nothing, a rejected parameter."""
+"""The flows under a real (temporary) Prefect server: the tiny preset end to end through the four
+stage subflows, artifacts read back through the API, a re-run that redoes nothing, a corrupt
+shard rebuilt, the score-based variant with a warm start, a failing stage named in the failure
+report, and parameters rejected before any work."""
 
+import asyncio
 import json
 import pathlib
+import typing
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.params import Preset
 from flows.train_and_sample import train_and_sample
+from tasks.presets import PRESETS, SCORE_VARIANTS, resolve
+from tasks.train import training_config
 
 
 @pytest.fixture(scope="module")
@@ -17,18 +25,32 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="module")
+def tiny_run(prefect_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    state = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
+    return root, state
+
+
 def _mtimes(directory: pathlib.Path) -> dict:
     return {p.name: p.stat().st_mtime_ns for p in directory.glob("*.parquet")}
 
 
-def test_tiny_preset_end_to_end_then_resume(prefect_server, tmp_path):
-    state = train_and_sample(
-        preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True
-    )
+def _read(query):
+    async def run():
+        async with get_client() as client:
+            return await query(client)
+
+    return asyncio.run(run())
+
+
+def test_tiny_preset_end_to_end(tiny_run):
+    root, state = tiny_run
     assert state.is_completed(), state.message
     result = state.result()
-    run = tmp_path / "r1"
-    assert result["run_dir"] == str(run) and result["best_step"] in (30, 60)
+    run = root / "r1"
+    assert result["run_dir"] == str(run) and result["final_step"] == 60
+    assert result["best_step"] in (30, 60)
     for path in (
         "data/train/manifest.json",
         "data/test/manifest.json",
@@ -44,31 +66,119 @@ def test_tiny_preset_end_to_end_then_resume(prefect_server, tmp_path):
     assert [row["step"] for row in metrics["rows"]] == [30, 60]
     assert json.loads((run / "samples" / "manifest.json").read_text())["num_examples"] == 600
 
-    import asyncio
-
-    async def artifacts():
-        async with get_client() as client:
-            return {a.key: a for a in await client.read_artifacts() if a.key}
-
-    found = asyncio.run(artifacts())
-    assert {"checkpoint-metrics", "sample-report"} <= set(found)
-    assert "data:image/png;base64," in found["sample-report"].data
-
-    shards_before = _mtimes(run / "data" / "train")
-    again = train_and_sample(
-        preset="tiny", output_root=str(tmp_path), run_name="r1", return_state=True
+    parent_id = state.state_details.flow_run_id
+    children = _read(
+        lambda client: client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            )
+        )
     )
+    flow_names = {_read(lambda client, r=r: client.read_flow(r.flow_id)).name for r in children}
+    assert flow_names == {"prepare-dataset", "train", "evaluate", "sample"}
+    artifacts = _read(lambda client: client.read_artifacts())
+    keys = {a.key for a in artifacts if a.key}
+    assert {"checkpoint-metrics", "sample-report", "sample-progress"} <= keys
+    report = next(a for a in artifacts if a.key == "sample-report")
+    assert "data:image/png;base64," in report.data
+
+
+def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
+    root, state = tiny_run
+    assert state.is_completed(), state.message
+    run = root / "r1"
+    shard = sorted((run / "data" / "train").glob("*.parquet"))[0]
+    original = shard.read_bytes()
+    before = _mtimes(run / "data" / "train")
+
+    again = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
     assert again.is_completed(), again.message
-    assert _mtimes(run / "data" / "train") == shards_before  # finished work is not redone
+    assert _mtimes(run / "data" / "train") == before  # finished work is not redone
     assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == [
         "ckpt-30.json",
         "ckpt-60.json",
     ]
 
+    corrupt = bytearray(original)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    shard.write_bytes(bytes(corrupt))
+    third = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
+    assert third.is_completed(), third.message
+    assert shard.read_bytes() == original  # rebuilt byte for byte, the training data unchanged
+    others = {k: v for k, v in _mtimes(run / "data" / "train").items() if k != shard.name}
+    assert others == {k: v for k, v in before.items() if k != shard.name}
 
-def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path):
-    with pytest.raises(Exception, match="steps"):
-        train_and_sample(preset="tiny", output_root=str(tmp_path), steps=0)
-    with pytest.raises(Exception, match="preset"):
-        train_and_sample(preset="imagenet", output_root=str(tmp_path))
+
+def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_path):
+    first = train_and_sample(
+        preset="tiny", model="ncsn", output_root=str(tmp_path), run_name="s1", return_state=True
+    )
+    assert first.is_completed(), first.message
+    run = tmp_path / "s1"
+    manifest = json.loads((run / "samples" / "manifest.json").read_text())
+    assert manifest["extra"]["sampler"] == "annealed_langevin"
+    assert (run / "render" / "score_field.png").is_file()
+
+    second = train_and_sample(
+        preset="tiny",
+        model="ncsn",
+        output_root=str(tmp_path),
+        run_name="s2",
+        steps=30,
+        warm_start=True,
+        return_state=True,
+    )
+    assert second.is_completed(), second.message
+    best = first.result()["best_step"]
+    config = json.loads((tmp_path / "s2" / "train-config.json").read_text())
+    assert config["init_from"] == f"{run}@{best}"
+
+
+def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
+    root, _ = tiny_run
+    # r1 trained a DDPM: training a score model in the same directory is refused (bad input,
+    # exit 2, not retried) and the flow says which stage failed.
+    state = train_and_sample(
+        preset="tiny", model="ncsn", output_root=str(root), run_name="r1", return_state=True
+    )
+    assert state.is_failed()
+    assert "stage 'train' failed" in state.message
+    reports = [
+        a for a in _read(lambda client: client.read_artifacts()) if a.key == "failure-report"
+    ]
+    assert reports and "stage 'train' failed" in reports[-1].data
+    assert "run_name=r1" in reports[-1].data
+    assert sorted(p.name for p in (root / "r1" / "checkpoints").glob("*.json")) == [
+        "ckpt-30.json",
+        "ckpt-60.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"preset": "imagenet"}, "preset"),
+        ({"model": "ncsn", "sampler": "ddim"}, "sampler"),
+        ({"preset": "cifar10", "model": "ncsn"}, "model"),
+        ({"run_name": "../elsewhere"}, "run_name"),
+        ({"timeout_minutes": -1}, "timeout_minutes"),
+    ],
+)
+def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path, parameters, named):
+    with pytest.raises(Exception, match=named):
+        train_and_sample(**{"preset": "tiny", "output_root": str(tmp_path), **parameters})
     assert not any(tmp_path.iterdir())
+
+
+def test_every_preset_and_variant_resolves_to_valid_configs():
+    from diffusion_lib.evaluation import EvalSpec
+
+    assert set(typing.get_args(Preset)) == set(PRESETS)
+    for preset in PRESETS:
+        for model in ("ddpm", "ncsn") if preset in SCORE_VARIANTS else ("ddpm",):
+            plan = resolve(preset, model)
+            config = training_config(plan["train"], "unused")
+            assert (config["objective"] == "ncsn") == (model == "ncsn"), (preset, model)
+            EvalSpec(**plan["eval"])
+            assert (plan["samples"]["sampler"] == "annealed_langevin") == (model == "ncsn")

@@ -1,6 +1,7 @@
 """train_model as a Prefect task: a SIGKILLed worker is retried and resumes from its checkpoint;
 a bad config fails with the worker's message; a timeout kills the process group."""
 
+import json
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps
-from tasks.train import TrainingFailed, train_model, training_config
+from tasks.train import TrainingFailed, train_model, training_config, worker_environments
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,27 @@ def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
         for c in psutil.Process().children(recursive=True)
         if "diffusion_lib.training" in " ".join(c.cmdline())
     ]
+
+
+def test_two_local_workers_train_together_under_one_task(prefect_server, data_dir, tmp_path):
+    # Two child processes with their own TF_CONFIG (MultiWorkerMirroredStrategy over localhost):
+    # the same code path a multi-GPU host takes, with a CPU per worker instead of GPUs.
+    config = training_config(
+        {
+            "preset": "toy-ddpm",
+            "network": "mlp-tiny",
+            "num_steps": 20,
+            "checkpoint_every": 20,
+            "log_every": 10,
+        },
+        data_dir,
+    )
+    result = train_model.fn(config, str(tmp_path / "run"), timeout_seconds=300, workers=2)
+    assert result["step"] == 20
+    assert committed_steps(tmp_path / "run" / "checkpoints") == [20]
+    assert not list(tmp_path.glob("**/.worker-*-scratch"))  # the non-chief copy is not kept
+    envs = worker_environments(2, "0,1,2,3")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
+    assert [json.loads(e["TF_CONFIG"])["task"]["index"] for e in envs] == [0, 1]
+    with pytest.raises(ValueError, match="workers"):
+        worker_environments(2, "0,1,2")

@@ -1,0 +1,28 @@
+"""The flows' shared parameter types and the run-directory rule (plain Python, no Prefect state).
+
+Parameters are flat and typed so the Prefect UI shows and validates each one, and so
+`prefect deployment run ... --param steps=200` changes one field (a nested model passed with
+--param would replace all of its fields).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+Preset = Literal["tiny", "swiss-roll", "mnist-cpu", "mnist", "fashion-mnist", "cifar10"]
+Model = Literal["ddpm", "ncsn"]
+Sampler = Literal["ddpm", "ddim", "annealed_langevin"]
+Positive = Annotated[int, Field(gt=0)]
+Minutes = Annotated[float, Field(gt=0)]
+RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def run_directory(output_root: str, run_name: str) -> str:
+    """<output_root>/<run_name>: everything one run writes lives under it."""
+    return f"{output_root.rstrip('/')}/{run_name}"
+
+
+def data_directory(run_dir: str, split: str) -> str:
+    return f"{run_dir}/data/{split}"

@@ -1,0 +1,33 @@
+"""The `prepare-dataset` flow: a preset's train and test sets as Parquet shards, one task per
+shard. Re-running it rebuilds only missing or corrupt shards."""
+
+from __future__ import annotations
+
+from prefect import flow, runtime
+from prefect.utilities.annotations import unmapped
+
+from flows.params import Model, Preset, RunName, data_directory, run_directory
+from tasks.data import finalize_shards, plan_shards, prepare_shards
+from tasks.presets import resolve
+
+
+def _prepare(spec: dict, directory: str) -> str:
+    count = plan_shards(spec)
+    files = prepare_shards.map(unmapped(spec), unmapped(directory), range(count))
+    return finalize_shards(spec, directory, files)
+
+
+@flow(name="prepare-dataset", log_prints=True)
+def prepare_dataset(
+    preset: Preset = "tiny",
+    output_root: str = "runs",
+    run_name: RunName | None = None,
+    model: Model = "ddpm",
+) -> dict:
+    """Returns {"train": dir, "test": dir} under <output_root>/<run_name>/data/."""
+    plan = resolve(preset, model)
+    run_dir = run_directory(output_root, run_name or f"{preset}-{runtime.flow_run.name}")
+    return {
+        split: _prepare(plan[f"{split}_data"], data_directory(run_dir, split))
+        for split in ("train", "test")
+    }

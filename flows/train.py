@@ -1,0 +1,34 @@
+"""The `train` flow: one training job on a prepared dataset (run `prepare-dataset` first, with
+the same run name). A re-run, or a retry of its task, resumes from the latest checkpoint."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.params import Minutes, Model, Positive, Preset, RunName, data_directory, run_directory
+from tasks.presets import resolve
+from tasks.train import find_warm_start, train_model, training_config
+
+
+@flow(name="train", log_prints=True)
+def train(
+    preset: Preset,
+    run_name: RunName,
+    output_root: str = "runs",
+    model: Model = "ddpm",
+    steps: Positive | None = None,
+    batch_size: Positive | None = None,
+    workers: Positive = 1,
+    timeout_minutes: Minutes = 120.0,
+    warm_start: bool = False,
+) -> dict:
+    """Returns {"step", "checkpoint", "loss"}. With `warm_start`, a new run starts from the best
+    checkpoint of the newest other run under `output_root` that trained the same network and
+    objective (and from scratch if there is none)."""
+    plan = resolve(preset, model, steps=steps, batch_size=batch_size)
+    run_dir = run_directory(output_root, run_name)
+    settings, data_dir = dict(plan["train"]), data_directory(run_dir, "train")
+    if warm_start:
+        settings["init_from"] = find_warm_start(output_root, run_dir, settings, data_dir)
+    config = training_config(settings, data_dir)
+    return train_model(config, run_dir, timeout_seconds=timeout_minutes * 60, workers=workers)
