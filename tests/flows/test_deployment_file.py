@@ -1,8 +1,11 @@
-"""deploy/prefect.yaml: every deployment points at a real flow with parameters it accepts.
+"""deploy/: every deployment points at a real flow with parameters it accepts, and the Kubernetes
+base job template renders, through prefect-kubernetes' own job configuration, into a Job that
+asks for GPUs and mounts the run volume. (No cluster here: the rendering is what can be checked;
+test_live_deployment.py deploys prefect.yaml to a live server.)"""
 
-(Only the file is checked here; deploying it to a live server and worker is still to come.)"""
-
+import asyncio
 import importlib
+import json
 import pathlib
 
 import yaml
@@ -13,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_deployments_name_real_flows_and_valid_parameters():
     spec = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"default", "nightly"}
+    assert set(deployments) == {"default", "nightly", "gpu"}
     for deployment in deployments.values():
         path, name = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -23,3 +26,44 @@ def test_deployments_name_real_flows_and_valid_parameters():
     nightly = deployments["nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC"}]
     assert nightly["concurrency_limit"] == 1
+    assert nightly["parameters"]["warm_start"] is True
+    template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
+    allowed = set(template["variables"]["properties"])
+    assert set(deployments["gpu"]["work_pool"]["job_variables"]) <= allowed
+
+
+def test_kubernetes_template_renders_a_gpu_job():
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
+    defaults = {
+        name: spec["default"]
+        for name, spec in template["variables"]["properties"].items()
+        if "default" in spec
+    }
+    values = {**defaults, "gpu_count": 4, "image": "registry.example/diffusion-lib:1"}
+    configuration = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
+    )
+    pod = configuration.job_manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["image"] == "registry.example/diffusion-lib:1"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == "diffusion-runs"
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert configuration.job_manifest["spec"]["backoffLimit"] == 0
+
+
+def test_multi_host_manifest_gives_each_pod_its_own_tf_config():
+    documents = list(
+        yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "train-workers.yaml").read_text())
+    )
+    service, job = documents
+    assert service["spec"]["clusterIP"] == "None"
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "${JOB_COMPLETION_INDEX}" in script and "python -m diffusion_lib.training" in script
+    hosts = script.count(".train-<run>:2222")
+    assert hosts == job["spec"]["completions"]  # TF_CONFIG lists every worker of the job

@@ -105,6 +105,16 @@ def _cli(env, *args, timeout=180) -> str:
 def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path):
     env, started = live_server
     _cli(env, "work-pool", "create", "diffusion-process", "--type", "process")
+    _cli(
+        env,
+        "work-pool",
+        "create",
+        "diffusion-gpu",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        "deploy/kubernetes/base-job-template.json",
+    )
     _cli(env, "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
@@ -135,6 +145,7 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
         ArtifactFilterFlowRunId,
         FlowRunFilter,
         FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
     )
 
     async def read_back():
@@ -145,13 +156,18 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
                 if flow_run.state.is_final() or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(2)
+            # The stages are subflows: their tasks belong to the child flow runs.
+            stages = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])
+                )
+            )
+            run_ids = [flow_run.id, *(stage.id for stage in stages)]
             task_runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids))
             )
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])
-                )
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))
             )
             deployments = await client.read_deployments()
             return flow_run, task_runs, artifacts, deployments
@@ -165,10 +181,13 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
     assert flow_run.parameters["output_root"] == str(output_root)
 
     names = {d.name: d for d in deployments}
-    assert set(names) == {"default", "nightly"}
+    assert set(names) == {"default", "nightly", "gpu"}
     assert names["nightly"].schedules[0].schedule.cron == "0 2 * * *"
+    assert names["gpu"].work_pool_name == "diffusion-gpu"
+    assert names["gpu"].job_variables["gpu_count"] == 8
 
     task_names = {run.name.rsplit("-", 1)[0] for run in task_runs}
+    assert {"prepare-dataset", "train", "evaluate", "sample"} <= task_names  # the stages
     assert {
         "plan_shards",
         "prepare_shards",
