@@ -56,9 +56,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "test_data": {"source": "mnist_embedded", "split": "test", "options": {}},
         "train": {
             "preset": "mnist-ddpm",
-            "network": "unet-tiny",
+            "network": "unet-cpu",
             "batch_size": 64,
-            "num_steps": 1_500,
+            "num_steps": 2_000,
             "checkpoint_every": 500,
             "log_every": 50,
             "warmup_steps": 100,

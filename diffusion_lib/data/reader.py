@@ -198,6 +198,27 @@ class ShardedDataset:
             )
         return Examples(np.concatenate(values), np.concatenate(labels) if self.has_labels else None)
 
+    def read_rows(self, indices) -> Examples:
+        """Examples at `indices` (ascending, unique), reading only the row groups that hold them:
+        memory is one row group plus the result, whatever the dataset's size."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or np.any(np.diff(indices) <= 0):
+            raise DataError("indices must be a 1-D ascending sequence without repeats")
+        if len(indices) and not 0 <= indices[0] <= indices[-1] < len(self):
+            raise DataError(f"indices must lie in [0, {len(self)})")
+        values, labels = [], []
+        for group in self._groups:
+            lo, hi = np.searchsorted(indices, [group.start, group.start + group.rows])
+            if lo == hi:
+                continue
+            v, lab, _ = self._read_group(group)
+            local = indices[lo:hi] - group.start
+            values.append(v[local])
+            labels.append(lab[local])
+        if not values:
+            return self.read(0, 0)
+        return Examples(np.concatenate(values), np.concatenate(labels) if self.has_labels else None)
+
     # ---------------------------------------------------------------- stream
 
     def _epoch_windows(

@@ -136,7 +136,7 @@ def _reference(train, test, n: int, seed: int):
             f"n={n} needs {n} examples in each of train ({len(train)}) and test ({len(test)})"
         )
     rng = np.random.default_rng(seed)
-    pick = lambda ds: ds.read().values[np.sort(rng.choice(len(ds), n, replace=False))]  # noqa: E731
+    pick = lambda ds: ds.read_rows(np.sort(rng.choice(len(ds), n, replace=False))).values  # noqa: E731
     return pick(train), pick(test)
 
 

@@ -110,6 +110,11 @@ def _presets() -> dict[str, NetworkConfig]:
         "unet-tiny": dataclasses.replace(
             unet, base_channels=8, channel_mults=(1, 2), attn_resolutions=(14,), norm_groups=4
         ),
+        # 283k parameters: the widest that trains ~2,000 steps of batch 64 in under 10 minutes
+        # on 2 CPU cores (251 images/s for the bare step).
+        "unet-cpu": dataclasses.replace(
+            unet, base_channels=16, channel_mults=(1, 2, 2), attn_resolutions=(7,), norm_groups=8
+        ),
         "unet-small": dataclasses.replace(
             unet, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1
         ),

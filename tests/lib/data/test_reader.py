@@ -149,3 +149,17 @@ def test_bad_reader_arguments(roll, tmp_path):
         open_dataset(roll.directory, verify="maybe")
     with pytest.raises(DataError, match="no manifest.json"):
         open_dataset(tmp_path)
+
+
+def test_read_rows_equals_indexing_the_whole_read(mnist):
+    dataset = mnist
+    everything = dataset.read()
+    picks = np.sort(np.random.default_rng(0).choice(len(dataset), 300, replace=False))
+    rows = dataset.read_rows(picks)
+    np.testing.assert_array_equal(rows.values, everything.values[picks])
+    np.testing.assert_array_equal(rows.labels, everything.labels[picks])
+    assert dataset.read_rows([]).values.shape == (0, 28, 28, 1)
+    with pytest.raises(DataError, match="ascending"):
+        dataset.read_rows([5, 3])
+    with pytest.raises(DataError, match=r"\[0, "):
+        dataset.read_rows([len(dataset)])
