@@ -91,23 +91,22 @@ def annealed_langevin_dynamics(
     num_langevin = sigmas.size * steps_per_level
     level_sigma = np.repeat(sigmas, steps_per_level)
     level_alpha = step_lr * level_sigma**2 / sigmas[-1] ** 2
-    sigma_table = tf.constant(level_sigma, tf.float64)
-    alpha_table = tf.constant(level_alpha, tf.float64)
-    sigma_min = float(sigmas[-1])
+    # One update for every step, x + drift[i] * s(x, sigma[i]) + spread[i] * z, with a table row
+    # per step: (sigma_i, alpha_i / 2, sqrt(alpha_i)) for Langevin steps and, for the final
+    # denoising step, (sigma_L, sigma_L^2, 0): x + sigma_L^2 * s(x, sigma_L), no noise. A
+    # tensor `if` choosing between the two made Grappler emit an AccumulateNV2 whose temporary
+    # variable collided between calls (AlreadyExistsError with a U-Net score model).
+    sigma_table = tf.constant(np.append(level_sigma, sigmas[-1]), tf.float64)
+    drift_table = tf.constant(np.append(0.5 * level_alpha, sigmas[-1] ** 2), tf.float64)
+    spread_table = tf.constant(np.append(np.sqrt(level_alpha), 0.0), tf.float64)
 
     @tf.function
     def step(x_k, i, step_seed):
         dt = x_k.dtype
-        if i < num_langevin:
-            sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
-            alpha = tf.cast(alpha_table[i], dt)
-            z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
-            return (
-                x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k, sigma) + tf.sqrt(alpha) * z
-            )
-        # The final denoising step: x + sigma_L^2 * s(x, sigma_L), no noise.
-        sigma = tf.fill([tf.shape(x_k)[0]], tf.constant(sigma_min, dt))
-        return x_k + tf.constant(sigma_min**2, dt) * _checks.call_network(score_fn, x_k, sigma)
+        sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
+        score = _checks.call_network(score_fn, x_k, sigma)
+        z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
+        return x_k + tf.cast(drift_table[i], dt) * score + tf.cast(spread_table[i], dt) * z
 
     total = num_langevin + (1 if denoise_final else 0)
     return run_chain(step, x, total, chain_seed, frames, progress, strategy)

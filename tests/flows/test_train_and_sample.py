@@ -10,7 +10,11 @@ import typing
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.params import Preset
@@ -143,6 +147,26 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
     )
     assert state.is_failed()
     assert "stage 'train' failed" in state.message
+    stages = _read(
+        lambda client: client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+    )
+    trainings = [
+        run
+        for run in _read(
+            lambda client: client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[s.id for s in stages]))
+            )
+        )
+        if run.name.startswith("train_model")
+    ]
+    # Bad input (exit 2) fails the same way every time: one attempt, no retries.
+    assert len(trainings) == 1 and trainings[0].run_count == 1
     reports = [
         a for a in _read(lambda client: client.read_artifacts()) if a.key == "failure-report"
     ]
