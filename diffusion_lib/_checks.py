@@ -93,12 +93,7 @@ def call_network(fn, x: tf.Tensor, *args, name: str = "score_fn output") -> tf.T
     """fn(x, *args) checked to be floating and shaped like x, cast to x's dtype."""
     out = tf.cast(as_float_tensor(fn(x, *args), name), x.dtype)
     check_same_shape(out, x, name, "x")
-    # Also at run time, and it gives the output x's static shape: a network whose spatial dims
-    # are only known at run time (the U-Net crops with tf.shape) otherwise leaves x + a*s + b*z
-    # with unequal symbolic shapes, which Grappler's AddOpsRewrite turns into AccumulateNV2, whose
-    # temporary variable collides between calls inside tf.cond (AlreadyExistsError, seen in
-    # annealed Langevin sampling of a U-Net score model).
-    return tf.ensure_shape(out, x.shape)
+    return out
 
 
 def positive_int(value: object, name: str) -> int:
