@@ -103,15 +103,16 @@ PRESETS.update(
 # The score-based alternative (NCSN + annealed Langevin dynamics) of a preset: what changes
 # when a flow is run with model="ncsn". Presets without an entry have no score variant.
 SCORE_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    # toy-ncsn: 10 levels from 5 to 0.05 (gamma = 1.67); step_lr by NCSNv2's technique 4.
     "tiny": {
         "train": {"preset": "toy-ncsn"},
-        "eval": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 0.01},
-        "samples": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 0.01},
+        "eval": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 4.8e-4},
+        "samples": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 4.8e-4},
     },
     "swiss-roll": {
         "train": {"preset": "toy-ncsn"},
-        "eval": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 0.01},
-        "samples": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 0.01},
+        "eval": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 8.1e-5},
+        "samples": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 8.1e-5},
     },
     # 100 noise levels from 50 to 0.01 and 3 Langevin steps per level (300 network evaluations
     # per sample, affordable on CPU); step_lr from NCSNv2's technique 4 for gamma = 1.09, T = 3.

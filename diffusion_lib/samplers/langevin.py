@@ -85,6 +85,14 @@ def annealed_langevin_dynamics(
         raise ValueError("sigmas must be non-increasing (sigma_1 >= ... >= sigma_L)")
     steps_per_level = _checks.positive_int(steps_per_level, "steps_per_level")
     step_lr = _checks.positive_number(step_lr, "step_lr")
+    # Every level's step is alpha_i / sigma_i^2 = step_lr / sigma_L^2 times the inverse
+    # curvature of a Gaussian score -x / sigma_i^2: at 2 or more the chain diverges.
+    if step_lr >= 2.0 * sigmas[-1] ** 2:
+        raise ValueError(
+            f"step_lr must be below 2 * sigma_L^2 = {2.0 * sigmas[-1] ** 2:.3g} (got {step_lr}): "
+            "larger steps make annealed Langevin dynamics diverge (NCSN uses step_lr = 0.2 * "
+            "sigma_L^2; NCSNv2's technique 4 picks it from the number of steps per level)"
+        )
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
 

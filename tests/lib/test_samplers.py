@@ -216,6 +216,8 @@ def test_bad_inputs(diffusion):
         langevin_dynamics(lambda x: -x, tf.zeros([2, 2], tf.int32), 0.1, 10, seed=0)
     with pytest.raises(ValueError, match="sigmas must be non-increasing"):
         annealed_langevin_dynamics(lambda x, s: -x, tf.zeros([2, 2]), [0.1, 1.0], 10, 0.1, seed=0)
+    with pytest.raises(ValueError, match="step_lr must be below 2"):
+        annealed_langevin_dynamics(lambda x, s: -x, tf.zeros([2, 2]), [1.0, 0.05], 10, 0.01, seed=0)
     with pytest.raises(TypeError, match="seed"):
         langevin_dynamics(lambda x: -x, tf.zeros([2, 2]), 0.1, 10, seed=None)
     with pytest.raises(ValueError, match="frames"):
