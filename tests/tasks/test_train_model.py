@@ -30,6 +30,11 @@ def data_dir(tmp_path_factory):
     return str(directory)
 
 
+def _toy_config(data_dir, **fields) -> dict:
+    """A TrainConfig dict for the tiny MLP on the swiss roll, with `fields` set."""
+    return training_config({"preset": "toy-ddpm", "network": "mlp-tiny", **fields}, data_dir)
+
+
 def _kill_worker_after(checkpoints, step, killed):
     """Waits for a committed checkpoint >= step, then SIGKILLs the training child's process group."""
     deadline = time.time() + 180
@@ -45,16 +50,7 @@ def _kill_worker_after(checkpoints, step, killed):
 
 
 def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
-    config = training_config(
-        {
-            "preset": "toy-ddpm",
-            "network": "mlp-tiny",
-            "num_steps": 3000,
-            "checkpoint_every": 100,
-            "log_every": 100,
-        },
-        data_dir,
-    )
+    config = _toy_config(data_dir, num_steps=3000, checkpoint_every=100, log_every=100)
     run_dir = tmp_path / "run"
     killed = []
     watcher = threading.Thread(
@@ -81,9 +77,7 @@ def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_p
 
 
 def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
-    config = training_config(
-        {"preset": "toy-ddpm", "network": "mlp-tiny", "num_steps": 10}, data_dir
-    )
+    config = _toy_config(data_dir, num_steps=10)
     config["data_dir"] = str(tmp_path / "missing")
     with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
@@ -92,16 +86,7 @@ def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp
 
 
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
-    config = training_config(
-        {
-            "preset": "toy-ddpm",
-            "network": "mlp-tiny",
-            "num_steps": 10**6,
-            "checkpoint_every": 10**6,
-            "log_every": 10,
-        },
-        data_dir,
-    )
+    config = _toy_config(data_dir, num_steps=10**6, checkpoint_every=10**6, log_every=10)
     start = time.time()
     with pytest.raises(TrainingFailed, match="exceeded 8 s; killed its process group"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=8)
@@ -116,16 +101,7 @@ def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
 def test_two_local_workers_train_together_under_one_task(prefect_server, data_dir, tmp_path):
     # Two child processes with their own TF_CONFIG (MultiWorkerMirroredStrategy over localhost):
     # the same code path a multi-GPU host takes, with a CPU per worker instead of GPUs.
-    config = training_config(
-        {
-            "preset": "toy-ddpm",
-            "network": "mlp-tiny",
-            "num_steps": 20,
-            "checkpoint_every": 20,
-            "log_every": 10,
-        },
-        data_dir,
-    )
+    config = _toy_config(data_dir, num_steps=20, checkpoint_every=20, log_every=10)
     result = train_model.fn(config, str(tmp_path / "run"), timeout_seconds=300, workers=2)
     assert result["step"] == 20
     assert committed_steps(tmp_path / "run" / "checkpoints") == [20]
