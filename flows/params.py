@@ -19,6 +19,11 @@ Minutes = Annotated[float, Field(gt=0)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
+def default_run_name(preset: str, flow_run_name: str) -> str:
+    """ "<preset>-<flow run name>": unique per flow run, so concurrent runs never share a directory."""
+    return f"{preset}-{flow_run_name}"
+
+
 def run_directory(output_root: str, run_name: str) -> str:
     """<output_root>/<run_name>: everything one run writes lives under it."""
     return f"{output_root.rstrip('/')}/{run_name}"

@@ -17,7 +17,16 @@ from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from flows.evaluate import evaluate
-from flows.params import Minutes, Model, Positive, Preset, RunName, Sampler, run_directory
+from flows.params import (
+    Minutes,
+    Model,
+    Positive,
+    Preset,
+    RunName,
+    Sampler,
+    default_run_name,
+    run_directory,
+)
 from flows.prepare_dataset import prepare_dataset
 from flows.sample import sample
 from flows.train import train
@@ -38,7 +47,9 @@ def _stage(name: str, subflow, **parameters):
 def report_failure(flow_obj, flow_run, state) -> None:
     """On failure: a short artifact naming the failed stage and how to resume."""
     parameters = flow_run.parameters or {}
-    run_name = parameters.get("run_name") or f"{parameters.get('preset', 'tiny')}-{flow_run.name}"
+    run_name = parameters.get("run_name") or default_run_name(
+        parameters.get("preset", "tiny"), flow_run.name
+    )
     create_markdown_artifact(
         key="failure-report",
         markdown=(
@@ -67,7 +78,7 @@ def train_and_sample(
     resolve(
         preset, model, steps=steps, batch_size=batch_size, num_samples=num_samples, sampler=sampler
     )
-    run_name = run_name or f"{preset}-{runtime.flow_run.name}"
+    run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
     _stage("prepare-dataset", prepare_dataset, **where)
     trained = _stage(
