@@ -99,12 +99,12 @@ def render_run(
         render.save_image_grid(first, out / "grid.png")
         render.sampling_gif(frames, out / "sampling.gif")
     else:
-        stats = open_dataset(restored.config.data_dir, verify="none").manifest.stats
-        mean, std = np.array(stats["mean"]), np.array(stats["std"])
+        data = open_dataset(restored.config.data_dir, verify="none")
+        mean, std = np.array(data.manifest.stats["mean"]), np.array(data.manifest.stats["std"])
         render.save_points(first, out / "grid.png")
         render.points_animation(frames * std + mean, out / "sampling.gif")
         if not hasattr(restored.objective, "diffusion"):
-            score_field = _score_field(restored, frames, mean, std, out / "score_field.png")
+            score_field = _score_field(restored, data, frames, mean, std, out / "score_field.png")
     metrics = pathlib.Path(run_dir) / "metrics.jsonl"
     loss_curve = render.loss_curve_png(metrics, out / "loss.png") if metrics.is_file() else None
     return RunRenders(
@@ -112,13 +112,12 @@ def render_run(
     )
 
 
-def _score_field(restored, frames, mean, std, path) -> pathlib.Path:
+def _score_field(restored, data, frames, mean, std, path) -> pathlib.Path:
     """The learned score at the smallest noise level, in data coordinates, with 20 chain paths.
 
     The network works on standardised points z = (x - mean) / std, so the score in x is
     score_z / std (chain rule)."""
     sigma_min = float(np.asarray(restored.objective.sigmas)[-1])
-    data = open_dataset(restored.config.data_dir, verify="none")
     points = data.read(0, min(len(data), 2000)).values
 
     def score_fn(x):
