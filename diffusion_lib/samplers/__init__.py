@@ -7,6 +7,7 @@ module using `register_sampler`, imported here.
 
 from diffusion_lib.samplers.base import (
     SAMPLERS,
+    LevelHealth,
     SampleResult,
     SamplerInfo,
     get_sampler,
@@ -18,6 +19,7 @@ from diffusion_lib.samplers.langevin import annealed_langevin_dynamics, langevin
 
 __all__ = [
     "SAMPLERS",
+    "LevelHealth",
     "SampleResult",
     "SamplerInfo",
     "annealed_langevin_dynamics",

@@ -13,7 +13,7 @@ starting noise and one per chain step, so the same seed gives the same samples, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -25,16 +25,33 @@ Frames = int | Sequence[int] | None
 
 
 @dataclasses.dataclass(frozen=True)
+class LevelHealth:
+    """The chain at the end of one noise level: the RMS of x over the whole batch beside the RMS
+    it should carry, sqrt(data_rms^2 + sigma^2). A ratio well above 1 is a chain lagging behind
+    its schedule (too small a step): the network then sees noise it was never trained on."""
+
+    sigma: float
+    rms: float
+    expected_rms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.rms / self.expected_rms
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleResult:
     """Samples [B, ...]; with frames requested, the chain's states at those steps.
 
     frames: [F, B, ...] or None. frame_steps: the chain step of each frame, 0 being the starting
-    noise and `num_steps` the returned samples.
+    noise and `num_steps` the returned samples. health: one `LevelHealth` per noise level, for
+    samplers that anneal over levels (empty otherwise).
     """
 
     samples: tf.Tensor
     frames: tf.Tensor | None = None
     frame_steps: tuple[int, ...] = ()
+    health: tuple[LevelHealth, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +128,13 @@ def run_chain(
     frames: Frames = None,
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    *,
+    watch: Callable[[int, tf.Tensor], None] | None = None,
+    watch_at: Collection[int] = (),
 ) -> SampleResult:
     """Applies x <- step(x, i, seed_i) for i = 0..num_steps-1, recording requested frames.
+
+    `watch(k, x)` is called with the whole batch after step k for each k in `watch_at`.
 
     `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
     With a `strategy`, the batch is split evenly over its replicas and every step runs on all of
@@ -143,8 +165,12 @@ def run_chain(
     for i in range(num_steps):
         i_tensor = tf.constant(i, tf.int32)
         x = advance(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
-        if i + 1 in wanted:
-            recorded.append(gather(x))
+        if i + 1 in wanted or (watch is not None and i + 1 in watch_at):
+            whole = gather(x)
+            if i + 1 in wanted:
+                recorded.append(whole)
+            if watch is not None and i + 1 in watch_at:
+                watch(i + 1, whole)
         if progress is not None:
             progress(i + 1, num_steps)
     stacked = tf.stack(recorded, axis=0) if recorded else None

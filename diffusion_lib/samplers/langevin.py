@@ -1,14 +1,27 @@
-"""Langevin dynamics and annealed Langevin dynamics (Song & Ermon 2019, "NCSN").
+"""Langevin dynamics and annealed Langevin dynamics (Song & Ermon 2019, "NCSN"; Song & Ermon
+2020, "NCSNv2").
 
-Langevin dynamics with step size alpha (NCSN eq. 4):
+The two use different step conventions, each the one its settings come from:
+
+Plain Langevin dynamics, step size alpha, in the tutorials' form (NCSN eq. 4):
 
     x_{k+1} = x_k + (alpha / 2) * score(x_k) + sqrt(alpha) * z_k,   z_k ~ N(0, I)
 
-Annealed Langevin dynamics (NCSN Alg. 1): for noise levels sigma_1 > ... > sigma_L, run
-`steps_per_level` Langevin steps at each level with alpha_i = step_lr * sigma_i^2 / sigma_L^2,
-using the noise-conditional score s(x, sigma_i). An optional last step moves to the posterior
-mean under the smallest noise, x + sigma_L^2 * s(x, sigma_L) (Tweedie's formula; Jolicoeur-
-Martineau et al. 2020), which removes the residual noise sigma_L leaves in the samples.
+Annealed Langevin dynamics in NCSNv2's form (its Alg. 1, and the reference code of both ncsn
+and ncsnv2; NCSN's paper prints alpha_i / 2 and sqrt(alpha_i), a factor 2 apart): for noise
+levels sigma_1 > ... > sigma_L, `steps_per_level` steps at each level of
+
+    x <- x + alpha_i * s(x, sigma_i) + sqrt(2 alpha_i) * z,   alpha_i = step_lr * sigma_i^2 / sigma_L^2
+
+so `step_lr` means what NCSNv2's technique 4 computes (e.g. 6.2e-6 for its CIFAR-10 setting), and
+the chain is stable only for step_lr < 2 sigma_L^2 (below). An optional last step moves to the
+posterior mean under the smallest noise, x + sigma_L^2 * s(x, sigma_L) (Tweedie's formula;
+Jolicoeur-Martineau et al. 2020), which removes the residual noise sigma_L leaves in the samples.
+
+Chain health: at the end of each level the annealed sampler records the RMS of x beside the RMS
+it should carry there, sqrt(data_rms^2 + sigma_i^2) (data plus noise of that level). A chain that
+falls behind its schedule keeps far more noise than the network was trained on and never
+recovers; the ratio shows it at once (`SampleResult.health`).
 
 score_fn signatures: plain Langevin calls score_fn(x); annealed calls score_fn(x, sigma) with
 sigma a float tensor [B] in x's dtype (every entry the current level).
@@ -16,6 +29,7 @@ sigma a float tensor [B] in x's dtype (every entry the current level).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +38,7 @@ import tensorflow as tf
 from diffusion_lib import _checks
 from diffusion_lib.samplers.base import (
     Frames,
+    LevelHealth,
     Progress,
     SampleResult,
     initial_state,
@@ -47,7 +62,8 @@ def langevin_dynamics(
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
-    """Runs `n_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...]."""
+    """Runs `n_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...], in the
+    tutorials' form x + (step_size / 2) s(x) + sqrt(step_size) z (NCSN eq. 4)."""
     step_size = _checks.positive_number(step_size, "step_size")
     n_steps = _checks.positive_int(n_steps, "n_steps")
     _, chain_seed = split_seed(seed)
@@ -72,21 +88,27 @@ def annealed_langevin_dynamics(
     *,
     seed,
     denoise_final: bool = False,
+    data_rms: float = 1.0,
     frames: Frames = None,
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
-    """NCSN Alg. 1 from x [B, ...] over decreasing `sigmas` [L], score_fn(x, sigma [B]).
+    """Annealed Langevin dynamics (NCSNv2 Alg. 1) from x [B, ...] over decreasing `sigmas` [L],
+    score_fn(x, sigma [B]): x + alpha_i s + sqrt(2 alpha_i) z, alpha_i = step_lr sigma_i^2 / sigma_L^2.
 
     The chain has L * steps_per_level steps (plus one if `denoise_final`); frames index it.
+    `data_rms` is the data's root mean square (1 for standardised data), used only for the
+    per-level health figures in the result.
     """
     sigmas = _checks.noise_levels(sigmas)
     if np.any(np.diff(sigmas) > 0):
         raise ValueError("sigmas must be non-increasing (sigma_1 >= ... >= sigma_L)")
     steps_per_level = _checks.positive_int(steps_per_level, "steps_per_level")
     step_lr = _checks.positive_number(step_lr, "step_lr")
-    # Every level's step is alpha_i / sigma_i^2 = step_lr / sigma_L^2 times the inverse
-    # curvature of a Gaussian score -x / sigma_i^2: at 2 or more the chain diverges.
+    data_rms = _checks.positive_number(data_rms, "data_rms")
+    # On a Gaussian score -x / v (v >= sigma_i^2) a step multiplies x by 1 - alpha_i / v, and
+    # alpha_i / sigma_i^2 = step_lr / sigma_L^2: at 2 or more |1 - alpha_i / v| can exceed 1 and
+    # the chain diverges.
     if step_lr >= 2.0 * sigmas[-1] ** 2:
         raise ValueError(
             f"step_lr must be below 2 * sigma_L^2 = {2.0 * sigmas[-1] ** 2:.3g} (got {step_lr}): "
@@ -100,13 +122,13 @@ def annealed_langevin_dynamics(
     level_sigma = np.repeat(sigmas, steps_per_level)
     level_alpha = step_lr * level_sigma**2 / sigmas[-1] ** 2
     # One update for every step, x + drift[i] * s(x, sigma[i]) + spread[i] * z, with a table row
-    # per step: (sigma_i, alpha_i / 2, sqrt(alpha_i)) for Langevin steps and, for the final
+    # per step: (sigma_i, alpha_i, sqrt(2 alpha_i)) for Langevin steps and, for the final
     # denoising step, (sigma_L, sigma_L^2, 0): x + sigma_L^2 * s(x, sigma_L), no noise. A
     # tensor `if` choosing between the two made Grappler emit an AccumulateNV2 whose temporary
     # variable collided between calls (AlreadyExistsError with a U-Net score model).
     sigma_table = tf.constant(np.append(level_sigma, sigmas[-1]), tf.float64)
-    drift_table = tf.constant(np.append(0.5 * level_alpha, sigmas[-1] ** 2), tf.float64)
-    spread_table = tf.constant(np.append(np.sqrt(level_alpha), 0.0), tf.float64)
+    drift_table = tf.constant(np.append(level_alpha, sigmas[-1] ** 2), tf.float64)
+    spread_table = tf.constant(np.append(np.sqrt(2.0 * level_alpha), 0.0), tf.float64)
 
     @tf.function
     def step(x_k, i, step_seed):
@@ -117,4 +139,16 @@ def annealed_langevin_dynamics(
         return x_k + tf.cast(drift_table[i], dt) * score + tf.cast(spread_table[i], dt) * z
 
     total = num_langevin + (1 if denoise_final else 0)
-    return run_chain(step, x, total, chain_seed, frames, progress, strategy)
+    level_ends = {(i + 1) * steps_per_level: float(sigma) for i, sigma in enumerate(sigmas)}
+    health: list[LevelHealth] = []
+
+    def watch(done: int, x_now: tf.Tensor) -> None:
+        if done in level_ends:
+            sigma = level_ends[done]
+            rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x_now, tf.float64)))))
+            health.append(LevelHealth(sigma, rms, float(np.hypot(data_rms, sigma))))
+
+    result = run_chain(
+        step, x, total, chain_seed, frames, progress, strategy, watch=watch, watch_at=level_ends
+    )
+    return dataclasses.replace(result, health=tuple(health))
