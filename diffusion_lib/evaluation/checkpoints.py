@@ -49,6 +49,7 @@ LOWER_IS_BETTER = {
     "recall": False,
     "classifier_score": False,
     "log_likelihood": False,
+    "smallest_class_share": False,
 }
 
 
@@ -157,6 +158,7 @@ def _image_metrics(real_feats, samples_feats, samples_probs) -> dict:
         "recall": pr.recall,
         "classifier_score": M.classifier_score(samples_probs),
         "classes_covered": hist.covered,
+        "smallest_class_share": hist.smallest_share,
     }
 
 

@@ -6,7 +6,8 @@
                          standard deviation over subsets (Binkowski et al. 2018)
     precision_recall     k-NN manifold precision and recall (Kynkaanniemi et al. 2019)
     classifier_score     exp(E_x KL(p(y|x) || p(y))), the Inception-score analogue; in [1, classes]
-    class_histogram      predicted class frequencies and how many classes are covered
+    class_histogram      predicted class frequencies, how many classes are covered, and the
+                         rarest class's share (a starved class shows here, not in coverage)
     sliced_wasserstein   mean over random directions of the 1-D Wasserstein-1 distance
     mmd_rbf              unbiased MMD^2 with a Gaussian kernel, bandwidth by the median heuristic
 
@@ -151,6 +152,11 @@ def classifier_score(probs) -> float:
 class ClassHistogram:
     frequencies: tuple[float, ...]
     covered: int  # classes predicted for at least `min_share` of the samples
+
+    @property
+    def smallest_share(self) -> float:
+        """The rarest predicted class's share of the samples (1 / classes when balanced)."""
+        return min(self.frequencies)
 
 
 def class_histogram(probs, *, min_share: float = 0.01) -> ClassHistogram:

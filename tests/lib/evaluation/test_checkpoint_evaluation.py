@@ -132,12 +132,15 @@ def test_image_run_gets_every_metric(mnist, tmp_path):
         "recall",
         "classifier_score",
         "classes_covered",
+        "smallest_class_share",
         "bits_per_dim",
     } <= set(metrics)
     # An untrained model is far from real digits; the real-vs-real floor is far lower.
     assert metrics["fid"]["value"] > 5 * report.floors["fid"]
     assert report.floors["classifier_test_accuracy"] >= 0.93
     assert 1.0 <= metrics["classifier_score"]["value"] <= 10.0
+    assert 0.0 <= metrics["smallest_class_share"]["value"] <= 0.1
+    assert 0.05 < metrics["smallest_class_share"]["floor"] <= 0.1  # real digits: every class
     assert np.isfinite(metrics["bits_per_dim"]["value"]) and metrics["bits_per_dim"]["value"] > 0
     assert len(list((mnist / "cache").glob("reference-*.npz"))) == 1
     again = evaluate_checkpoints(

@@ -83,6 +83,11 @@ def test_classifier_score_and_histogram_bounds():
     hist = class_histogram(one_hot[:500])
     assert hist.covered == 10 and sum(hist.frequencies) == pytest.approx(1.0)
     assert class_histogram(np.eye(10)[np.zeros(50, int)]).covered == 1
+    assert hist.smallest_share == pytest.approx(0.1)
+    # Class 3 starved: 2 of 101 samples, every other class 11; coverage still says 10.
+    labels = np.r_[np.full(2, 3), np.tile([0, 1, 2, 4, 5, 6, 7, 8, 9], 11)]
+    starved = class_histogram(np.eye(10)[labels])
+    assert starved.covered == 10 and starved.smallest_share == pytest.approx(2 / 101)
 
 
 def test_two_dimensional_metrics():
