@@ -17,6 +17,7 @@ OBJECTIVES = ("ddpm", "ncsn", "dsm", "ssm")
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
@@ -73,6 +74,12 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 2e-4
     warmup_steps: int = 0
+    # "constant" after warm-up, or "cosine": down to final_lr_fraction * learning_rate at
+    # decay_steps (a step count of its own, not num_steps, so extending a run on resume does not
+    # rewrite the schedule of the steps already taken).
+    lr_schedule: str = "constant"
+    decay_steps: int = 0
+    final_lr_fraction: float = 0.0
     weight_decay: float = 0.0
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -145,6 +152,7 @@ class TrainConfig:
             "optimizer": OPTIMIZERS,
             "strategy": STRATEGIES,
             "precision": PRECISIONS,
+            "lr_schedule": LR_SCHEDULES,
             "mean_type": ("eps", "x0", "v"),
             "var_type": ("fixed_small", "fixed_large", "learned_range"),
             "loss_type": ("simple", "vlb", "hybrid"),
@@ -170,8 +178,23 @@ class TrainConfig:
             "shuffle_window",
         ):
             positive(field)
-        for field in ("warmup_steps", "weight_decay", "grad_clip_norm", "keep_every", "seed"):
+        for field in (
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip_norm",
+            "keep_every",
+            "seed",
+            "decay_steps",
+        ):
             positive(field, allow_zero=True)
+        if self.lr_schedule == "cosine" and self.decay_steps <= self.warmup_steps:
+            fail(
+                "decay_steps",
+                f"a cosine schedule needs decay_steps > warmup_steps ({self.warmup_steps}), "
+                f"got {self.decay_steps}",
+            )
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            fail("final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}")
         if self.init_from and init_from_parts(self.init_from) is None:
             fail("init_from", f"must be 'RUN_DIR@STEP' (or empty), got {self.init_from!r}")
         if not 0.0 <= self.ema_decay < 1.0:

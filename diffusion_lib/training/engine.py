@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import time
@@ -65,19 +66,52 @@ class TrainResult:
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then constant (DDPM: 5,000 steps)."""
+    """Linear warm-up from 0 to `peak` over `warmup_steps` (DDPM: 5,000 steps), then constant,
+    or with decay="cosine" a half cosine from `peak` at the warm-up's end to
+    `final_fraction * peak` at `decay_steps`, and that value after."""
 
-    def __init__(self, peak: float, warmup_steps: int):
+    def __init__(
+        self,
+        peak: float,
+        warmup_steps: int,
+        decay: str = "constant",
+        decay_steps: int = 0,
+        final_fraction: float = 0.0,
+    ):
         self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+        self.decay, self.decay_steps = decay, int(decay_steps)
+        self.final_fraction = float(final_fraction)
 
     def __call__(self, step):
-        if self.warmup_steps == 0:
-            return tf.constant(self.peak, tf.float32)
-        fraction = tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / self.warmup_steps)
+        step = tf.cast(step, tf.float32)
+        fraction = tf.constant(1.0)
+        if self.warmup_steps:
+            fraction = tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        if self.decay == "cosine":
+            span = float(max(self.decay_steps - self.warmup_steps, 1))
+            done = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            cosine = 0.5 * (1.0 + tf.cos(math.pi * done))
+            fraction *= self.final_fraction + (1.0 - self.final_fraction) * cosine
         return self.peak * fraction
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "decay": self.decay,
+            "decay_steps": self.decay_steps,
+            "final_fraction": self.final_fraction,
+        }
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> WarmupSchedule:
+        return cls(
+            config.learning_rate,
+            config.warmup_steps,
+            config.lr_schedule,
+            config.decay_steps,
+            config.final_lr_fraction,
+        )
 
 
 class EmaWeights(tf.Module):
@@ -101,7 +135,7 @@ def network_config(config: TrainConfig, data_shape: tuple[int, ...], objective) 
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    schedule = WarmupSchedule(config.learning_rate, config.warmup_steps)
+    schedule = WarmupSchedule.of(config)
     common = {
         "learning_rate": schedule,
         "beta_1": config.beta_1,
@@ -315,7 +349,7 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def learning_rate(self, step: int) -> float:
-        return float(WarmupSchedule(self.config.learning_rate, self.config.warmup_steps)(step))
+        return float(WarmupSchedule.of(self.config)(step))
 
     def run(
         self,

@@ -20,6 +20,9 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"precision": "float8"}, "precision"),
         ({"score_output_scaling": "inverse_sigma"}, "score_output_scaling"),
         ({"num_steps": 2.5}, "num_steps"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"lr_schedule": "cosine", "warmup_steps": 100, "decay_steps": 100}, "decay_steps"),
+        ({"final_lr_fraction": 1.5}, "final_lr_fraction"),
     ],
 )
 def test_impossible_values_name_the_field(changes, field):
@@ -53,3 +56,32 @@ def test_presets_exist():
     )
     with pytest.raises(ConfigError, match="preset must be one of"):
         config_preset("imagenet-ddpm")
+
+
+def test_cosine_learning_rate_schedule_by_its_formula():
+    """Warm-up to the peak, then peak * (f + (1 - f) (1 + cos(pi u)) / 2), u the share of
+    (decay_steps - warmup) done; flat at f * peak after decay_steps."""
+    import math
+
+    from diffusion_lib.training.engine import WarmupSchedule
+
+    config = TrainConfig(
+        learning_rate=1e-3,
+        warmup_steps=100,
+        lr_schedule="cosine",
+        decay_steps=2_100,
+        final_lr_fraction=0.1,
+    )
+    schedule = WarmupSchedule.of(config)
+    for step, expected in (
+        (0, 1e-5),
+        (49, 5e-4),
+        (100, 1e-3),
+        (600, 1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)),
+        (1_100, 0.55e-3),
+        (2_100, 1e-4),
+        (9_000, 1e-4),
+    ):
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
+    constant = WarmupSchedule.of(TrainConfig(learning_rate=1e-3, warmup_steps=100))
+    assert float(constant(5_000)) == pytest.approx(1e-3)
