@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from diffusion_lib.evaluation import EvalSpec
 from diffusion_lib.evaluation import evaluate_checkpoints as score_checkpoints
+
+LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
+
+
+def log_chain_health(rows: list) -> None:
+    """One log line per score-model checkpoint: the chain's RMS over the RMS it should carry at
+    a few noise levels (about 1 when healthy), and a warning when some level is far above."""
+    logger = get_run_logger()
+    for row in rows:
+        chain = row.get("chain")
+        if not chain:
+            continue
+        picks = sorted({round(i * (len(chain) - 1) / 5) for i in range(6)})
+        shown = ", ".join(
+            f"sigma {chain[i]['sigma']:.3g}: {chain[i]['rms'] / chain[i]['expected_rms']:.2f}"
+            for i in picks
+        )
+        worst = row["metrics"]["chain_worst_rms_ratio"]["value"]
+        line = f"step {row['step']}: chain RMS / expected {shown} (worst {worst:.2f})"
+        if worst > LAGGING:
+            logger.warning(
+                f"{line}: the sampling chain lags behind its noise schedule; raise step_lr "
+                "(NCSNv2 technique 4) or steps_per_level"
+            )
+        else:
+            logger.info(line)
 
 
 @task(retries=2, retry_delay_seconds=10)
 def evaluate_checkpoints(run_dir: str, test_dir: str, settings: dict) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table."""
     report = score_checkpoints(run_dir, test_dir=test_dir, spec=EvalSpec(**settings))
+    log_chain_health(report.rows)
     table = []
     for row in report.rows:
         entry = {"step": row["step"]}

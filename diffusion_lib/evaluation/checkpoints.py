@@ -50,6 +50,7 @@ LOWER_IS_BETTER = {
     "classifier_score": False,
     "log_likelihood": False,
     "smallest_class_share": False,
+    "chain_worst_rms_ratio": True,
 }
 
 
@@ -82,9 +83,11 @@ class EvalReport:
     best_metric: str
 
 
-def _generate(restored, shape, spec: EvalSpec) -> np.ndarray:
+def _generate(restored, shape, spec: EvalSpec, data_rms: float) -> tuple[np.ndarray, list]:
+    """Samples [n, ...] in model space, and for score runs the chain's per-level health
+    [(sigma, rms, expected_rms)] over all n (RMS pooled over the chunks)."""
     model, objective = restored.model, restored.objective
-    chunks = []
+    chunks, health = [], []
     for index, start in enumerate(range(0, spec.n, spec.batch_size)):
         size = min(spec.batch_size, spec.n - start)
         seed = [spec.seed, index]
@@ -115,9 +118,15 @@ def _generate(restored, shape, spec: EvalSpec) -> np.ndarray:
                 spec.step_lr,
                 seed=seed,
                 denoise_final=True,
+                data_rms=data_rms,
             )
+            health.append([(h.sigma, h.rms**2 * size, h.expected_rms) for h in out.health])
         chunks.append(out.samples.numpy())
-    return np.concatenate(chunks)
+    pooled = [
+        (levels[0][0], float(np.sqrt(sum(h[1] for h in levels) / spec.n)), levels[0][2])
+        for levels in zip(*health, strict=True)
+    ]
+    return np.concatenate(chunks), pooled
 
 
 def _clip(shape) -> tuple[float, float] | None:
@@ -242,12 +251,15 @@ def evaluate_checkpoints(
             test_real.astype(np.float64), train_real.astype(np.float64), mixture
         )
     mean, std = np.array(train.manifest.stats["mean"]), np.array(train.manifest.stats["std"])
+    # The data's RMS in the network's space: what a healthy sampling chain ends near.
+    model_space = train_real / 127.5 - 1.0 if images else (train_real - mean) / std
+    data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
 
     for step in steps:
         if step in rows:
             continue  # scored before with the same settings
         restored = load_ema_model(run_dir, step)
-        raw = _generate(restored, train.example_shape, spec)
+        raw, health = _generate(restored, train.example_shape, spec, data_rms)
         if images:
             feats, probs = extractor.features_and_probabilities(_to_images(raw))
             values = _image_metrics(test_feats, feats, probs)
@@ -262,10 +274,18 @@ def evaluate_checkpoints(
             if not np.all(np.isfinite(points)):
                 raise M.MetricInputError(f"checkpoint {step}: generated samples contain NaN or Inf")
             values = _point_metrics(test_real.astype(np.float64), points, mixture)
+        if health:
+            # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
+            values["chain_worst_rms_ratio"] = max(rms / expected for _, rms, expected in health)
         rows[step] = {
             "step": step,
             "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
         }
+        if health:
+            rows[step]["chain"] = [
+                {"sigma": sigma, "rms": rms, "expected_rms": expected}
+                for sigma, rms, expected in health
+            ]
 
     ordered = [rows[s] for s in sorted(rows)]
     sign = 1 if LOWER_IS_BETTER.get(best_metric, True) else -1

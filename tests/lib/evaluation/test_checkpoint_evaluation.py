@@ -149,3 +149,24 @@ def test_image_run_gets_every_metric(mnist, tmp_path):
     assert again.floors == report.floors and again.rows == report.rows
     with pytest.raises(ValueError, match="n=1000 needs 1000 examples"):
         evaluate_checkpoints(tmp_path / "run", test_dir=mnist / "test", spec=EvalSpec(n=1000))
+
+
+def test_score_run_records_the_chain_health_that_exposes_a_lagging_sampler(tmp_path):
+    """Each scored checkpoint of a score model carries the chain's RMS per noise level beside
+    the RMS it should carry; the same checkpoint sampled with a 100x too small step_lr (a chain
+    that cannot keep up with its schedule) shows it in the worst ratio."""
+    prepare_dataset(DatasetSpec.create("swiss_roll", n=4_000), tmp_path / "train")
+    prepare_dataset(DatasetSpec.create("swiss_roll", split="test", n=1_000), tmp_path / "test")
+    config = config_preset(
+        "toy-ncsn", data_dir=str(tmp_path / "train"), num_steps=400, checkpoint_every=400
+    )
+    train(config, tmp_path / "run")
+    ratios = {}
+    for step_lr in (4.8e-4, 4.8e-6):
+        spec = EvalSpec(n=500, steps_per_level=10, step_lr=step_lr)
+        row = evaluate_checkpoints(tmp_path / "run", test_dir=tmp_path / "test", spec=spec).rows[0]
+        assert [level["sigma"] for level in row["chain"]] == pytest.approx(
+            np.geomspace(5.0, 0.05, 10)
+        )
+        ratios[step_lr] = row["metrics"]["chain_worst_rms_ratio"]["value"]
+    assert ratios[4.8e-4] < 1.5 and ratios[4.8e-6] > 3.0, ratios
