@@ -15,7 +15,11 @@ from diffusion_lib.samplers.base import (
 )
 from diffusion_lib.samplers.ddim import ddim_sample, ddim_timesteps
 from diffusion_lib.samplers.ddpm import ddpm_sample
-from diffusion_lib.samplers.langevin import annealed_langevin_dynamics, langevin_dynamics
+from diffusion_lib.samplers.langevin import (
+    annealed_langevin_dynamics,
+    langevin_dynamics,
+    technique4_step_lr,
+)
 
 __all__ = [
     "SAMPLERS",
@@ -29,4 +33,5 @@ __all__ = [
     "get_sampler",
     "langevin_dynamics",
     "register_sampler",
+    "technique4_step_lr",
 ]

@@ -30,6 +30,7 @@ sigma a float tensor [B] in x's dtype (every entry the current level).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -48,6 +49,43 @@ from diffusion_lib.samplers.base import (
 )
 
 ScoreFn = Callable[..., tf.Tensor]
+
+
+def technique4_step_lr(sigmas: Sequence[float], steps_per_level: int) -> float:
+    """NCSNv2's technique 4: the step_lr for which annealed Langevin dynamics best keeps the
+    chain's noise at each level's sigma.
+
+    On data of vanishing spread, a chain that enters level i carrying sigma_{i-1} = gamma sigma_i
+    ends its T steps carrying r sigma_i with (u = step_lr / sigma_L^2, c = 1 - u, the update of
+    this module)
+
+        r^2 = c^(2T) (gamma^2 - K) + K,   K = 2u / (1 - c^2)  (the stationary ratio, > 1)
+
+    Both terms exceed 1 (the chain starts too noisy and settles slightly too noisy), so the
+    best u minimises r^2 (NCSNv2 asks for r^2 ~ 1): small u leaves the first term, large u
+    inflates K. gamma is the geometric ratio of `sigmas`, as in NCSNv2 (geometric levels).
+    """
+    sigmas = _checks.noise_levels(sigmas)
+    steps = _checks.positive_int(steps_per_level, "steps_per_level")
+    if sigmas.size < 2:
+        raise ValueError("technique 4 needs at least two noise levels")
+    gamma = (sigmas[0] / sigmas[-1]) ** (1.0 / (sigmas.size - 1))
+
+    def ratio(log_u: float) -> float:
+        u = math.exp(log_u)
+        c2 = (1.0 - u) ** 2
+        k = 2.0 * u / (1.0 - c2)
+        return c2**steps * (gamma**2 - k) + k
+
+    lo, hi = math.log(1e-12), math.log(1.0)  # r^2 is unimodal in log u here: golden section
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(200):
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        if ratio(a) < ratio(b):
+            hi = b
+        else:
+            lo = a
+    return float(math.exp((lo + hi) / 2.0) * sigmas[-1] ** 2)
 
 
 @register_sampler("langevin", family="score")
