@@ -24,6 +24,11 @@ Losses (per example, shape [B]):
     hybrid   simple + lambda * T * L_t, lambda = 0.001, with the mean's gradient stopped in
              the vlb term when the variance is learned                                  IDDPM sec. 3.1
 
+The simple term may be weighted per timestep (`loss_weighting`): "min_snr" (Hang et al. 2023)
+weighs every prediction type as min(SNR_t, gamma) times the x_0 error, SNR_t = abar_t / (1 - abar_t),
+which for the eps target is the weight min(SNR_t, gamma) / SNR_t and for v min(SNR_t, gamma) /
+(SNR_t + 1): the low-noise steps, which are easy and many, stop dominating the gradient.
+
 Coefficients are computed in float64 and cast to the dtype of x_t when gathered.
 """
 
@@ -65,6 +70,13 @@ class LossType(enum.StrEnum):
     SIMPLE = "simple"
     VLB = "vlb"
     HYBRID = "hybrid"
+
+
+class LossWeighting(enum.StrEnum):
+    """Per-timestep weight of the simple term."""
+
+    NONE = "none"
+    MIN_SNR = "min_snr"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +128,8 @@ class GaussianDiffusion:
         DDPM's code) or "learned_range" (network outputs 2C channels).
       loss_type: "simple", "vlb" or "hybrid".
       hybrid_lambda: weight of the vlb term in the hybrid loss (IDDPM: 0.001).
+      loss_weighting: "none" or "min_snr" (weights of the simple term, module docstring).
+      min_snr_gamma: the clip of the SNR for "min_snr" (Hang et al.: 5).
       num_bins: quantisation levels of the data for the decoder NLL (256 for 8-bit images).
     """
 
@@ -128,12 +142,16 @@ class GaussianDiffusion:
         *,
         hybrid_lambda: float = 0.001,
         num_bins: int = 256,
+        loss_weighting: LossWeighting | str = LossWeighting.NONE,
+        min_snr_gamma: float = 5.0,
     ):
         self.model_mean_type = ModelMeanType(model_mean_type)
         self.model_var_type = ModelVarType(model_var_type)
         self.loss_type = LossType(loss_type)
         self.hybrid_lambda = float(hybrid_lambda)
         self.num_bins = int(num_bins)
+        self.loss_weighting = LossWeighting(loss_weighting)
+        self.min_snr_gamma = _checks.positive_number(min_snr_gamma, "min_snr_gamma")
 
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size == 0:
@@ -165,8 +183,22 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
         # fixed_large as in DDPM's code: beta_t, with beta~_1 at t = 0 for a sensible decoder.
         self.large_variance = np.append(variance_floor, betas[1:])
+        self.mse_weight = self._mse_weights()
 
         self._tables: dict[str, tf.Tensor] = {}
+
+    def _mse_weights(self) -> np.ndarray:
+        """[T] weights of the simple term (all ones unless `loss_weighting` says otherwise)."""
+        if self.loss_weighting == LossWeighting.NONE:
+            return np.ones(self.num_timesteps)
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        clipped = np.minimum(snr, self.min_snr_gamma)
+        per_target = {
+            ModelMeanType.EPS: clipped / snr,
+            ModelMeanType.X0: clipped,
+            ModelMeanType.V: clipped / (snr + 1.0),
+        }
+        return per_target[self.model_mean_type]
 
     # ------------------------------------------------------------------ helpers
 
@@ -418,6 +450,8 @@ class GaussianDiffusion:
         else:
             target = self.v_target(x0, t, noise)
         mse = _mean_flat(tf.square(target - mean_output))
+        if self.loss_weighting != LossWeighting.NONE:
+            mse = mse * tf.reshape(self._extract("mse_weight", t, mse), [-1])
         if self.loss_type == LossType.SIMPLE:
             return LossTerms(loss=mse, mse=mse, vlb=None)
         return LossTerms(loss=mse + self.hybrid_lambda * vlb, mse=mse, vlb=vlb)

@@ -60,6 +60,8 @@ class TrainConfig:
     mean_type: str = "eps"
     var_type: str = "fixed_small"
     loss_type: str = "simple"
+    loss_weighting: str = "none"  # or "min_snr" (Hang et al. 2023), gamma min_snr_gamma
+    min_snr_gamma: float = 5.0
     antithetic: bool = False
     # Score models (objectives "ncsn", "dsm", "ssm")
     sigma_max: float = 1.0
@@ -156,6 +158,7 @@ class TrainConfig:
             "mean_type": ("eps", "x0", "v"),
             "var_type": ("fixed_small", "fixed_large", "learned_range"),
             "loss_type": ("simple", "vlb", "hybrid"),
+            "loss_weighting": ("none", "min_snr"),
             "projection": ("gaussian", "rademacher"),
             "score_output_scaling": ("none", "inverse_sigma"),
         }
@@ -176,6 +179,7 @@ class TrainConfig:
             "sigma",
             "num_projections",
             "shuffle_window",
+            "min_snr_gamma",
         ):
             positive(field)
         for field in (

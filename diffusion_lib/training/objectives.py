@@ -43,6 +43,8 @@ class DdpmObjective:
             model_mean_type=c.mean_type,
             model_var_type=c.var_type,
             loss_type=c.loss_type,
+            loss_weighting=c.loss_weighting,
+            min_snr_gamma=c.min_snr_gamma,
         )
 
     def network_overrides(self) -> dict:

@@ -247,3 +247,28 @@ def test_errors_are_raised_inside_tf_function_too(diffusion):
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="t must be < 200"):
         step(tf.constant([0, 500]))
+
+
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+def test_min_snr_weighting_weighs_the_x0_error_by_min_snr(mean_type):
+    """Hang et al. 2023: every target's weighted error equals min(SNR_t, 5) times the x_0 error.
+    With a network that outputs zeros the errors are known: the loss at t is w_t * mean(target^2)
+    with w_t = min(SNR, 5) / SNR (eps), min(SNR, 5) (x0), min(SNR, 5) / (SNR + 1) (v)."""
+    betas = beta_schedule("linear", 1000, 1e-4, 0.02)
+    plain = GaussianDiffusion(betas, model_mean_type=mean_type)
+    weighted = GaussianDiffusion(betas, model_mean_type=mean_type, loss_weighting="min_snr")
+    t = tf.constant([0, 100, 300, 999])
+    x0 = tf.random.stateless_normal([4, 6], [1, 2], dtype=tf.float64)
+    noise = tf.random.stateless_normal([4, 6], [3, 4], dtype=tf.float64)
+    zeros = lambda x, t: tf.zeros_like(x)  # noqa: E731
+    abar = plain.alphas_cumprod[t.numpy()]
+    snr = abar / (1 - abar)
+    expected_weight = {
+        "eps": np.minimum(snr, 5) / snr,
+        "x0": np.minimum(snr, 5),
+        "v": np.minimum(snr, 5) / (snr + 1),
+    }[mean_type]
+    unweighted = plain.training_losses(zeros, x0, t, noise).loss.numpy()
+    got = weighted.training_losses(zeros, x0, t, noise).loss.numpy()
+    np.testing.assert_allclose(got, expected_weight * unweighted, rtol=1e-12)
+    assert not np.allclose(expected_weight, 1.0)  # the check can tell weighted from not
