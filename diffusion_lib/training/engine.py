@@ -168,10 +168,13 @@ def _prepare_run_dir(
     }
     if path.is_file():
         stored = json.loads(path.read_text())
+        # Through TrainConfig: a field added since the run began reads as its default, which
+        # is what that run trained with, so older run directories stay resumable.
+        before = TrainConfig.from_dict(stored["config"]).identity()
         differing = sorted(
             k
-            for k in set(stored["identity"]) | set(config.identity())
-            if stored["identity"].get(k) != config.identity().get(k)
+            for k in set(before) | set(config.identity())
+            if before.get(k) != config.identity().get(k)
         )
         if differing:
             raise ConfigError(

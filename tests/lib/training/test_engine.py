@@ -1,6 +1,7 @@
 """The training engine in-process: overfitting, EMA, replica-count independence, divergence,
 and bad inputs that must leave existing checkpoints untouched."""
 
+import json
 import math
 import pathlib
 import shutil
@@ -180,6 +181,16 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
     assert _mtimes(tmp_path / "run" / "checkpoints") == before
     # Resumable fields may change: more steps continue the same run.
     assert train(config.replace(num_steps=5), tmp_path / "run").step == 5
+    # A run directory written before a field existed trained with its default: it resumes, and
+    # a value other than that default is still refused.
+    path = tmp_path / "run" / "config.json"
+    record = json.loads(path.read_text())
+    for part in ("config", "identity"):
+        del record[part]["lr_schedule"], record[part]["loss_weighting"]
+    path.write_text(json.dumps(record))
+    assert train(config.replace(num_steps=6), tmp_path / "run").step == 6
+    with pytest.raises(ConfigError, match=r"fields differ: \['decay_steps', 'lr_schedule'\]"):
+        train(config.replace(lr_schedule="cosine", decay_steps=9), tmp_path / "run")
 
 
 def test_checkpoint_from_another_architecture_is_refused_untouched(eight, tmp_path):
