@@ -67,6 +67,13 @@ class EvalSpec:
     bpd_examples: int = 16
     best_metric: str | None = None  # default: fid for images, sliced_wasserstein for points
     classifier_epochs: int = 5
+    # Score only the newest k checkpoints (0: all). A score model's sampler costs hundreds of
+    # network calls a sample: on a CPU budget the last checkpoint is where they pay.
+    newest: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.newest, bool) or not isinstance(self.newest, int) or self.newest < 0:
+            raise ValueError(f"newest must be a non-negative integer, got {self.newest!r}")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(
@@ -211,6 +218,7 @@ def evaluate_checkpoints(
     steps = committed_steps(run_dir / "checkpoints")
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
+    committed, steps = steps, steps[-spec.newest :] if spec.newest else steps
     train = open_dataset(train_dir or read_run_config(run_dir).data_dir)
     test = open_dataset(test_dir)
     if train.example_shape != test.example_shape:
@@ -289,7 +297,8 @@ def evaluate_checkpoints(
 
     ordered = [rows[s] for s in sorted(rows)]
     sign = 1 if LOWER_IS_BETTER.get(best_metric, True) else -1
-    scored = [r for r in ordered if best_metric in r["metrics"]]
+    # Only checkpoints still on disk can be best: rows scored earlier may name pruned ones.
+    scored = [r for r in ordered if best_metric in r["metrics"] and r["step"] in committed]
     best = (
         min(scored, key=lambda r: sign * r["metrics"][best_metric]["value"])["step"]
         if scored

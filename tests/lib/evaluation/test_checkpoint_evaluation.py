@@ -107,6 +107,15 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
         tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler="ddpm")
     )
     assert again.rows == report.rows
+    monkeypatch.undo()
+    newest = evaluate_checkpoints(
+        tmp_path / "run",
+        test_dir=tmp_path / "test",
+        spec=EvalSpec(n=1000, sampler="ddpm", newest=1),
+    )
+    assert [row["step"] for row in newest.rows] == [600] and newest.best_step == 600
+    with pytest.raises(ValueError, match="newest"):
+        EvalSpec(newest=-1)
 
 
 def test_image_run_gets_every_metric(mnist, tmp_path):
