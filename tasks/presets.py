@@ -22,12 +22,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "options": {"n": 1_000},
             "rows_per_shard": 1_000,
         },
+        # 600 steps of mlp-small: sliced Wasserstein 1.7x its floor (60 steps of mlp-tiny: 230x,
+        # samples spread over -250..100); the training itself takes seconds, start-up dominates.
         "train": {
             "preset": "toy-ddpm",
-            "network": "mlp-tiny",
-            "num_steps": 60,
-            "checkpoint_every": 30,
-            "log_every": 10,
+            "network": "mlp-small",
+            "num_steps": 600,
+            "checkpoint_every": 300,
+            "log_every": 50,
             "batch_size": 128,
         },
         "eval": {"n": 300, "sampler": "ddim", "sampler_steps": 10},

@@ -207,5 +207,5 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
 
     run_dir = output_root / "live"
     assert (run_dir / "render" / "sampling.gif").is_file()
-    assert (run_dir / "checkpoints" / "ckpt-60.json").is_file()
+    assert (run_dir / "checkpoints" / "ckpt-600.json").is_file()
     worker_log.close()

@@ -53,12 +53,12 @@ def test_tiny_preset_end_to_end(tiny_run):
     assert state.is_completed(), state.message
     result = state.result()
     run = root / "r1"
-    assert result["run_dir"] == str(run) and result["final_step"] == 60
-    assert result["best_step"] in (30, 60)
+    assert result["run_dir"] == str(run) and result["final_step"] == 600
+    assert result["best_step"] in (300, 600)
     for path in (
         "data/train/manifest.json",
         "data/test/manifest.json",
-        "checkpoints/ckpt-60.json",
+        "checkpoints/ckpt-600.json",
         "eval/metrics.json",
         "samples/manifest.json",
         "render/grid.png",
@@ -67,7 +67,7 @@ def test_tiny_preset_end_to_end(tiny_run):
     ):
         assert (run / path).is_file(), path
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert [row["step"] for row in metrics["rows"]] == [30, 60]
+    assert [row["step"] for row in metrics["rows"]] == [300, 600]
     assert json.loads((run / "samples" / "manifest.json").read_text())["num_examples"] == 600
 
     parent_id = state.state_details.flow_run_id
@@ -99,8 +99,8 @@ def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     assert again.is_completed(), again.message
     assert _mtimes(run / "data" / "train") == before  # finished work is not redone
     assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == [
-        "ckpt-30.json",
-        "ckpt-60.json",
+        "ckpt-300.json",
+        "ckpt-600.json",
     ]
 
     corrupt = bytearray(original)
@@ -173,8 +173,8 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
     assert reports and "stage 'train' failed" in reports[-1].data
     assert "run_name=r1" in reports[-1].data
     assert sorted(p.name for p in (root / "r1" / "checkpoints").glob("*.json")) == [
-        "ckpt-30.json",
-        "ckpt-60.json",
+        "ckpt-300.json",
+        "ckpt-600.json",
     ]
 
 
