@@ -3,9 +3,9 @@ the learned score field. One call, files out; an orchestrator publishes them.
 
     render_run(run_dir, samples_dir, out_dir, step=None) -> RunRenders
 
-The GIF is a fresh, small chain from the same EMA weights the sample set used: DDIM (20 steps,
-frames denser near the end) for DDPM runs, annealed Langevin dynamics (a few steps per noise
-level) for score runs. The grid shows the first rows of the sample set itself.
+The GIF is a fresh, small chain from the same EMA weights and sampler settings the sample set
+used (frames denser near the end): DDIM (`num_steps`, `eta`) for DDPM runs, annealed Langevin
+dynamics (`steps_per_level`, `step_lr`) for score runs. The grid shows the first rows of the sample set itself.
 """
 
 from __future__ import annotations
@@ -42,19 +42,21 @@ class RunRenders:
         return {name: str(path) for name, path in named.items() if path is not None}
 
 
-def _chain_frames(restored, shape, steps_per_level: int, step_lr: float) -> np.ndarray:
+def _chain_frames(
+    restored, shape, steps_per_level: int, step_lr: float, num_steps: int, eta: float
+) -> np.ndarray:
     """[F, B, ...] frames of a short sampling chain, in the model's data space."""
     batch = 64 if len(shape) == 3 else 1000
     objective = restored.objective
     if hasattr(objective, "diffusion"):
-        steps = 20
         result = ddim_sample(
             restored.model,
             objective.diffusion,
             (batch, *shape),
             seed=0,
-            num_steps=steps,
-            frames=render.gif_frame_steps(steps, GIF_FRAMES),
+            num_steps=num_steps,
+            eta=eta,
+            frames=render.gif_frame_steps(num_steps, GIF_FRAMES),
             clip_x0=(-1.0, 1.0) if len(shape) == 3 else None,
         )
     else:
@@ -82,17 +84,19 @@ def render_run(
     *,
     steps_per_level: int = 5,
     step_lr: float = 2e-5,
+    num_steps: int = 20,
+    eta: float = 0.0,
 ) -> RunRenders:
     """Writes grid.png, sampling.gif, loss.png (if the run logged metrics) and, for 2-D score
     runs, score_field.png into `out_dir`. `steps_per_level` and `step_lr` set the GIF's
-    annealed Langevin chain for score runs (ignored for DDPM runs)."""
+    annealed Langevin chain for score runs, `num_steps` and `eta` its DDIM chain for DDPM runs."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     restored = load_ema_model(run_dir, step)
     samples = open_dataset(samples_dir)
     shape = samples.example_shape
     images = len(shape) == 3
-    frames = _chain_frames(restored, shape, steps_per_level, step_lr)
+    frames = _chain_frames(restored, shape, steps_per_level, step_lr, num_steps, eta)
     first = samples.read(0, min(len(samples), 64 if images else len(samples))).values
     score_field = None
     if images:

@@ -28,14 +28,18 @@ def render_outputs(
     settings: dict | None = None,
 ) -> dict:
     """Renders the run (see `diffusion_lib.reports.render_run`) and publishes the report;
-    `settings` are the sample set's (their steps_per_level / step_lr shape a score run's GIF)."""
+    `settings` are the sample set's: the GIF's chain uses the same sampler settings."""
     settings = settings or {}
     renders = render_run(
         run_dir,
         samples_dir,
         out_dir,
         step,
-        **{k: settings[k] for k in ("steps_per_level", "step_lr") if k in settings},
+        **{
+            k: settings[k]
+            for k in ("steps_per_level", "step_lr", "num_steps", "eta")
+            if k in settings
+        },
     )
     lines = [f"# Samples from `{run_dir}` (step {renders.step})", ""]
     for title, path in (
