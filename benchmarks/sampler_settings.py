@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[100])
     parser.add_argument("--steps-per-level", type=int, nargs="+", default=[3])
     parser.add_argument("--lr-scale", type=float, nargs="+", default=[1.0])
+    parser.add_argument(
+        "--sigma-max", type=float, default=None, help="start the levels here (default: the run's)"
+    )
     parser.add_argument("--no-denoise", action="store_true")
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--eta", type=float, nargs="+", default=[0.0])
@@ -117,7 +120,7 @@ def main() -> None:
         return
     sigmas_run = np.asarray(restored.objective.sigmas)
     for levels in args.levels:
-        sigmas = np.geomspace(sigmas_run[0], sigmas_run[-1], levels)
+        sigmas = np.geomspace(args.sigma_max or sigmas_run[0], sigmas_run[-1], levels)
         for spl in args.steps_per_level:
             for scale in args.lr_scale:
                 step_lr = technique4_step_lr(sigmas, spl) * scale
@@ -133,7 +136,8 @@ def main() -> None:
                     data_rms=data_rms,
                 )
                 score(
-                    f"{levels} levels x {spl}, step_lr {step_lr:.3g}, denoise {not args.no_denoise}",
+                    f"{levels} levels from {sigmas[0]:.3g} x {spl}, step_lr {step_lr:.3g}, "
+                    f"denoise {not args.no_denoise}",
                     levels * spl + (0 if args.no_denoise else 1),
                     time.perf_counter() - start,
                     out.samples,
