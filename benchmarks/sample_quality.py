@@ -65,8 +65,6 @@ def _apply(preset: str, model: str, changes: dict) -> None:
     table = presets.PRESETS[preset] if model == "ddpm" else presets.SCORE_VARIANTS[preset]
     for part, overrides in changes.items():
         settings = copy.deepcopy(table.get(part, {}))
-        if model != "ddpm" and part not in table:
-            settings = {}
         for key, value in overrides.items():
             if value is None:
                 settings.pop(key, None)
