@@ -165,11 +165,12 @@ def run_chain(
     for i in range(num_steps):
         i_tensor = tf.constant(i, tf.int32)
         x = advance(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
-        if i + 1 in wanted or (watch is not None and i + 1 in watch_at):
-            whole = gather(x)
-            if i + 1 in wanted:
+        record, look = i + 1 in wanted, watch is not None and i + 1 in watch_at
+        if record or look:
+            whole = gather(x)  # once, for both
+            if record:
                 recorded.append(whole)
-            if watch is not None and i + 1 in watch_at:
+            if look:
                 watch(i + 1, whole)
         if progress is not None:
             progress(i + 1, num_steps)

@@ -180,11 +180,10 @@ def annealed_langevin_dynamics(
     level_ends = {(i + 1) * steps_per_level: float(sigma) for i, sigma in enumerate(sigmas)}
     health: list[LevelHealth] = []
 
-    def watch(done: int, x_now: tf.Tensor) -> None:
-        if done in level_ends:
-            sigma = level_ends[done]
-            rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x_now, tf.float64)))))
-            health.append(LevelHealth(sigma, rms, float(np.hypot(data_rms, sigma))))
+    def watch(done: int, x_now: tf.Tensor) -> None:  # run_chain calls it at level ends only
+        sigma = level_ends[done]
+        rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x_now, tf.float64)))))
+        health.append(LevelHealth(sigma, rms, float(np.hypot(data_rms, sigma))))
 
     result = run_chain(
         step, x, total, chain_seed, frames, progress, strategy, watch=watch, watch_at=level_ends
