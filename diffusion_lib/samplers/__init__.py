@@ -1,15 +1,18 @@
 """Samplers: ancestral DDPM, DDIM, Langevin and annealed Langevin dynamics.
 
 Each takes the network as a plain callable (model(x_t, t) or score_fn(x[, sigma])), a stateless
-seed, and returns a `SampleResult`; `SAMPLERS` maps names to them. A new sampler is one new
-module using `register_sampler`, imported here.
+seed, and returns a `SampleResult`; `SAMPLERS` maps names to them, with each one's family and
+settings. `SamplerSpec` is a sampler chosen with its settings, validated. A new sampler is one
+new module using `register_sampler`, imported here.
 """
 
 from diffusion_lib.samplers.base import (
     SAMPLERS,
+    Frames,
     LevelHealth,
     SampleResult,
     SamplerInfo,
+    Setting,
     get_sampler,
     register_sampler,
 )
@@ -20,12 +23,16 @@ from diffusion_lib.samplers.langevin import (
     langevin_dynamics,
     technique4_step_lr,
 )
+from diffusion_lib.samplers.spec import SamplerSpec
 
 __all__ = [
     "SAMPLERS",
+    "Frames",
     "LevelHealth",
     "SampleResult",
     "SamplerInfo",
+    "SamplerSpec",
+    "Setting",
     "annealed_langevin_dynamics",
     "ddim_sample",
     "ddim_timesteps",

@@ -1,10 +1,15 @@
 """What every sampler shares: the result structure, the registry, and the chain loop.
 
 A sampler is a function that runs a Markov chain from noise to data and returns a
-`SampleResult`. Samplers are registered by name with the family of network they need:
+`SampleResult`. Samplers are registered by name with the family of network they need and the
+settings a user may choose (each with its default and bounds; `SamplerSpec` validates them):
 
-    "diffusion"   model(x_t, t) with integer timesteps t [B], plus a `GaussianDiffusion`
-    "score"       score_fn(x) or score_fn(x, sigma) with sigma [B] float, plus noise levels
+    "diffusion"   fn(model, diffusion, shape, *, seed, clip_x0, frames, strategy, **settings):
+                  model(x_t, t) with integer timesteps t [B], plus a `GaussianDiffusion`
+    "score"       anneals=True:  fn(score_fn, x, sigmas, *, seed, data_rms, frames, strategy,
+                  **settings), score_fn(x, sigma) with sigma [B] float;
+                  anneals=False: fn(score_fn, x, *, seed, frames, strategy, **settings),
+                  score_fn(x) at one fixed noise level
 
 Randomness is stateless: a sampler's `seed` (int or int [2]) is split into one seed for the
 starting noise and one per chain step, so the same seed gives the same samples, bit for bit.
@@ -13,7 +18,7 @@ starting noise and one per chain step, so the same seed gives the same samples, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,7 +26,9 @@ import tensorflow as tf
 from diffusion_lib import _checks
 
 Progress = Callable[[int, int], None]
-Frames = int | Sequence[int] | None
+# How many frames (evenly spaced), which chain steps, or a function of the chain's length
+# giving the steps (e.g. a GIF's spacing, denser near the end).
+Frames = int | Sequence[int] | Callable[[int], Sequence[int]] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +62,71 @@ class SampleResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Setting:
+    """One user-facing setting of a sampler: its default, and the bounds a value must keep
+    (inclusive `low`/`high`; `positive` for > 0). The value's type is the default's."""
+
+    default: int | float | bool
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+
+    def check(self, name: str, value):
+        kind = type(self.default)
+        if kind is bool:
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            return bool(value)
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if kind is int:
+            if float(value) != int(value):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if self.positive and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ValueError(f"{name} must be at least {self.low}, got {value!r}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"{name} must be at most {self.high}, got {value!r}")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
 class SamplerInfo:
     name: str
     family: str
     fn: Callable[..., SampleResult]
+    settings: Mapping[str, Setting] = dataclasses.field(default_factory=dict)
+    anneals: bool = False  # score samplers: over decreasing noise levels, or at one level
 
 
 SAMPLERS: dict[str, SamplerInfo] = {}
-_FAMILIES = ("diffusion", "score")
+FAMILIES = ("diffusion", "score")
 
 
-def register_sampler(name: str, family: str) -> Callable:
-    """Decorator adding a sampler function to the registry under `name`."""
-    if family not in _FAMILIES:
-        raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}")
+def register_sampler(
+    name: str,
+    family: str,
+    *,
+    settings: Mapping[str, Setting] | None = None,
+    anneals: bool = False,
+) -> Callable:
+    """Decorator adding a sampler function to the registry under `name`; `settings` are the
+    keyword arguments a user chooses (see `SamplerSpec`)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if anneals and family != "score":
+        raise ValueError("only score samplers anneal over noise levels")
 
     def add(fn: Callable[..., SampleResult]) -> Callable[..., SampleResult]:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
-        SAMPLERS[name] = SamplerInfo(name, family, fn)
+        SAMPLERS[name] = SamplerInfo(name, family, fn, dict(settings or {}), anneals)
         return fn
 
     return add
@@ -87,9 +140,12 @@ def get_sampler(name: str) -> SamplerInfo:
 
 
 def frame_indices(frames: Frames, num_steps: int) -> tuple[int, ...]:
-    """Chain steps to record: an int asks for that many, evenly spaced from noise to samples."""
+    """Chain steps to record: an int asks for that many, evenly spaced from noise to samples; a
+    function gets the chain's length and returns the steps."""
     if frames is None:
         return ()
+    if callable(frames):
+        frames = frames(num_steps)
     if isinstance(frames, int | np.integer) and not isinstance(frames, bool):
         if frames < 2:
             raise ValueError(f"frames must be at least 2 (noise and samples), got {frames}")

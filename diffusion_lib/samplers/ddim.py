@@ -23,6 +23,7 @@ from diffusion_lib.samplers.base import (
     Frames,
     Progress,
     SampleResult,
+    Setting,
     initial_state,
     register_sampler,
     run_chain,
@@ -73,7 +74,14 @@ def check_timestep_sequence(timesteps: Sequence[int], num_timesteps: int) -> np.
     return steps.astype(np.int64)
 
 
-@register_sampler("ddim", family="diffusion")
+@register_sampler(
+    "ddim",
+    family="diffusion",
+    settings={
+        "num_steps": Setting(50, low=1),
+        "eta": Setting(0.0, low=0.0, high=1.0),
+    },
+)
 def ddim_sample(
     model: Model,
     diffusion: GaussianDiffusion,

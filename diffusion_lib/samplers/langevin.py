@@ -42,6 +42,7 @@ from diffusion_lib.samplers.base import (
     LevelHealth,
     Progress,
     SampleResult,
+    Setting,
     initial_state,
     register_sampler,
     run_chain,
@@ -88,22 +89,26 @@ def technique4_step_lr(sigmas: Sequence[float], steps_per_level: int) -> float:
     return float(math.exp((lo + hi) / 2.0) * sigmas[-1] ** 2)
 
 
-@register_sampler("langevin", family="score")
+@register_sampler(
+    "langevin",
+    family="score",
+    settings={"step_size": Setting(1e-3, positive=True), "num_steps": Setting(1_000, low=1)},
+)
 def langevin_dynamics(
     score_fn: ScoreFn,
     x,
     step_size: float,
-    n_steps: int,
+    num_steps: int,
     *,
     seed,
     frames: Frames = None,
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> SampleResult:
-    """Runs `n_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...], in the
+    """Runs `num_steps` of Langevin dynamics from x [B, ...] with score_fn(x) -> [B, ...], in the
     tutorials' form x + (step_size / 2) s(x) + sqrt(step_size) z (NCSN eq. 4)."""
     step_size = _checks.positive_number(step_size, "step_size")
-    n_steps = _checks.positive_int(n_steps, "n_steps")
+    num_steps = _checks.positive_int(num_steps, "num_steps")
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
 
@@ -113,10 +118,19 @@ def langevin_dynamics(
         alpha = tf.constant(step_size, x_k.dtype)  # not tf.cast: that rounds via float32
         return x_k + 0.5 * alpha * _checks.call_network(score_fn, x_k) + tf.sqrt(alpha) * z
 
-    return run_chain(step, x, n_steps, chain_seed, frames, progress, strategy)
+    return run_chain(step, x, num_steps, chain_seed, frames, progress, strategy)
 
 
-@register_sampler("annealed_langevin", family="score")
+@register_sampler(
+    "annealed_langevin",
+    family="score",
+    anneals=True,
+    settings={
+        "steps_per_level": Setting(5, low=1),
+        "step_lr": Setting(2e-5, positive=True),
+        "denoise_final": Setting(True),
+    },
+)
 def annealed_langevin_dynamics(
     score_fn: ScoreFn,
     x,
