@@ -23,16 +23,13 @@ import imageio.v3 as iio
 import numpy as np
 
 from diffusion_lib._atomic import atomic_write_bytes
+from diffusion_lib.normalizer import IMAGES
 
 
 def to_uint8(images) -> np.ndarray:
     """Float images in [-1, 1] (or uint8 as is) -> uint8."""
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images
-    if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or Inf")
-    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return images if images.dtype == np.uint8 else IMAGES.to_data(images)
 
 
 def image_grid(images, columns: int = 8, scale: int = 1, pad: int = 1) -> np.ndarray:

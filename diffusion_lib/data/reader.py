@@ -36,6 +36,7 @@ from diffusion_lib.data.errors import DataError
 from diffusion_lib.data.manifest import Manifest, read_manifest
 from diffusion_lib.data.shards import decode_values, file_sha256
 from diffusion_lib.data.sources.base import Examples
+from diffusion_lib.normalizer import Normalizer
 
 VERIFY_MODES = ("none", "size", "checksum")
 ORDERS = ("shuffled", "sequential")
@@ -420,11 +421,7 @@ class ShardedDataset:
     def normalizer(self):
         """The map from stored values to model inputs: images to [-1, 1], points standardised
         with the manifest's per-dimension mean and std."""
-        if self.kind == "image":
-            return lambda x: tf.cast(x, tf.float32) / 127.5 - 1.0
-        mean = tf.constant(self.manifest.stats["mean"], tf.float32)
-        std = tf.constant(np.maximum(self.manifest.stats["std"], 1e-12), tf.float32)
-        return lambda x: (x - mean) / std
+        return Normalizer.of(self.manifest).to_model_tf()
 
     def tf_dataset(
         self,

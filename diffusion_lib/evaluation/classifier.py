@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from diffusion_lib._atomic import atomic_path, atomic_write_bytes
 from diffusion_lib.data import open_dataset
+from diffusion_lib.normalizer import IMAGES
 
 CLASSIFIER_VERSION = 1
 FEATURE_DIM = 128
@@ -50,7 +51,7 @@ class FeatureExtractor:
     def _inputs(self, images) -> tf.Tensor:
         images = np.asarray(images)
         if images.dtype == np.uint8:
-            return tf.constant(images, tf.float32) / 127.5 - 1.0
+            return IMAGES.to_model_tf()(images)
         return tf.constant(images, tf.float32)
 
     def _run(self, images, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +99,7 @@ def build_classifier(shape: tuple[int, ...], num_classes: int, seed: int) -> ker
 
 
 def _normalised(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32) / 127.5 - 1.0
+    return IMAGES.to_model(images, np.float32)
 
 
 def load_or_train_classifier(
