@@ -17,6 +17,8 @@ number of steps and eta (x0 clipped to [-1, 1], as the pipeline samples).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import pathlib
@@ -45,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import tensorflow as tf
 
     from diffusion_lib.data import open_dataset
+    from diffusion_lib.draw import draw
     from diffusion_lib.evaluation import (
         ClassifierSpec,
         class_histogram,
@@ -55,16 +57,15 @@ def main() -> None:
         fid,
         load_or_train_classifier,
     )
-    from diffusion_lib.render import to_uint8
-    from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample, technique4_step_lr
-    from diffusion_lib.training import committed_steps, load_ema_model
+    from diffusion_lib.run import Run
+    from diffusion_lib.samplers import SamplerSpec, technique4_step_lr
 
-    run = args.run_dir
-    step = args.step or committed_steps(run / "checkpoints")[-1]
-    restored = load_ema_model(run, step)
-    train, test = open_dataset(run / "data" / "train"), open_dataset(run / "data" / "test")
+    run = Run(args.run_dir)
+    restored = run.restore(args.step)
+    step = restored.step
+    train, test = open_dataset(run.data_dir("train")), open_dataset(run.data_dir("test"))
     extractor = load_or_train_classifier(
-        train.directory, test.directory, run / "eval" / "cache", ClassifierSpec(epochs=5)
+        train.directory, test.directory, run.eval_dir / "cache", ClassifierSpec(epochs=5)
     )
     # The evaluation stage's draw of held-out digits: n of train, then n of test, one rng.
     rng = np.random.default_rng(args.seed)
@@ -72,24 +73,22 @@ def main() -> None:
     test_real = test.read_rows(np.sort(rng.choice(len(test), args.n, replace=False))).values
     test_feats = extractor.features(test_real)
     floor = None
-    metrics = run / "eval" / "metrics.json"
+    metrics = run.metrics_path
     if metrics.is_file():
         report = json.loads(metrics.read_text())
         if report.get("n") == args.n:
             floor = report["floors"]["fid"]
     train_real = train.read_rows(np.arange(min(len(train), 2000))).values
-    data_rms = float(np.sqrt(np.mean(np.square(train_real / 127.5 - 1.0))))
-    shape = train.example_shape
+    data_rms = float(np.sqrt(np.mean(np.square(run.normalizer.to_model(train_real)))))
 
-    print(f"run {run} step {step}; FID floor {floor}")
+    print(f"run {run.path} step {step}; FID floor {floor}")
     print(
         "| setting | evals/sample | s | FID | FID/floor | classifier score | smallest share "
         "| worst chain ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
-    noise = tf.random.stateless_normal((args.n, *shape), [args.seed, 0])
 
     def score(name, evals, seconds, samples, worst=float("nan")):
-        feats, probs = extractor.features_and_probabilities(to_uint8(samples.numpy()))
+        feats, probs = extractor.features_and_probabilities(samples)
         value = fid(test_feats, feats)
         print(
             f"| {name} | {evals} | {seconds:.0f} | {value:.2f} "
@@ -98,19 +97,13 @@ def main() -> None:
             flush=True,
         )
 
-    if hasattr(restored.objective, "diffusion"):
+    # The evaluation stage draws n <= its batch of 500 as one chunk from seed [seed, 0]: so here.
+    if restored.objective.family == "diffusion":
         for steps in args.ddim_steps:
             for eta in args.eta:
                 start = time.perf_counter()
-                out = ddim_sample(
-                    restored.model,
-                    restored.objective.diffusion,
-                    (args.n, *shape),
-                    seed=[args.seed, 0],
-                    num_steps=steps,
-                    eta=eta,
-                    clip_x0=(-1.0, 1.0),
-                )
+                spec = SamplerSpec.of("ddim", num_steps=steps, eta=eta)
+                out = draw(restored, spec, args.n, [args.seed, 0])
                 score(
                     f"DDIM {steps} steps, eta {eta}",
                     steps,
@@ -121,20 +114,21 @@ def main() -> None:
     sigmas_run = np.asarray(restored.objective.sigmas)
     for levels in args.levels:
         sigmas = np.geomspace(args.sigma_max or sigmas_run[0], sigmas_run[-1], levels)
+        # The network is conditioned on log sigma: the chain may use other levels than training.
+        objective = copy.copy(restored.objective)
+        objective.sigmas = sigmas
+        at_levels = dataclasses.replace(restored, objective=objective)
         for spl in args.steps_per_level:
             for scale in args.lr_scale:
                 step_lr = technique4_step_lr(sigmas, spl) * scale
                 start = time.perf_counter()
-                out = annealed_langevin_dynamics(
-                    restored.model,
-                    noise * float(sigmas[0]),
-                    sigmas,
-                    spl,
-                    step_lr,
-                    seed=[args.seed, 0],
+                spec = SamplerSpec.of(
+                    "annealed_langevin",
+                    steps_per_level=spl,
+                    step_lr=step_lr,
                     denoise_final=not args.no_denoise,
-                    data_rms=data_rms,
                 )
+                out = draw(at_levels, spec, args.n, [args.seed, 0], data_rms=data_rms)
                 score(
                     f"{levels} levels from {sigmas[0]:.3g} x {spl}, step_lr {step_lr:.3g}, "
                     f"denoise {not args.no_denoise}",

@@ -48,10 +48,12 @@ def make_run(root: pathlib.Path, network: str) -> pathlib.Path:
 
 
 def memory_child(run: str, out: str, n: int) -> None:
-    from diffusion_lib.sampling import generate_samples
+    from diffusion_lib.sample_sets import generate_samples
+    from diffusion_lib.samplers import SamplerSpec
 
     start = time.perf_counter()
-    generate_samples(run, out, n=n, sampler="ddim", num_steps=5, chunk_rows=1000)
+    spec = SamplerSpec.of("ddim", num_steps=5)
+    generate_samples(run, out, n=n, sampler=spec, chunk_rows=1000)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mib": peak, "seconds": time.perf_counter() - start}))
 
@@ -68,11 +70,11 @@ def main() -> None:
         memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
         return
 
+    from diffusion_lib.run import Run
     from diffusion_lib.samplers import ddim_sample, ddpm_sample
-    from diffusion_lib.training import load_ema_model
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_sampling_bench_"))
-    restored = load_ema_model(make_run(root, "unet-small"))
+    restored = Run(make_run(root, "unet-small")).restore()
     model, diffusion = restored.model, restored.objective.diffusion
     print(f"cores: {os.cpu_count()}; unet-small, 28x28x1, batch = n")
     ddim_sample(model, diffusion, (8, 28, 28, 1), seed=0, num_steps=2)  # trace

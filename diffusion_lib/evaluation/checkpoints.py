@@ -27,17 +27,14 @@ import tensorflow as tf
 from diffusion_lib._atomic import atomic_path, atomic_write_bytes
 from diffusion_lib.data import open_dataset
 from diffusion_lib.data.sources.toy2d import mixture_from_options
+from diffusion_lib.draw import SamplerMismatch, draw_set
 from diffusion_lib.evaluation import metrics as M
 from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_classifier
-from diffusion_lib.render import to_uint8
-from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample, ddpm_sample
-from diffusion_lib.training import (
-    TrainConfig,
-    committed_steps,
-    load_ema_model,
-    read_run_config,
-)
-from diffusion_lib.training.engine import CONFIG_NAME
+from diffusion_lib.normalizer import Normalizer
+from diffusion_lib.run import Run
+from diffusion_lib.samplers import SamplerSpec
+from diffusion_lib.training import TrainConfig
+from diffusion_lib.training.config import ARCHITECTURE_FIELDS
 
 LOWER_IS_BETTER = {
     "fid": True,
@@ -57,11 +54,9 @@ LOWER_IS_BETTER = {
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
     n: int = 1000
-    sampler: str = "ddim"  # "ddim" or "ddpm" for DDPM runs; score runs use annealed Langevin
-    sampler_steps: int = 50
-    eta: float = 0.0
-    steps_per_level: int = 20
-    step_lr: float = 2e-5
+    # The sampler and its settings; it must serve the run's family (a score run needs e.g.
+    # SamplerSpec.of("annealed_langevin", steps_per_level=..., step_lr=...)).
+    sampler: SamplerSpec = SamplerSpec.of("ddim", num_steps=50)
     seed: int = 0
     batch_size: int = 500
     bpd_examples: int = 16
@@ -74,11 +69,14 @@ class EvalSpec:
     def __post_init__(self):
         if isinstance(self.newest, bool) or not isinstance(self.newest, int) or self.newest < 0:
             raise ValueError(f"newest must be a non-negative integer, got {self.newest!r}")
+        if not isinstance(self.sampler, SamplerSpec):
+            raise ValueError(f"sampler must be a SamplerSpec, got {self.sampler!r}")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "sampler": self.sampler.to_dict()}
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(
-            json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,62 +86,6 @@ class EvalReport:
     floors: dict
     best_step: int | None
     best_metric: str
-
-
-def _generate(restored, shape, spec: EvalSpec, data_rms: float) -> tuple[np.ndarray, list]:
-    """Samples [n, ...] in model space, and for score runs the chain's per-level health
-    [(sigma, rms, expected_rms)] over all n (RMS pooled over the chunks)."""
-    model, objective = restored.model, restored.objective
-    chunks, health = [], []
-    for index, start in enumerate(range(0, spec.n, spec.batch_size)):
-        size = min(spec.batch_size, spec.n - start)
-        seed = [spec.seed, index]
-        if hasattr(objective, "diffusion"):
-            fn = lambda x, t: model(x, t)  # noqa: E731
-            if spec.sampler == "ddpm":
-                out = ddpm_sample(
-                    fn, objective.diffusion, (size, *shape), seed=seed, clip_x0=_clip(shape)
-                )
-            else:
-                out = ddim_sample(
-                    fn,
-                    objective.diffusion,
-                    (size, *shape),
-                    seed=seed,
-                    num_steps=spec.sampler_steps,
-                    eta=spec.eta,
-                    clip_x0=_clip(shape),
-                )
-        else:
-            sigmas = objective.sigmas
-            start_x = tf.random.stateless_normal((size, *shape), seed) * float(sigmas[0])
-            out = annealed_langevin_dynamics(
-                lambda x, s: model(x, s),
-                start_x,
-                sigmas,
-                spec.steps_per_level,
-                spec.step_lr,
-                seed=seed,
-                denoise_final=True,
-                data_rms=data_rms,
-            )
-            health.append([(h.sigma, h.rms**2 * size, h.expected_rms) for h in out.health])
-        chunks.append(out.samples.numpy())
-    pooled = [
-        (levels[0][0], float(np.sqrt(sum(h[1] for h in levels) / spec.n)), levels[0][2])
-        for levels in zip(*health, strict=True)
-    ]
-    return np.concatenate(chunks), pooled
-
-
-def _clip(shape) -> tuple[float, float] | None:
-    return (-1.0, 1.0) if len(shape) == 3 else None
-
-
-def _to_images(samples: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(samples)):
-        raise M.MetricInputError("generated samples contain NaN or Inf")
-    return to_uint8(samples)
 
 
 def _reference(train, test, n: int, seed: int):
@@ -214,12 +156,12 @@ def evaluate_checkpoints(
     cache_dir: str | pathlib.Path | None = None,
     spec: EvalSpec = EvalSpec(),
 ) -> EvalReport:
-    run_dir = pathlib.Path(run_dir)
-    steps = committed_steps(run_dir / "checkpoints")
+    run = Run(run_dir)
+    steps = run.steps()
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
     committed, steps = steps, steps[-spec.newest :] if spec.newest else steps
-    train = open_dataset(train_dir or read_run_config(run_dir).data_dir)
+    train = open_dataset(train_dir or run.config.data_dir)
     test = open_dataset(test_dir)
     if train.example_shape != test.example_shape:
         raise M.MetricInputError(
@@ -227,14 +169,14 @@ def evaluate_checkpoints(
         )
     images = train.kind == "image"
     best_metric = spec.best_metric or ("fid" if images else "sliced_wasserstein")
-    out_path = run_dir / "eval" / "metrics.json"
+    out_path = run.metrics_path
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if previous.get("settings") != spec.fingerprint():
         previous = {}
     rows = {row["step"]: row for row in previous.get("rows", [])}
 
     train_real, test_real = _reference(train, test, spec.n, spec.seed)
-    cache_dir = pathlib.Path(cache_dir or run_dir / "eval" / "cache")
+    cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
     if images:
         extractor = load_or_train_classifier(
             train.directory,
@@ -258,41 +200,49 @@ def evaluate_checkpoints(
         floors = _point_metrics(
             test_real.astype(np.float64), train_real.astype(np.float64), mixture
         )
-    mean, std = np.array(train.manifest.stats["mean"]), np.array(train.manifest.stats["std"])
     # The data's RMS in the network's space: what a healthy sampling chain ends near.
-    model_space = train_real / 127.5 - 1.0 if images else (train_real - mean) / std
+    model_space = Normalizer.of(train.manifest).to_model(train_real)
     data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
 
     for step in steps:
         if step in rows:
             continue  # scored before with the same settings
-        restored = load_ema_model(run_dir, step)
-        raw, health = _generate(restored, train.example_shape, spec, data_rms)
+        restored = run.restore(step)
+        try:
+            drawn = draw_set(
+                restored,
+                spec.sampler,
+                n=spec.n,
+                chunk_rows=spec.batch_size,
+                seed=spec.seed,
+                data_rms=data_rms,
+            )
+        except SamplerMismatch:
+            raise
+        except ValueError as err:  # NaN or Inf in the samples
+            raise M.MetricInputError(str(err)) from None
+        health = drawn.health
         if images:
-            feats, probs = extractor.features_and_probabilities(_to_images(raw))
+            feats, probs = extractor.features_and_probabilities(drawn.samples)
             values = _image_metrics(test_feats, feats, probs)
-            if hasattr(restored.objective, "diffusion") and spec.bpd_examples:
-                subset = test_real[: spec.bpd_examples].astype(np.float32) / 127.5 - 1.0
+            if restored.objective.family == "diffusion" and spec.bpd_examples:
+                subset = restored.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
                 bound = restored.objective.diffusion.bits_per_dim(
                     restored.model, subset, seed=spec.seed
                 )
                 values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
         else:
-            points = raw.astype(np.float64) * std + mean
-            if not np.all(np.isfinite(points)):
-                raise M.MetricInputError(f"checkpoint {step}: generated samples contain NaN or Inf")
-            values = _point_metrics(test_real.astype(np.float64), points, mixture)
+            values = _point_metrics(test_real.astype(np.float64), drawn.samples, mixture)
         if health:
             # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
-            values["chain_worst_rms_ratio"] = max(rms / expected for _, rms, expected in health)
+            values["chain_worst_rms_ratio"] = max(h.ratio for h in health)
         rows[step] = {
             "step": step,
             "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
         }
         if health:
             rows[step]["chain"] = [
-                {"sigma": sigma, "rms": rms, "expected_rms": expected}
-                for sigma, rms, expected in health
+                {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms} for h in health
             ]
 
     ordered = [rows[s] for s in sorted(rows)]
@@ -306,7 +256,7 @@ def evaluate_checkpoints(
     )
     report = {
         "settings": spec.fingerprint(),
-        "spec": dataclasses.asdict(spec),
+        "spec": spec.to_dict(),
         "n": spec.n,
         "floors": floors,
         "rows": ordered,
@@ -314,18 +264,6 @@ def evaluate_checkpoints(
     }
     atomic_write_bytes(out_path, json.dumps(report, indent=2).encode())
     return EvalReport(str(out_path), ordered, floors, best, best_metric)
-
-
-# The TrainConfig fields that decide the shapes of a run's weights: a warm start needs them equal.
-ARCHITECTURE_FIELDS = (
-    "network",
-    "network_overrides",
-    "objective",
-    "num_timesteps",
-    "num_levels",
-    "var_type",
-    "score_output_scaling",
-)
 
 
 def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
@@ -339,16 +277,15 @@ def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
         pathlib.Path(root).glob("*/eval/metrics.json"), key=lambda p: p.stat().st_mtime_ns
     )
     for metrics in reversed(candidates):
-        run_dir = metrics.parent.parent
-        if run_dir.resolve() in skip or not (run_dir / CONFIG_NAME).is_file():
+        run = Run(metrics.parent.parent)
+        if run.path.resolve() in skip or not run.config_path.is_file():
             continue
-        record = json.loads((run_dir / CONFIG_NAME).read_text())
-        config = TrainConfig.from_dict(record["config"]).to_dict()
+        config = run.config.to_dict()
         step = json.loads(metrics.read_text())["best"]["step"]
         if (
-            record.get("dataset_fingerprint") == fingerprint
+            run.record.get("dataset_fingerprint") == fingerprint
             and {k: config[k] for k in ARCHITECTURE_FIELDS} == wanted
-            and step in committed_steps(run_dir / "checkpoints")
+            and step in run.steps()
         ):
-            return f"{run_dir}@{step}"
+            return f"{run.path}@{step}"
     return ""

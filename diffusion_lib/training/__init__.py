@@ -2,7 +2,7 @@
 
 TrainConfig, config_preset(name, **overrides)
 train(config, run_dir, ...) -> TrainResult; Trainer for finer control
-load_ema_model(run_dir, step=None) -> RestoredModel (EMA weights, for sampling and evaluation)
+(a trained run directory, its weights and paths: diffusion_lib.run.Run)
 python -m diffusion_lib.training --config FILE --run-dir DIR   (one worker process)
 """
 
@@ -15,13 +15,10 @@ from diffusion_lib.training.config import (
 )
 from diffusion_lib.training.engine import (
     Progress,
-    RestoredModel,
     Trainer,
     TrainingDiverged,
     TrainResult,
     enable_determinism,
-    load_ema_model,
-    read_run_config,
     train,
 )
 from diffusion_lib.training.strategy import choose_strategy, worker_role
@@ -30,7 +27,6 @@ __all__ = [
     "CheckpointMismatch",
     "ConfigError",
     "Progress",
-    "RestoredModel",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -40,8 +36,6 @@ __all__ = [
     "config_preset",
     "config_preset_names",
     "enable_determinism",
-    "load_ema_model",
-    "read_run_config",
     "train",
     "worker_role",
 ]

@@ -9,14 +9,18 @@ often to save, on which devices) may change when a run is resumed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 from typing import Any
 
+from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
+from diffusion_lib.networks.config import OUTPUT_SCALINGS, PRECISIONS
+from diffusion_lib.objectives import PROJECTIONS
+
 OBJECTIVES = ("ddpm", "ncsn", "dsm", "ssm")
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may differ between a run and its resumption.
@@ -33,6 +37,22 @@ RESUMABLE_FIELDS = frozenset(
         "data_dir",
         "jit_compile",
     }
+)
+
+
+def _values(choices: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(member.value for member in choices)
+
+
+# The fields that decide the shapes of a run's weights: a warm start needs them equal.
+ARCHITECTURE_FIELDS = (
+    "network",
+    "network_overrides",
+    "objective",
+    "num_timesteps",
+    "num_levels",
+    "var_type",
+    "score_output_scaling",
 )
 
 
@@ -155,12 +175,12 @@ class TrainConfig:
             "strategy": STRATEGIES,
             "precision": PRECISIONS,
             "lr_schedule": LR_SCHEDULES,
-            "mean_type": ("eps", "x0", "v"),
-            "var_type": ("fixed_small", "fixed_large", "learned_range"),
-            "loss_type": ("simple", "vlb", "hybrid"),
-            "loss_weighting": ("none", "min_snr"),
-            "projection": ("gaussian", "rademacher"),
-            "score_output_scaling": ("none", "inverse_sigma"),
+            "mean_type": _values(ModelMeanType),
+            "var_type": _values(ModelVarType),
+            "loss_type": _values(LossType),
+            "loss_weighting": _values(LossWeighting),
+            "projection": PROJECTIONS,
+            "score_output_scaling": OUTPUT_SCALINGS,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:

@@ -462,55 +462,6 @@ def train(
     return trainer.run(progress=progress, should_stop=should_stop, max_steps=max_steps)
 
 
-@dataclasses.dataclass(frozen=True)
-class RestoredModel:
-    """A trained network with its EMA weights loaded, ready for sampling or evaluation."""
-
-    model: keras.Model
-    objective: object
-    config: TrainConfig
-    step: int
-
-
-def read_run_config(run_dir: str | pathlib.Path) -> TrainConfig:
-    """The TrainConfig a run directory was trained with (its config.json)."""
-    record = json.loads((pathlib.Path(run_dir) / CONFIG_NAME).read_text())
-    return TrainConfig.from_dict(record["config"])
-
-
-def load_ema_model(
-    run_dir: str | pathlib.Path,
-    step: int | None = None,
-    *,
-    strategy: tf.distribute.Strategy | None = None,
-) -> RestoredModel:
-    """The network of `run_dir` with the EMA weights of checkpoint `step` (default: latest),
-    built under `strategy` (if given) so a sampler can run it on every replica.
-
-    Raises FileNotFoundError without checkpoints and CheckpointMismatch if the checkpoint does
-    not fit the network its config describes.
-    """
-    run_dir = pathlib.Path(run_dir)
-    record = json.loads((run_dir / CONFIG_NAME).read_text())
-    config = TrainConfig.from_dict(record["config"])
-    steps = committed_steps(run_dir / "checkpoints")
-    if not steps:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint for step {step}; have {steps}")
-    objective = build_objective(config)
-    with (
-        strategy or tf.distribute.get_strategy()
-    ).scope():  # mirrored weights for sampling on replicas
-        model = build_network(NetworkConfig(**record["network"]))
-        ema = EmaWeights(model.trainable_variables)
-    restore(tf.train.Checkpoint(model=model, ema=ema), run_dir / "checkpoints", step, partial=True)
-    for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
-        weight.assign(average)
-    return RestoredModel(model, objective, config, step)
-
-
 def enable_determinism() -> None:
     """Op determinism for exact resume on CPU (process-wide: call from an entry point)."""
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")

@@ -5,12 +5,19 @@ batch sits in the global one (`offset`, `global_batch`). Randomness (timesteps, 
 is drawn for the whole global batch from the step's seed and sliced, so every example gets the
 same noise however many replicas share the batch: results do not depend on the replica count.
 (Dropout masks and the sliced objective's projections are drawn per replica and do.)
+
+Each declares the family of samplers its network serves (`family`, as in the sampler registry):
+"diffusion" objectives carry the `diffusion` (a GaussianDiffusion) their sampler needs, "score"
+objectives the noise levels `sigmas` [L] (decreasing) their network is conditioned on: NCSN's
+schedule, or the single level a DSM or SSM network was trained at.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+import numpy as np
 import tensorflow as tf
 
 from diffusion_lib.diffusion import GaussianDiffusion
@@ -35,6 +42,7 @@ def _global_normal(x: tf.Tensor, seed, offset, global_batch) -> tf.Tensor:
 @dataclasses.dataclass
 class DdpmObjective:
     config: TrainConfig
+    family: ClassVar[str] = "diffusion"
 
     def __post_init__(self):
         c = self.config
@@ -69,6 +77,7 @@ class DdpmObjective:
 @dataclasses.dataclass
 class NcsnObjective:
     config: TrainConfig
+    family: ClassVar[str] = "score"
 
     def __post_init__(self):
         c = self.config
@@ -97,6 +106,10 @@ class NcsnObjective:
 @dataclasses.dataclass
 class DsmObjective:
     config: TrainConfig
+    family: ClassVar[str] = "score"
+
+    def __post_init__(self):
+        self.sigmas = np.array([self.config.sigma], np.float64)
 
     def network_overrides(self) -> dict:
         return {"conditioning": "log_sigma", "output_scaling": self.config.score_output_scaling}
@@ -116,6 +129,10 @@ class SsmObjective:
     """Sliced score matching of the data score; the network's condition is a constant sigma_min."""
 
     config: TrainConfig
+    family: ClassVar[str] = "score"
+
+    def __post_init__(self):
+        self.sigmas = np.array([self.config.sigma_min], np.float64)
 
     def network_overrides(self) -> dict:
         return {"conditioning": "log_sigma", "output_scaling": "none"}

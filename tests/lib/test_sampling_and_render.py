@@ -11,10 +11,11 @@ import tensorflow as tf
 from diffusion_lib import render
 from diffusion_lib.analytic import GaussianMixture
 from diffusion_lib.data import DataError, DatasetSpec, open_dataset, prepare_dataset
-from diffusion_lib.samplers import annealed_langevin_dynamics, ddim_sample
-from diffusion_lib.sampling import generate_samples
+from diffusion_lib.run import Run
+from diffusion_lib.sample_sets import generate_samples
+from diffusion_lib.samplers import SamplerSpec, annealed_langevin_dynamics, ddim_sample
 from diffusion_lib.schedules import sigma_schedule
-from diffusion_lib.training import config_preset, load_ema_model, train
+from diffusion_lib.training import config_preset, train
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,17 @@ def image_run(tmp_path_factory):
 
 def test_sample_set_is_a_dataset_and_regenerates_identically(toy_run):
     out = toy_run / "samples"
-    manifest = generate_samples(toy_run / "run", out, n=2_500, sampler="ddpm", rows_per_shard=1_000)
+    manifest = generate_samples(
+        toy_run / "run", out, n=2_500, sampler=SamplerSpec.of("ddpm"), rows_per_shard=1_000
+    )
     assert manifest.num_examples == 2_500 and [s.rows for s in manifest.shards] == [
         1_000,
         1_000,
         500,
     ]
-    assert manifest.extra["checkpoint"] == "ckpt-200" and manifest.extra["sampler"] == "ddpm"
+    assert manifest.extra["checkpoint"] == "ckpt-200" and manifest.extra["sampler"] == {
+        "name": "ddpm"
+    }
     values = open_dataset(out, verify="checksum").read().values
     assert values.shape == (2_500, 2) and np.all(np.isfinite(values))
     batches = list(open_dataset(out).stream(500, num_epochs=1))
@@ -74,23 +79,27 @@ def test_sample_set_is_a_dataset_and_regenerates_identically(toy_run):
     )
     assert header["extra"]["seed"] == 0 and header["extra"]["step"] == 200
     (out / manifest.shards[1].file).unlink()
-    again = generate_samples(toy_run / "run", out, n=2_500, sampler="ddpm", rows_per_shard=1_000)
+    again = generate_samples(
+        toy_run / "run", out, n=2_500, sampler=SamplerSpec.of("ddpm"), rows_per_shard=1_000
+    )
     assert again.shards == manifest.shards  # the rebuilt shard is byte-identical
     assert (out / "grid.png").is_file()
 
 
 def test_sample_set_refusals(toy_run, tmp_path):
-    generate_samples(toy_run / "run", tmp_path / "s", n=100, sampler="ddim", num_steps=5)
+    ddim = SamplerSpec.of("ddim", num_steps=5)
+    generate_samples(toy_run / "run", tmp_path / "s", n=100, sampler=ddim)
     with pytest.raises(DataError, match="holds a different dataset"):
-        generate_samples(toy_run / "run", tmp_path / "s", n=100, sampler="ddim", num_steps=6)
+        generate_samples(toy_run / "run", tmp_path / "s", n=100, sampler=ddim.replace(num_steps=6))
     with pytest.raises(DataError, match="n must be a positive integer"):
         generate_samples(toy_run / "run", tmp_path / "t", n=0)
-    with pytest.raises(DataError, match="sampler must be one of"):
-        generate_samples(toy_run / "run", tmp_path / "t", n=10, sampler="euler")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        SamplerSpec.of("euler")
     with pytest.raises(DataError, match=r"num_steps must be in \[1, 100\]"):
-        generate_samples(toy_run / "run", tmp_path / "t", n=10, sampler="ddim", num_steps=500)
-    with pytest.raises(DataError, match="needs a score-model run"):
-        generate_samples(toy_run / "run", tmp_path / "t", n=10, sampler="annealed_langevin")
+        generate_samples(toy_run / "run", tmp_path / "t", n=10, sampler=ddim.replace(num_steps=500))
+    langevin = SamplerSpec.of("annealed_langevin")
+    with pytest.raises(DataError, match="needs a score model; this run trains a diffusion model"):
+        generate_samples(toy_run / "run", tmp_path / "t", n=10, sampler=langevin)
     with pytest.raises(DataError, match="no complete checkpoint for step 7"):
         generate_samples(toy_run / "run", tmp_path / "t", n=10, step=7)
     assert not (tmp_path / "t").exists() or not list((tmp_path / "t").glob("*.parquet"))
@@ -98,7 +107,7 @@ def test_sample_set_refusals(toy_run, tmp_path):
 
 def test_image_sample_set_and_grid(image_run):
     manifest = generate_samples(
-        image_run / "run", image_run / "samples", n=20, sampler="ddim", num_steps=5
+        image_run / "run", image_run / "samples", n=20, sampler=SamplerSpec.of("ddim", num_steps=5)
     )
     assert (
         manifest.kind == "image"
@@ -110,7 +119,7 @@ def test_image_sample_set_and_grid(image_run):
 
 
 def test_sampling_gif_frames_size_and_last_frame(image_run):
-    restored = load_ema_model(image_run / "run")
+    restored = Run(image_run / "run").restore()
     steps = render.gif_frame_steps(20, 8)
     assert (
         steps[0] == 0 and steps[-1] == 20 and np.diff(steps)[-1] <= np.diff(steps)[0]

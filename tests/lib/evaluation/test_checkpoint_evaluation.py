@@ -15,7 +15,10 @@ from diffusion_lib.evaluation import (
 )
 from diffusion_lib.evaluation import checkpoints as evaluation_checkpoints
 from diffusion_lib.evaluation.classifier import ClassifierSpec
+from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import config_preset, train
+
+DDPM = SamplerSpec.of("ddpm")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     )
     train(config, tmp_path / "run")
     report = evaluate_checkpoints(
-        tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler="ddpm")
+        tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler=DDPM)
     )
     assert [row["step"] for row in report.rows] == [300, 600]
     floor = report.floors["sliced_wasserstein"]
@@ -102,16 +105,16 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     def must_not_sample(*args, **kwargs):
         raise AssertionError("a scored checkpoint was sampled again")
 
-    monkeypatch.setattr(evaluation_checkpoints, "_generate", must_not_sample)
+    monkeypatch.setattr(evaluation_checkpoints, "draw_set", must_not_sample)
     again = evaluate_checkpoints(
-        tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler="ddpm")
+        tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler=DDPM)
     )
     assert again.rows == report.rows
     monkeypatch.undo()
     newest = evaluate_checkpoints(
         tmp_path / "run",
         test_dir=tmp_path / "test",
-        spec=EvalSpec(n=1000, sampler="ddpm", newest=1),
+        spec=EvalSpec(n=1000, sampler=DDPM, newest=1),
     )
     assert [row["step"] for row in newest.rows] == [600] and newest.best_step == 600
     with pytest.raises(ValueError, match="newest"):
@@ -129,7 +132,9 @@ def test_image_run_gets_every_metric(mnist, tmp_path):
         log_every=4,
     )
     train(config, tmp_path / "run")
-    spec = EvalSpec(n=200, sampler_steps=5, bpd_examples=4, classifier_epochs=3)
+    spec = EvalSpec(
+        n=200, sampler=SamplerSpec.of("ddim", num_steps=5), bpd_examples=4, classifier_epochs=3
+    )
     report = evaluate_checkpoints(
         tmp_path / "run", test_dir=mnist / "test", cache_dir=mnist / "cache", spec=spec
     )
@@ -172,7 +177,8 @@ def test_score_run_records_the_chain_health_that_exposes_a_lagging_sampler(tmp_p
     train(config, tmp_path / "run")
     ratios = {}
     for step_lr in (4.8e-4, 4.8e-6):
-        spec = EvalSpec(n=500, steps_per_level=10, step_lr=step_lr)
+        sampler = SamplerSpec.of("annealed_langevin", steps_per_level=10, step_lr=step_lr)
+        spec = EvalSpec(n=500, sampler=sampler)
         row = evaluate_checkpoints(tmp_path / "run", test_dir=tmp_path / "test", spec=spec).rows[0]
         assert [level["sigma"] for level in row["chain"]] == pytest.approx(
             np.geomspace(5.0, 0.05, 10)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from diffusion_lib.data import DatasetSpec, open_dataset, prepare_dataset
+from diffusion_lib.run import Run
 from diffusion_lib.samplers import ddpm_sample
 from diffusion_lib.training import (
     CheckpointMismatch,
@@ -19,7 +20,6 @@ from diffusion_lib.training import (
     TrainingDiverged,
     committed_steps,
     config_preset,
-    load_ema_model,
     train,
 )
 
@@ -57,7 +57,7 @@ def test_a_tiny_model_learns_eight_gaussians_and_its_samples_land_on_them(eight,
     result = train(config, tmp_path / "run", progress=reports.append)
     assert result.step == 1500 and [r.step for r in reports] == [500, 1000, 1500]
     assert reports[-1].loss < reports[0].loss + 0.05
-    restored = load_ema_model(tmp_path / "run")
+    restored = Run(tmp_path / "run").restore()
     samples = ddpm_sample(
         lambda x, t: restored.model(x, t), restored.objective.diffusion, (2000, 2), seed=0
     ).samples
@@ -102,7 +102,7 @@ def test_ema_follows_its_definition_and_is_what_a_restored_sampler_uses(eight, t
         not np.allclose(a.numpy(), w.numpy())
         for a, w in zip(trainer.ema.averages, trainer.model.trainable_variables, strict=True)
     )
-    restored = load_ema_model(tmp_path / "run")
+    restored = Run(tmp_path / "run").restore()
     for weight, average in zip(
         restored.model.trainable_variables, trainer.ema.averages, strict=True
     ):
@@ -162,7 +162,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(eight
     ):
         trainer.run()
     assert _mtimes(checkpoints) == before and committed_steps(checkpoints) == [2, 4]
-    restored = load_ema_model(tmp_path / "run")
+    restored = Run(tmp_path / "run").restore()
     assert restored.step == 4 and all(
         np.all(np.isfinite(w.numpy())) for w in restored.model.trainable_variables
     )
@@ -207,7 +207,7 @@ def test_checkpoint_from_another_architecture_is_refused_untouched(eight, tmp_pa
     with pytest.raises(CheckpointMismatch, match="ckpt-9: does not match this model"):
         Trainer(small, tmp_path / "small")
     with pytest.raises(CheckpointMismatch, match="ckpt-9: does not match this model"):
-        load_ema_model(tmp_path / "small")
+        Run(tmp_path / "small").restore()
     assert _mtimes(checkpoints) == before
 
 
@@ -227,7 +227,7 @@ def test_checkpoints_keep_the_last_n_and_every_kth(eight, tmp_path):
     # A checkpoint whose marker is missing (a crash between data and marker) does not exist.
     (tmp_path / "run" / "checkpoints" / "ckpt-12.json").unlink()
     assert committed_steps(tmp_path / "run" / "checkpoints") == [5, 10, 11]
-    assert load_ema_model(tmp_path / "run").step == 11
+    assert Run(tmp_path / "run").restore().step == 11
 
 
 @pytest.mark.parametrize("objective", ["ncsn", "dsm", "ssm"])
@@ -244,7 +244,7 @@ def test_score_objectives_train(eight, tmp_path, objective):
     reports = []
     train(config, tmp_path / "run", progress=reports.append)
     assert all(np.isfinite(r.loss) for r in reports)
-    restored = load_ema_model(tmp_path / "run")
+    restored = Run(tmp_path / "run").restore()
     assert restored.model.conditioning == "log_sigma"
 
 
@@ -269,7 +269,7 @@ def test_mixed_precision_and_xla_run(mnist, tmp_path):
 def test_warm_start_copies_the_donor_ema_into_weights_and_average(eight, tmp_path):
     small = dict(data_dir=eight, network="mlp-tiny", log_every=10, checkpoint_every=20)
     train(config_preset("toy-ddpm", num_steps=20, **small), tmp_path / "donor")
-    donor = load_ema_model(tmp_path / "donor", 20)
+    donor = Run(tmp_path / "donor").restore(20)
 
     warm = Trainer(
         config_preset("toy-ddpm", num_steps=5, init_from=f"{tmp_path / 'donor'}@20", **small),

@@ -1,0 +1,154 @@
+"""Drawing samples from a restored run: the one function evaluation, sample sets and the
+sampling GIF all use.
+
+    draw(restored, spec, n, seed, *, frames=None, strategy=None, data_rms=1.0) -> Drawn
+    draw_chunk(restored, spec, n=..., chunk_rows=..., index=..., seed=...)   # rows of a set
+    draw_set(restored, spec, n=..., chunk_rows=..., seed=...)                # all of a set
+
+The sampler must serve the family the run's objective declares (`objective.family`, the
+registry's `SamplerInfo.family`): "diffusion" samplers get the objective's GaussianDiffusion,
+x0 clipped to [-1, 1] for images; annealing "score" samplers get its noise levels and start from
+N(0, sigma_1^2 I); plain Langevin runs at the objective's smallest level from N(0, I). Samples
+and frames come back in data units (uint8 images, points in the data's coordinates) through the
+run's `Normalizer`; chain health (annealing samplers) in model units.
+
+A set of n samples is drawn in chunks of `chunk_rows`, chunk i from seed [seed, i], so any chunk
+can be redrawn alone, bit for bit, and memory holds one chunk. With a `strategy` (several local
+GPUs) each chunk is split over its replicas (padded to a multiple of their number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from diffusion_lib._checks import seed_tensor
+from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
+
+
+class SamplerMismatch(ValueError):
+    """The sampler does not fit the run (another family, or settings the run cannot take)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+    """samples [n, ...] and frames [F, n, ...] (or None) in data units; health per noise level."""
+
+    samples: np.ndarray
+    frames: np.ndarray | None = None
+    health: tuple[LevelHealth, ...] = ()
+
+
+def check_compatible(spec: SamplerSpec, objective) -> None:
+    """Raises SamplerMismatch unless `spec` can sample a run trained with `objective`."""
+    family = getattr(type(objective), "family", None)
+    if family is None:
+        raise SamplerMismatch(f"objective {type(objective).__name__} declares no sampler family")
+    if spec.family != family:
+        raise SamplerMismatch(
+            f"sampler {spec.name!r} needs a {spec.family} model; this run trains a {family} "
+            f"model ({type(objective).__name__})"
+        )
+    if spec.name == "ddim":
+        steps, total = spec.get("num_steps"), objective.diffusion.num_timesteps
+        if steps > total:
+            raise SamplerMismatch(f"num_steps must be in [1, {total}] for DDIM, got {steps}")
+
+
+def draw(
+    restored,
+    spec: SamplerSpec,
+    n: int,
+    seed,
+    *,
+    frames: Frames = None,
+    strategy: tf.distribute.Strategy | None = None,
+    data_rms: float = 1.0,
+) -> Drawn:
+    """n samples of `restored` (a `run.Restored`) by `spec`, from `seed` (int or [2]).
+
+    `frames` as the samplers take them (a count, chain steps, or a function of the chain's
+    length); `data_rms` (the data's RMS in model units) only scales the health figures."""
+    objective = restored.objective
+    check_compatible(spec, objective)
+    seed = seed_tensor(seed)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    padded = -(-n // replicas) * replicas  # the batch must split evenly over the replicas
+    shape = (padded, *restored.example_shape)
+    model, info = restored.model, spec.info
+    common = {"seed": seed, "frames": frames, "strategy": strategy, **spec.kwargs()}
+    if info.family == "diffusion":
+        clip = (-1.0, 1.0) if restored.normalizer.is_image else None
+        out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
+    elif info.anneals:
+        sigmas = objective.sigmas
+        start = tf.random.stateless_normal(shape, seed) * float(sigmas[0])
+        out = info.fn(model, start, sigmas, data_rms=data_rms, **common)
+    else:
+        sigma = float(objective.sigmas[-1])
+        start = tf.random.stateless_normal(shape, seed)
+        out = info.fn(lambda x: model(x, tf.fill([tf.shape(x)[0]], sigma)), start, **common)
+    to_data = restored.normalizer.to_data
+    try:
+        samples = to_data(out.samples.numpy()[:n])
+        chain = None if out.frames is None else to_data(out.frames.numpy()[:, :n])
+    except ValueError as err:
+        raise ValueError(f"checkpoint ckpt-{restored.step}: {err}") from None
+    return Drawn(samples, chain, tuple(out.health))
+
+
+def draw_chunk(
+    restored,
+    spec: SamplerSpec,
+    *,
+    n: int,
+    chunk_rows: int,
+    index: int,
+    seed: int,
+    strategy: tf.distribute.Strategy | None = None,
+    data_rms: float = 1.0,
+) -> Drawn:
+    """Chunk `index` (rows index * chunk_rows onwards) of the n-sample set drawn with `seed`."""
+    size = min(chunk_rows, n - index * chunk_rows)
+    if size <= 0:
+        raise ValueError(f"chunk {index} of {chunk_rows} rows is past the set's {n} samples")
+    return draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+
+
+def draw_chunks(
+    restored, spec: SamplerSpec, *, n: int, chunk_rows: int, seed: int, **kw
+) -> Iterator[Drawn]:
+    for index in range(-(-n // chunk_rows)):
+        yield draw_chunk(restored, spec, n=n, chunk_rows=chunk_rows, index=index, seed=seed, **kw)
+
+
+def draw_set(restored, spec: SamplerSpec, *, n: int, chunk_rows: int, seed: int, **kw) -> Drawn:
+    """All n samples, chunk by chunk, with the chain's health pooled over the chunks (RMS of
+    the whole set at each level)."""
+    chunks = list(draw_chunks(restored, spec, n=n, chunk_rows=chunk_rows, seed=seed, **kw))
+    samples = np.concatenate([c.samples for c in chunks])
+    return Drawn(samples, None, pool_health([(c.health, len(c.samples)) for c in chunks]))
+
+
+def pool_health(parts) -> tuple[LevelHealth, ...]:
+    """[(health of a chunk, its rows)] -> the health of all rows together."""
+    parts = [(health, rows) for health, rows in parts if health]
+    if not parts:
+        return ()
+    total = sum(rows for _, rows in parts)
+    levels = zip(*[health for health, _ in parts], strict=True)
+    return tuple(
+        LevelHealth(
+            level[0].sigma,
+            float(
+                np.sqrt(
+                    sum(h.rms**2 * rows for h, (_, rows) in zip(level, parts, strict=True)) / total
+                )
+            ),
+            level[0].expected_rms,
+        )
+        for level in levels
+    )

@@ -1,0 +1,173 @@
+"""`Run`: one run directory as one object, the only place that reads its config, restores its
+weights and names its paths.
+
+    run = Run("runs/mnist-cpu-x")
+    run.config, run.network_config, run.objective       # from config.json (read once)
+    run.steps(), run.checkpoint(step=None)               # committed checkpoints; None = latest
+    run.restore(step=None, strategy=None) -> Restored    # the EMA weights, loaded on first use
+    run.dataset, run.normalizer                          # the training set (opened once) and
+                                                         # the map to model units and back
+    run.checkpoints_dir, run.eval_dir, run.samples_dir, run.render_dir, run.data_dir("train")
+
+Layout of a run directory: config.json (written by the training engine), checkpoints/,
+metrics.jsonl, tensorboard/, data/{train,test}/, eval/metrics.json, samples/, render/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import keras
+import tensorflow as tf
+
+from diffusion_lib.data import open_dataset
+from diffusion_lib.networks import NetworkConfig, build_network
+from diffusion_lib.normalizer import Normalizer
+from diffusion_lib.training.checkpoints import committed_steps, restore
+from diffusion_lib.training.config import TrainConfig
+from diffusion_lib.training.engine import CONFIG_NAME, EmaWeights
+from diffusion_lib.training.objectives import build_objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A trained network with its EMA weights loaded, and what sampling from it needs."""
+
+    model: keras.Model
+    objective: object  # has .family ("diffusion": .diffusion; "score": .sigmas)
+    config: TrainConfig
+    step: int
+    normalizer: Normalizer
+    example_shape: tuple[int, ...]
+
+
+class Run:
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+        self._restored: dict[tuple[int, int], Restored] = {}
+
+    @classmethod
+    def at(cls, output_root: str | pathlib.Path, run_name: str) -> Run:
+        """The run `run_name` under `output_root`: everything one run writes lives there."""
+        return cls(pathlib.Path(output_root) / run_name)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> pathlib.Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def checkpoints_dir(self) -> pathlib.Path:
+        return self.path / "checkpoints"
+
+    @property
+    def eval_dir(self) -> pathlib.Path:
+        return self.path / "eval"
+
+    @property
+    def metrics_path(self) -> pathlib.Path:
+        return self.eval_dir / "metrics.json"
+
+    @property
+    def samples_dir(self) -> pathlib.Path:
+        return self.path / "samples"
+
+    @property
+    def render_dir(self) -> pathlib.Path:
+        return self.path / "render"
+
+    @property
+    def training_log(self) -> pathlib.Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard_dir(self) -> pathlib.Path:
+        return self.path / "tensorboard"
+
+    def data_dir(self, split: str) -> pathlib.Path:
+        return self.path / "data" / split
+
+    # ------------------------------------------------------------------ what was trained
+
+    @functools.cached_property
+    def record(self) -> dict:
+        """config.json as written by the training engine."""
+        if not self.config_path.is_file():
+            raise FileNotFoundError(
+                f"{self.path}: no {CONFIG_NAME}; is this a run directory that has trained?"
+            )
+        return json.loads(self.config_path.read_text())
+
+    @functools.cached_property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.record["config"])
+
+    @functools.cached_property
+    def network_config(self) -> NetworkConfig:
+        return NetworkConfig(**self.record["network"])
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.network_config.data_shape)
+
+    @functools.cached_property
+    def objective(self):
+        """The objective the run trained (its family, diffusion or noise levels); no weights."""
+        return build_objective(self.config)
+
+    @functools.cached_property
+    def dataset(self):
+        """The training set (opened once, not re-verified)."""
+        return open_dataset(self.config.data_dir, verify="none")
+
+    @functools.cached_property
+    def normalizer(self) -> Normalizer:
+        return Normalizer.of(self.dataset.manifest)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def steps(self) -> list[int]:
+        """Steps with a committed checkpoint, ascending (read afresh at each call)."""
+        return committed_steps(self.checkpoints_dir)
+
+    def checkpoint(self, step: int | None = None) -> int:
+        """`step` if it has a committed checkpoint (None: the latest); FileNotFoundError if not."""
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.path}: no complete checkpoint")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(
+                f"{self.path}: no complete checkpoint for step {step}; have {steps}"
+            )
+        return step
+
+    def restore(
+        self, step: int | None = None, *, strategy: tf.distribute.Strategy | None = None
+    ) -> Restored:
+        """The network with the EMA weights of checkpoint `step` (default: latest), built under
+        `strategy` if given (mirrored weights, so a sampler can run on every replica). Loaded
+        once per (step, strategy). Raises FileNotFoundError without that checkpoint and
+        CheckpointMismatch if it does not fit the network config.json describes."""
+        step = self.checkpoint(step)
+        key = (step, id(strategy))
+        if key not in self._restored:
+            with (strategy or tf.distribute.get_strategy()).scope():
+                model = build_network(self.network_config)
+                ema = EmaWeights(model.trainable_variables)
+            checkpoint = tf.train.Checkpoint(model=model, ema=ema)
+            restore(checkpoint, self.checkpoints_dir, step, partial=True)
+            for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
+                weight.assign(average)
+            self._restored[key] = Restored(
+                model, self.objective, self.config, step, self.normalizer, self.example_shape
+            )
+        return self._restored[key]

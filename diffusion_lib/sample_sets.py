@@ -1,0 +1,181 @@
+"""Large-batch sample generation into Parquet sample sets.
+
+A sample set is a dataset: generated samples are exposed as a data source ("diffusion_samples")
+and prepared with the same machinery as any dataset, so they get the same shards, manifest,
+atomic writes, idempotent re-runs, per-shard fan-out (`prepare_shard`) and reader. Rows are
+drawn in fixed chunks of `chunk_rows` by `draw.draw_chunk` (chunk i from seed [seed, i]):
+regenerating a shard gives the same samples, and memory holds one chunk, never the whole set.
+
+    generate_samples(run_dir, out_dir, n=..., sampler=SamplerSpec.of("ddim", num_steps=50)) -> Manifest
+
+EMA weights always, loaded on the first chunk drawn (planning a set or finding its shards done
+loads nothing). Images are stored as uint8, points in data units (`Normalizer.to_data`). With
+several local GPUs each chunk is split over all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from diffusion_lib import render
+from diffusion_lib.data import DataError, DatasetSpec, Manifest, open_dataset, prepare_dataset
+from diffusion_lib.data.sources.base import Examples, check_range, register_source
+from diffusion_lib.draw import check_compatible, draw_chunk
+from diffusion_lib.run import Run
+from diffusion_lib.samplers import SamplerSpec
+
+DISTRIBUTE = ("auto", "none")
+DEFAULT_SAMPLER = SamplerSpec.of("ddim")
+
+
+def _local_strategy(mode: str) -> tf.distribute.Strategy | None:
+    if mode == "none":
+        return None
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+
+
+class DiffusionSamples:
+    """A source whose rows are samples of one checkpoint, generated on demand by chunk."""
+
+    def __init__(
+        self,
+        split: str,
+        *,
+        run_dir: str,
+        n: int,
+        step: int,
+        sampler: str,
+        seed: int = 0,
+        chunk_rows: int = 1000,
+        distribute: str = "auto",
+        **settings,
+    ):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise DataError(f"n must be a positive integer, got {n!r}")
+        if distribute not in DISTRIBUTE:
+            raise DataError(f"distribute must be one of {DISTRIBUTE}, got {distribute!r}")
+        if chunk_rows <= 0:
+            raise DataError(f"chunk_rows must be positive, got {chunk_rows}")
+        self.run = Run(run_dir)
+        try:
+            self.spec = SamplerSpec.of(sampler, **settings)
+            check_compatible(self.spec, self.run.objective)
+        except ValueError as err:  # SamplerMismatch too
+            raise DataError(f"sampler: {err}") from None
+        self.example_shape = self.run.example_shape
+        self.kind = self.run.normalizer.kind
+        self.has_labels = False
+        self.n, self.step, self.seed, self.chunk_rows = n, step, seed, chunk_rows
+        self.distribute = distribute
+
+    def __len__(self) -> int:
+        return self.n
+
+    def metadata(self) -> dict:
+        return {
+            "run_dir": str(self.run.path),
+            "checkpoint": f"ckpt-{self.step}",
+            "step": self.step,
+            "sampler": self.spec.to_dict(),
+            "seed": self.seed,
+            "chunk_rows": self.chunk_rows,
+        }
+
+    @functools.cached_property
+    def strategy(self) -> tf.distribute.Strategy | None:
+        return _local_strategy(self.distribute)
+
+    def _chunk(self, index: int) -> np.ndarray:
+        restored = self.run.restore(self.step, strategy=self.strategy)
+        try:
+            drawn = draw_chunk(
+                restored,
+                self.spec,
+                n=self.n,
+                chunk_rows=self.chunk_rows,
+                index=index,
+                seed=self.seed,
+                strategy=self.strategy,
+            )
+        except ValueError as err:  # NaN or Inf in the samples
+            raise DataError(f"chunk {index} of the samples: {err}") from None
+        return drawn.samples if self.kind == "image" else drawn.samples.astype(np.float32)
+
+    def read(self, start: int, stop: int) -> Examples:
+        check_range(start, stop, self.n)
+        parts = []
+        for chunk in range(start // self.chunk_rows, (max(stop, 1) - 1) // self.chunk_rows + 1):
+            values = self._chunk(chunk)
+            lo = max(start - chunk * self.chunk_rows, 0)
+            hi = min(stop - chunk * self.chunk_rows, len(values))
+            parts.append(values[lo:hi])
+        return Examples(np.concatenate(parts), None)
+
+
+register_source("diffusion_samples")(DiffusionSamples)
+
+
+def sample_set_spec(
+    run_dir: str | pathlib.Path,
+    *,
+    n: int,
+    sampler: SamplerSpec,
+    step: int | None = None,
+    rows_per_shard: int = 5_000,
+    seed: int = 0,
+    chunk_rows: int = 1_000,
+    distribute: str = "auto",
+) -> DatasetSpec:
+    """The DatasetSpec of a sample set; `step=None` resolves to the run's latest checkpoint."""
+    try:
+        step = Run(run_dir).checkpoint(step)
+    except FileNotFoundError as err:
+        raise DataError(f"{err} to sample from") from None
+    rows_per_shard = min(rows_per_shard, max(n, 1))
+    return DatasetSpec.create(
+        "diffusion_samples",
+        split="samples",
+        rows_per_shard=rows_per_shard,
+        row_group_size=min(1_000, rows_per_shard),
+        run_dir=str(run_dir),
+        n=n,
+        step=step,
+        sampler=sampler.name,
+        seed=seed,
+        chunk_rows=chunk_rows,
+        distribute=distribute,
+        **sampler.kwargs(),
+    )
+
+
+def generate_samples(
+    run_dir: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    *,
+    n: int,
+    sampler: SamplerSpec = DEFAULT_SAMPLER,
+    step: int | None = None,
+    rows_per_shard: int = 5_000,
+    grid: int = 8,
+    **options,
+) -> Manifest:
+    """Generates (or completes) the sample set in `out_dir` and writes `grid.png` of the first
+    samples; a directory holding a different sample set is refused (DataError). `options`:
+    seed, chunk_rows, distribute (see `sample_set_spec`)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise DataError(f"n must be a positive integer, got {n!r}")
+    spec = sample_set_spec(
+        run_dir, n=n, sampler=sampler, step=step, rows_per_shard=rows_per_shard, **options
+    )
+    manifest = prepare_dataset(spec, out_dir)
+    first = open_dataset(out_dir).read(0, min(n, grid * grid)).values
+    if manifest.kind == "image":
+        render.save_image_grid(first, pathlib.Path(out_dir) / "grid.png", columns=grid)
+    else:
+        render.save_points(open_dataset(out_dir).read().values, pathlib.Path(out_dir) / "grid.png")
+    return manifest
