@@ -43,7 +43,7 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         "earlier defaults: lr 1e-3, 2,000 steps, every checkpoint scored, DDIM eta 0 (20 / 50 steps)",
         {
             "train": {"learning_rate": 1e-3, "num_steps": 2_000, "checkpoint_every": 500},
-            "eval": {"sampler_steps": 20, "eta": 0.0, "newest": 0},
+            "eval": {"num_steps": 20, "eta": 0.0, "newest": 0},
             "samples": {"num_steps": 50, "eta": 0.0},
         },
     ),
@@ -183,7 +183,13 @@ def main() -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with open(log, "w") as handle:
-            code = subprocess.call(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+            # `python benchmarks/sample_quality.py` puts benchmarks/ on the child's path, not the
+            # repository whose flows and tasks it runs.
+            path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, "PYTHONPATH": path}
+            code = subprocess.call(
+                command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
         minutes = (time.perf_counter() - start) / 60
         if code != 0:
             print(f"| {name} | failed with exit {code}: see {log} |", flush=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.params import Model, Preset, RunName, data_directory, run_directory
-from tasks.evaluate import evaluate_checkpoints
+from diffusion_lib.run import Run
+from flows.params import Model, Preset, RunName
+from tasks.evaluate import score_checkpoints
 from tasks.presets import resolve
 
 
@@ -16,5 +17,5 @@ def evaluate(
 ) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"}."""
     plan = resolve(preset, model)
-    run_dir = run_directory(output_root, run_name)
-    return evaluate_checkpoints(run_dir, data_directory(run_dir, "test"), plan["eval"])
+    run = Run.at(output_root, run_name)
+    return score_checkpoints(str(run.path), str(run.data_dir("test")), plan["eval"])

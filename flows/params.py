@@ -11,9 +11,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-Preset = Literal["tiny", "swiss-roll", "mnist-cpu", "mnist", "fashion-mnist", "cifar10"]
-Model = Literal["ddpm", "ncsn"]
-Sampler = Literal["ddpm", "ddim", "annealed_langevin"]
+from diffusion_lib.samplers import SAMPLERS
+from tasks.presets import MODELS, PRESETS
+
+# The choices come from the registries, so the UI's drop-downs list what exists.
+Preset = Literal[tuple(PRESETS)]
+Model = Literal[MODELS]
+Sampler = Literal[tuple(SAMPLERS)]
 Positive = Annotated[int, Field(gt=0)]
 Minutes = Annotated[float, Field(gt=0)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -22,12 +26,3 @@ RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-
 def default_run_name(preset: str, flow_run_name: str) -> str:
     """ "<preset>-<flow run name>": unique per flow run, so concurrent runs never share a directory."""
     return f"{preset}-{flow_run_name}"
-
-
-def run_directory(output_root: str, run_name: str) -> str:
-    """<output_root>/<run_name>: everything one run writes lives under it."""
-    return f"{output_root.rstrip('/')}/{run_name}"
-
-
-def data_directory(run_dir: str, split: str) -> str:
-    return f"{run_dir}/data/{split}"

@@ -6,13 +6,12 @@ from __future__ import annotations
 from prefect import flow, runtime
 from prefect.utilities.annotations import unmapped
 
+from diffusion_lib.run import Run
 from flows.params import (
     Model,
     Preset,
     RunName,
-    data_directory,
     default_run_name,
-    run_directory,
 )
 from tasks.data import finalize_shards, plan_shards, prepare_shards
 from tasks.presets import resolve
@@ -33,10 +32,8 @@ def prepare_dataset(
 ) -> dict:
     """Returns {"train": dir, "test": dir} under <output_root>/<run_name>/data/."""
     plan = resolve(preset, model)
-    run_dir = run_directory(
-        output_root, run_name or default_run_name(preset, runtime.flow_run.name)
-    )
+    run = Run.at(output_root, run_name or default_run_name(preset, runtime.flow_run.name))
     return {
-        split: _prepare(plan[f"{split}_data"], data_directory(run_dir, split))
+        split: _prepare(plan[f"{split}_data"], str(run.data_dir(split)))
         for split in ("train", "test")
     }

@@ -9,10 +9,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
-from flows.params import Model, Positive, Preset, RunName, Sampler, run_directory
+from diffusion_lib.run import Run
+from flows.params import Model, Positive, Preset, RunName, Sampler
 from tasks.presets import resolve
 from tasks.render import render_outputs
-from tasks.sample import finalize_samples, generate_samples, plan_samples
+from tasks.sample import finalize_samples, plan_samples, sample_shards
 
 
 @flow(name="sample", log_prints=True)
@@ -28,17 +29,15 @@ def sample(
     """Samples checkpoint `step` (default: the latest) into <run>/samples, renders <run>/render.
     Returns the sample directory and the rendered files."""
     plan = resolve(preset, model, num_samples=num_samples, sampler=sampler)
-    run_dir = run_directory(output_root, run_name)
-    settings, samples_dir = plan["samples"], f"{run_dir}/samples"
-    count = plan_samples(run_dir, settings, step)
+    run = Run.at(output_root, run_name)
+    run_dir, settings, samples_dir = str(run.path), plan["samples"], str(run.samples_dir)
+    spec, count = plan_samples(run_dir, settings, step)
     progress = create_progress_artifact(
         0.0, key="sample-progress", description="sample shards done"
     )
-    futures = generate_samples.map(
-        unmapped(run_dir), unmapped(settings), unmapped(step), unmapped(samples_dir), range(count)
-    )
+    futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
     for done, _ in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress, 100.0 * done / count)
-    finalize_samples(run_dir, settings, step, samples_dir, futures.result())
-    rendered = render_outputs(run_dir, samples_dir, f"{run_dir}/render", step, settings)
+    finalize_samples(spec, samples_dir, futures.result())
+    rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), settings, step)
     return {"samples": samples_dir, **rendered}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.params import Minutes, Model, Positive, Preset, RunName, data_directory, run_directory
+from diffusion_lib.run import Run
+from flows.params import Minutes, Model, Positive, Preset, RunName
 from tasks.presets import resolve
 from tasks.train import find_warm_start, train_model, training_config
 
@@ -26,8 +27,8 @@ def train(
     checkpoint of the newest other run under `output_root` that trained the same network and
     objective (and from scratch if there is none)."""
     plan = resolve(preset, model, steps=steps, batch_size=batch_size)
-    run_dir = run_directory(output_root, run_name)
-    settings, data_dir = dict(plan["train"]), data_directory(run_dir, "train")
+    run = Run.at(output_root, run_name)
+    run_dir, settings, data_dir = str(run.path), dict(plan["train"]), str(run.data_dir("train"))
     if warm_start:
         settings["init_from"] = find_warm_start(output_root, run_dir, settings, data_dir)
     config = training_config(settings, data_dir)

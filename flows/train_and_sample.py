@@ -16,6 +16,7 @@ import json
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
+from diffusion_lib.run import Run
 from flows.evaluate import evaluate
 from flows.params import (
     Minutes,
@@ -25,7 +26,6 @@ from flows.params import (
     RunName,
     Sampler,
     default_run_name,
-    run_directory,
 )
 from flows.prepare_dataset import prepare_dataset
 from flows.sample import sample
@@ -95,7 +95,7 @@ def train_and_sample(
     best = evaluation["best_step"]
     sampled = _stage("sample", sample, **where, step=best, num_samples=num_samples, sampler=sampler)
     result = {
-        "run_dir": run_directory(output_root, run_name),
+        "run_dir": str(Run.at(output_root, run_name).path),
         "final_step": trained["step"],
         "best_step": best,
         "metrics": evaluation["metrics_path"],

@@ -1,12 +1,13 @@
-"""`evaluate_checkpoints`: score every checkpoint, publish a table with the floors."""
+"""`score_checkpoints`: the library's `evaluate_checkpoints` as a task that publishes a table of
+the metrics beside their floors and logs the chain health of score models."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from diffusion_lib.evaluation import EvalSpec
-from diffusion_lib.evaluation import evaluate_checkpoints as score_checkpoints
+from diffusion_lib.evaluation import evaluate_checkpoints
+from tasks.presets import eval_spec
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
 
@@ -36,9 +37,9 @@ def log_chain_health(rows: list) -> None:
 
 
 @task(retries=2, retry_delay_seconds=10)
-def evaluate_checkpoints(run_dir: str, test_dir: str, settings: dict) -> dict:
+def score_checkpoints(run_dir: str, test_dir: str, settings: dict) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table."""
-    report = score_checkpoints(run_dir, test_dir=test_dir, spec=EvalSpec(**settings))
+    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=eval_spec(settings))
     log_chain_health(report.rows)
     table = []
     for row in report.rows:

@@ -1,12 +1,18 @@
 """Pipeline presets: what each named job prepares, trains, evaluates and samples.
 
-Plain data (no TensorFlow), shared by the tasks and the flows. A preset is a base plus a few
+Plain data, shared by the tasks and the flows; the sampler names and settings come from the
+sampler registry. A preset is a base plus a few
 overrides; the flow's flat parameters override it further.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from diffusion_lib.evaluation import EvalSpec
+from diffusion_lib.samplers import SAMPLERS, SamplerSpec, get_sampler
+from diffusion_lib.training.objectives import OBJECTIVES
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -32,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "log_every": 50,
             "batch_size": 128,
         },
-        "eval": {"n": 300, "sampler": "ddim", "sampler_steps": 10},
+        "eval": {"n": 300, "sampler": "ddim", "num_steps": 10},
         "samples": {
             "n": 600,
             "sampler": "ddim",
@@ -74,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {
             "n": 400,
             "sampler": "ddim",
-            "sampler_steps": 100,
+            "num_steps": 100,
             "eta": 1.0,
             "bpd_examples": 0,
             "newest": 1,
@@ -105,7 +111,7 @@ def _tfds(name: str, train: dict, eval_settings: dict, samples: dict) -> dict[st
 # GPU-sized jobs: DDPM's settings (Ho et al. 2020, appendix B) for CIFAR-10, a unet-small
 # sized for 28x28 greyscale sets.
 _GREY_TRAIN = {"preset": "mnist-ddpm", "num_steps": 50_000, "checkpoint_every": 5_000}
-_GREY_EVAL = {"n": 10_000, "sampler": "ddim", "sampler_steps": 50, "bpd_examples": 0}
+_GREY_EVAL = {"n": 10_000, "sampler": "ddim", "num_steps": 50, "bpd_examples": 0}
 _GREY_SAMPLES = {"n": 50_000, "sampler": "ddim", "num_steps": 50, "rows_per_shard": 5_000}
 PRESETS.update(
     {
@@ -114,7 +120,7 @@ PRESETS.update(
         "cifar10": _tfds(
             "cifar10",
             {"preset": "cifar10-ddpm", "checkpoint_every": 10_000, "log_every": 100},
-            {"n": 10_000, "sampler": "ddim", "sampler_steps": 100, "bpd_examples": 0},
+            {"n": 10_000, "sampler": "ddim", "num_steps": 100, "bpd_examples": 0},
             {"n": 50_000, "sampler": "ddim", "num_steps": 100, "rows_per_shard": 5_000},
         ),
     }
@@ -164,7 +170,45 @@ SCORE_VARIANTS["mnist"] = SCORE_VARIANTS["fashion-mnist"] = {
     "samples": _NCSN_GPU,
 }
 MODELS = ("ddpm", "ncsn")
-SAMPLERS_OF = {"ddpm": ("ddpm", "ddim"), "ncsn": ("annealed_langevin",)}
+# The samplers that can sample each model: those of the family its objective declares.
+SAMPLERS_OF = {
+    model: tuple(name for name, info in SAMPLERS.items() if info.family == OBJECTIVES[model].family)
+    for model in MODELS
+}
+SAMPLE_SET_OPTIONS = ("n", "rows_per_shard", "chunk_rows", "seed", "distribute")
+
+
+def sampler_spec(settings: dict[str, Any]) -> SamplerSpec:
+    """The sampler a preset's `eval` or `samples` part names ("sampler"), with those of its
+    settings that this sampler takes (a part may carry another sampler's, unused)."""
+    name = settings["sampler"]
+    wanted = get_sampler(name).settings
+    return SamplerSpec.of(name, **{k: v for k, v in settings.items() if k in wanted})
+
+
+def _check_keys(part: str, settings: dict[str, Any], allowed) -> None:
+    known = set(allowed) | {"sampler"} | {k for info in SAMPLERS.values() for k in info.settings}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{part} settings: unknown {unknown}; known: {sorted(known)}")
+
+
+def eval_spec(settings: dict[str, Any]) -> EvalSpec:
+    """A preset's `eval` part as the evaluation's EvalSpec."""
+    fields = {f.name for f in dataclasses.fields(EvalSpec)} - {"sampler"}
+    _check_keys("eval", settings, fields)
+    return EvalSpec(
+        sampler=sampler_spec(settings), **{k: v for k, v in settings.items() if k in fields}
+    )
+
+
+def sample_set_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """A preset's `samples` part as `sample_set_spec` keywords (the sampler as a SamplerSpec)."""
+    _check_keys("samples", settings, SAMPLE_SET_OPTIONS)
+    return {
+        "sampler": sampler_spec(settings),
+        **{k: v for k, v in settings.items() if k in SAMPLE_SET_OPTIONS},
+    }
 
 
 def resolve(preset: str, model: str = "ddpm", **overrides) -> dict[str, Any]:

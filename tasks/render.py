@@ -13,6 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.reports import render_run
+from tasks.presets import sampler_spec
 
 
 def _embedded_png(path: pathlib.Path) -> str:
@@ -24,23 +25,12 @@ def render_outputs(
     run_dir: str,
     samples_dir: str,
     out_dir: str,
+    settings: dict,
     step: int | None = None,
-    settings: dict | None = None,
 ) -> dict:
     """Renders the run (see `diffusion_lib.reports.render_run`) and publishes the report;
     `settings` are the sample set's: the GIF's chain uses the same sampler settings."""
-    settings = settings or {}
-    renders = render_run(
-        run_dir,
-        samples_dir,
-        out_dir,
-        step,
-        **{
-            k: settings[k]
-            for k in ("steps_per_level", "step_lr", "num_steps", "eta")
-            if k in settings
-        },
-    )
+    renders = render_run(run_dir, samples_dir, out_dir, step, sampler=sampler_spec(settings))
     lines = [f"# Samples from `{run_dir}` (step {renders.step})", ""]
     for title, path in (
         ("samples", renders.grid),

@@ -16,7 +16,24 @@ MATH_MODULES = [
     "samplers",
     "_checks",
 ]
-FORBIDDEN_FOR_MATH = {"training", "data", "evaluation", "rendering", "networks", "sampling"}
+FORBIDDEN_FOR_MATH = {
+    "training",
+    "data",
+    "evaluation",
+    "render",
+    "reports",
+    "networks",
+    "sample_sets",
+    "draw",
+    "run",
+}
+
+
+def test_the_forbidden_modules_exist():
+    """A name here that no module has would forbid nothing."""
+    package = ROOT / "diffusion_lib"
+    for name in FORBIDDEN_FOR_MATH:
+        assert (package / name).is_dir() or (package / f"{name}.py").is_file(), name
 
 
 def test_importing_the_library_does_not_load_prefect():

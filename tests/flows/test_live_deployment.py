@@ -193,8 +193,8 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
         "prepare_shards",
         "finalize_shards",
         "train_model",
-        "evaluate_checkpoints",
-        "generate_samples",
+        "score_checkpoints",
+        "sample_shards",
         "render_outputs",
     } <= task_names
     assert all(run.state.is_completed() for run in task_runs), [
