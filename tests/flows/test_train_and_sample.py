@@ -116,7 +116,7 @@ def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_
     assert first.is_completed(), first.message
     run = tmp_path / "s1"
     manifest = json.loads((run / "samples" / "manifest.json").read_text())
-    assert manifest["extra"]["sampler"] == "annealed_langevin"
+    assert manifest["extra"]["sampler"]["name"] == "annealed_langevin"
     assert (run / "render" / "score_field.png").is_file()
 
     second = train_and_sample(
