@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # name: (preset, model, what changed, {part: overrides of the preset's (or score variant's)
-# settings}). An override value of None removes the key (back to the library default). The
+# settings}). A training override of None goes back to the training preset's value. The
 # annealed Langevin bug cannot be configured back; sampler_settings.py reproduces it on a
 # checkpoint (half the step_lr in today's form is exactly the old update).
 CONFIGS: dict[str, tuple[str, str, str, dict]] = {
@@ -58,19 +58,20 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
 }
 
 
-def _apply(preset: str, model: str, changes: dict) -> None:
-    """Edits the preset tables in this process, before the flow resolves them."""
+def _apply(changes: dict) -> None:
+    """Makes every resolve() in this process apply `changes` ({part: {key: value}}, see
+    Pipeline.with_settings) to the plan; call it before the flows are imported."""
     from tasks import presets
 
-    table = presets.PRESETS[preset] if model == "ddpm" else presets.SCORE_VARIANTS[preset]
-    for part, overrides in changes.items():
-        settings = copy.deepcopy(table.get(part, {}))
-        for key, value in overrides.items():
-            if value is None:
-                settings.pop(key, None)
-            else:
-                settings[key] = value
-        table[part] = settings
+    original = presets.resolve
+
+    def resolve(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        for part, overrides in changes.items():
+            plan = plan.with_settings(part, **overrides)
+        return plan
+
+    presets.resolve = resolve
 
 
 def _child(name: str, run_name: str, output_root: str, extra: dict) -> None:
@@ -78,7 +79,7 @@ def _child(name: str, run_name: str, output_root: str, extra: dict) -> None:
     merged = copy.deepcopy(changes)
     for part, overrides in extra.items():
         merged.setdefault(part, {}).update(overrides)
-    _apply(preset, model, merged)
+    _apply(merged)
     from flows.train_and_sample import train_and_sample
 
     train_and_sample(preset=preset, model=model, output_root=output_root, run_name=run_name)

@@ -18,4 +18,4 @@ def evaluate(
     """Returns {"best_step", "best_metric", "metrics_path"}."""
     plan = resolve(preset, model)
     run = Run.at(output_root, run_name)
-    return score_checkpoints(str(run.path), str(run.data_dir("test")), plan["eval"])
+    return score_checkpoints(str(run.path), str(run.data_dir("test")), plan.eval)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow, runtime
 from prefect.utilities.annotations import unmapped
 
+from diffusion_lib.data import DatasetSpec
 from diffusion_lib.run import Run
 from flows.params import (
     Model,
@@ -17,7 +18,7 @@ from tasks.data import finalize_shards, plan_shards, prepare_shards
 from tasks.presets import resolve
 
 
-def _prepare(spec: dict, directory: str) -> str:
+def _prepare(spec: DatasetSpec, directory: str) -> str:
     count = plan_shards(spec)
     files = prepare_shards.map(unmapped(spec), unmapped(directory), range(count))
     return finalize_shards(spec, directory, files)
@@ -34,6 +35,6 @@ def prepare_dataset(
     plan = resolve(preset, model)
     run = Run.at(output_root, run_name or default_run_name(preset, runtime.flow_run.name))
     return {
-        split: _prepare(plan[f"{split}_data"], str(run.data_dir(split)))
+        split: _prepare(getattr(plan, f"{split}_data"), str(run.data_dir(split)))
         for split in ("train", "test")
     }

@@ -30,8 +30,8 @@ def sample(
     Returns the sample directory and the rendered files."""
     plan = resolve(preset, model, num_samples=num_samples, sampler=sampler)
     run = Run.at(output_root, run_name)
-    run_dir, settings, samples_dir = str(run.path), plan["samples"], str(run.samples_dir)
-    spec, count = plan_samples(run_dir, settings, step)
+    run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
+    spec, count = plan_samples(run_dir, part, step)
     progress = create_progress_artifact(
         0.0, key="sample-progress", description="sample shards done"
     )
@@ -39,5 +39,5 @@ def sample(
     for done, _ in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress, 100.0 * done / count)
     finalize_samples(spec, samples_dir, futures.result())
-    rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), settings, step)
+    rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
     return {"samples": samples_dir, **rendered}

@@ -8,7 +8,7 @@ from prefect import flow
 from diffusion_lib.run import Run
 from flows.params import Minutes, Model, Positive, Preset, RunName
 from tasks.presets import resolve
-from tasks.train import find_warm_start, train_model, training_config
+from tasks.train import find_warm_start, train_model
 
 
 @flow(name="train", log_prints=True)
@@ -28,8 +28,8 @@ def train(
     objective (and from scratch if there is none)."""
     plan = resolve(preset, model, steps=steps, batch_size=batch_size)
     run = Run.at(output_root, run_name)
-    run_dir, settings, data_dir = str(run.path), dict(plan["train"]), str(run.data_dir("train"))
+    run_dir, part, data_dir = str(run.path), plan.train, str(run.data_dir("train"))
     if warm_start:
-        settings["init_from"] = find_warm_start(output_root, run_dir, settings, data_dir)
-    config = training_config(settings, data_dir)
+        part = part.replace(init_from=find_warm_start(output_root, run_dir, part, data_dir))
+    config = part.config(data_dir).to_dict()
     return train_model(config, run_dir, timeout_seconds=timeout_minutes * 60, workers=workers)

@@ -6,8 +6,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from diffusion_lib.evaluation import evaluate_checkpoints
-from tasks.presets import eval_spec
+from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
 
@@ -37,9 +36,9 @@ def log_chain_health(rows: list) -> None:
 
 
 @task(retries=2, retry_delay_seconds=10)
-def score_checkpoints(run_dir: str, test_dir: str, settings: dict) -> dict:
+def score_checkpoints(run_dir: str, test_dir: str, spec: EvalSpec) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table."""
-    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=eval_spec(settings))
+    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=spec)
     log_chain_health(report.rows)
     table = []
     for row in report.rows:
@@ -52,7 +51,7 @@ def score_checkpoints(run_dir: str, test_dir: str, settings: dict) -> dict:
     create_table_artifact(
         table=table,
         key="checkpoint-metrics",
-        description=f"metrics per checkpoint, each beside its real-vs-real floor (n={settings.get('n')})",
+        description=f"metrics per checkpoint, each beside its real-vs-real floor (n={spec.n})",
     )
     return {
         "best_step": report.best_step,

@@ -1,8 +1,11 @@
-"""Pipeline presets: what each named job prepares, trains, evaluates and samples.
+"""Pipeline presets: what each named job prepares, trains, evaluates and samples, as typed,
+frozen values shared by the flows and the tasks.
 
-Plain data, shared by the tasks and the flows; the sampler names and settings come from the
-sampler registry. A preset is a base plus a few
-overrides; the flow's flat parameters override it further.
+A `Pipeline` holds the library's own types: two `DatasetSpec`s, a `TrainPart` (a training
+preset plus overrides, validated into a `TrainConfig` once the data directory is known), an
+`EvalSpec` and a `SampleSetPart`; evaluation and the sample set share one `SamplerSpec`. A score
+variant (`model="ncsn"`) replaces the training part and the sampler. `resolve` applies the
+flows' flat parameters.
 """
 
 from __future__ import annotations
@@ -10,164 +13,221 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from diffusion_lib.data import DatasetSpec
 from diffusion_lib.evaluation import EvalSpec
-from diffusion_lib.samplers import SAMPLERS, SamplerSpec, get_sampler
+from diffusion_lib.samplers import SAMPLERS, SamplerSpec
+from diffusion_lib.training import TrainConfig, config_preset
 from diffusion_lib.training.objectives import OBJECTIVES
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "train_data": {
-            "source": "swiss_roll",
-            "split": "train",
-            "options": {"n": 2_000},
-            "rows_per_shard": 1_000,
-        },
-        "test_data": {
-            "source": "swiss_roll",
-            "split": "test",
-            "options": {"n": 1_000},
-            "rows_per_shard": 1_000,
-        },
-        # 600 steps of mlp-small: sliced Wasserstein 1.7x its floor (60 steps of mlp-tiny: 230x,
-        # samples spread over -250..100); the training itself takes seconds, start-up dominates.
-        "train": {
-            "preset": "toy-ddpm",
-            "network": "mlp-small",
-            "num_steps": 600,
-            "checkpoint_every": 300,
-            "log_every": 50,
-            "batch_size": 128,
-        },
-        "eval": {"n": 300, "sampler": "ddim", "num_steps": 10},
-        "samples": {
-            "n": 600,
-            "sampler": "ddim",
-            "num_steps": 10,
-            "rows_per_shard": 300,
-            "chunk_rows": 300,
-        },
-    },
-    "swiss-roll": {
-        "train_data": {"source": "swiss_roll", "split": "train", "options": {"n": 50_000}},
-        "test_data": {"source": "swiss_roll", "split": "test", "options": {"n": 5_000}},
-        "train": {
-            "preset": "toy-ddpm",
-            "num_steps": 5_000,
-            "checkpoint_every": 1_000,
-            "log_every": 100,
-        },
-        "eval": {"n": 2_000, "sampler": "ddpm"},
-        "samples": {"n": 10_000, "sampler": "ddpm", "rows_per_shard": 5_000},
-    },
-    "mnist-cpu": {
-        "train_data": {"source": "mnist_embedded", "split": "train", "options": {}},
-        "test_data": {"source": "mnist_embedded", "split": "test", "options": {}},
+
+@dataclasses.dataclass(frozen=True)
+class TrainPart:
+    """A training preset (`config_preset` name) and the fields it overrides."""
+
+    preset: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, preset: str, **overrides) -> TrainPart:
+        part = cls(preset, tuple(sorted(overrides.items())))
+        part.config("unused")  # every field checked now, not when a job starts
+        return part
+
+    def config(self, data_dir: str) -> TrainConfig:
+        return config_preset(self.preset, data_dir=data_dir, **dict(self.overrides))
+
+    def replace(self, **changes) -> TrainPart:
+        """These overrides changed (None: back to the preset's value)."""
+        merged = {**dict(self.overrides), **changes}
+        return TrainPart.of(self.preset, **{k: v for k, v in merged.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSetPart:
+    """The sample set a job writes: n samples by `sampler`, in shards of `rows_per_shard`, drawn
+    in chunks of `chunk_rows` (chunk i from seed [seed, i])."""
+
+    n: int
+    sampler: SamplerSpec
+    rows_per_shard: int = 5_000
+    chunk_rows: int = 1_000
+    seed: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """Keywords of `sample_set_spec`."""
+        return dataclasses.asdict(self) | {"sampler": self.sampler}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    train_data: DatasetSpec
+    test_data: DatasetSpec
+    train: TrainPart
+    eval: EvalSpec
+    samples: SampleSetPart
+
+    def with_sampler(self, sampler: SamplerSpec) -> Pipeline:
+        """Evaluation and the sample set both drawn by `sampler`."""
+        return dataclasses.replace(
+            self,
+            eval=dataclasses.replace(self.eval, sampler=sampler),
+            samples=dataclasses.replace(self.samples, sampler=sampler),
+        )
+
+    def with_settings(self, part: str, **changes) -> Pipeline:
+        """One part with fields changed: training overrides, or for `eval` and `samples` their
+        own fields and, for any other name, a setting of their sampler."""
+        if part == "train":
+            return dataclasses.replace(self, train=self.train.replace(**changes))
+        if part not in ("eval", "samples"):
+            raise ValueError(f"part must be train, eval or samples, got {part!r}")
+        value = getattr(self, part)
+        names = {f.name for f in dataclasses.fields(value)}
+        own = {k: v for k, v in changes.items() if k in names}
+        sampler = own.pop("sampler", value.sampler)
+        sampler = sampler if isinstance(sampler, SamplerSpec) else SamplerSpec.of(sampler)
+        settings = {k: v for k, v in changes.items() if k not in names}
+        return dataclasses.replace(
+            self, **{part: dataclasses.replace(value, sampler=sampler.replace(**settings), **own)}
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreVariant:
+    """What changes when a preset runs the score-based model: the training part, the sampler
+    (for evaluation and samples alike) and, optionally, the number of samples."""
+
+    train: TrainPart
+    sampler: SamplerSpec
+    samples_n: int | None = None
+
+    def apply(self, base: Pipeline) -> Pipeline:
+        changed = dataclasses.replace(base, train=self.train).with_sampler(self.sampler)
+        if self.samples_n is None:
+            return changed
+        return dataclasses.replace(
+            changed, samples=dataclasses.replace(changed.samples, n=self.samples_n)
+        )
+
+
+def _data(source: str, split: str, rows_per_shard: int = 10_000, **options) -> DatasetSpec:
+    return DatasetSpec.create(source, split, rows_per_shard=rows_per_shard, **options)
+
+
+def _tfds(name: str, train: TrainPart, sampler: SamplerSpec) -> Pipeline:
+    """A TFDS image set. Read from the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets):
+    nothing is downloaded at run time; prepare it once with `tfds build <name>`."""
+    return Pipeline(
+        _data("tfds", "train", name=name),
+        _data("tfds", "test", name=name),
+        train,
+        EvalSpec(n=10_000, sampler=sampler, bpd_examples=0),
+        SampleSetPart(n=50_000, sampler=sampler),
+    )
+
+
+_DDIM_10 = SamplerSpec.of("ddim", num_steps=10)
+# Stochastic DDIM (eta 1) with 100 steps: FID 11.7 -> 5.6 on the same mnist-cpu checkpoint as
+# deterministic DDIM with 20 (benchmarks/README.md).
+_DDIM_100_ETA_1 = SamplerSpec.of("ddim", num_steps=100, eta=1.0)
+
+PRESETS: dict[str, Pipeline] = {
+    # 600 steps of mlp-small: sliced Wasserstein 1.7x its floor (60 steps of mlp-tiny: 230x,
+    # samples spread over -250..100); the training itself takes seconds, start-up dominates.
+    "tiny": Pipeline(
+        _data("swiss_roll", "train", rows_per_shard=1_000, n=2_000),
+        _data("swiss_roll", "test", rows_per_shard=1_000, n=1_000),
+        TrainPart.of(
+            "toy-ddpm",
+            network="mlp-small",
+            num_steps=600,
+            checkpoint_every=300,
+            log_every=50,
+            batch_size=128,
+        ),
+        EvalSpec(n=300, sampler=_DDIM_10),
+        SampleSetPart(n=600, sampler=_DDIM_10, rows_per_shard=300, chunk_rows=300),
+    ),
+    "swiss-roll": Pipeline(
+        _data("swiss_roll", "train", n=50_000),
+        _data("swiss_roll", "test", n=5_000),
+        TrainPart.of("toy-ddpm", num_steps=5_000, checkpoint_every=1_000, log_every=100),
+        EvalSpec(n=2_000, sampler=SamplerSpec.of("ddpm")),
+        SampleSetPart(n=10_000, sampler=SamplerSpec.of("ddpm")),
+    ),
+    "mnist-cpu": Pipeline(
+        _data("mnist_embedded", "train"),
+        _data("mnist_embedded", "test"),
         # Chosen by benchmarks/sample_quality.py and sampler_settings.py (benchmarks/README.md):
         # lr 2e-3 over 1e-3 (classifier score 6.42 vs 6.15 at the same sampler), constant after
         # warm-up (a cosine decay was worse: FID 7.3 vs 5.6), 1,800 steps to fit 10 minutes.
-        "train": {
-            "preset": "mnist-ddpm",
-            "network": "unet-cpu",
-            "batch_size": 64,
-            "num_steps": 1_800,
-            "checkpoint_every": 600,
-            "log_every": 50,
-            "warmup_steps": 100,
-            "learning_rate": 2e-3,
-        },
-        # Stochastic DDIM (eta 1) with 100 steps: FID 11.7 -> 5.6 on the same checkpoint as
-        # deterministic DDIM with 20; the last checkpoint is the one worth scoring.
-        "eval": {
-            "n": 400,
-            "sampler": "ddim",
-            "num_steps": 100,
-            "eta": 1.0,
-            "bpd_examples": 0,
-            "newest": 1,
-        },
-        "samples": {
-            "n": 256,
-            "sampler": "ddim",
-            "num_steps": 100,
-            "eta": 1.0,
-            "rows_per_shard": 256,
-        },
+        TrainPart.of(
+            "mnist-ddpm",
+            network="unet-cpu",
+            batch_size=64,
+            num_steps=1_800,
+            checkpoint_every=600,
+            log_every=50,
+            warmup_steps=100,
+            learning_rate=2e-3,
+        ),
+        # The last checkpoint is the one worth scoring.
+        EvalSpec(n=400, sampler=_DDIM_100_ETA_1, bpd_examples=0, newest=1),
+        SampleSetPart(n=256, sampler=_DDIM_100_ETA_1, rows_per_shard=256),
+    ),
+    # GPU-sized jobs: DDPM's settings (Ho et al. 2020, appendix B) for CIFAR-10, a unet-small
+    # sized for 28x28 greyscale sets.
+    **{
+        name: _tfds(
+            source,
+            TrainPart.of("mnist-ddpm", num_steps=50_000, checkpoint_every=5_000),
+            SamplerSpec.of("ddim", num_steps=50),
+        )
+        for name, source in (("mnist", "mnist"), ("fashion-mnist", "fashion_mnist"))
     },
+    "cifar10": _tfds(
+        "cifar10",
+        TrainPart.of("cifar10-ddpm", checkpoint_every=10_000, log_every=100),
+        SamplerSpec.of("ddim", num_steps=100),
+    ),
 }
 
-
-def _tfds(name: str, train: dict, eval_settings: dict, samples: dict) -> dict[str, Any]:
-    """A TFDS image set. Read from the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets):
-    nothing is downloaded at run time; prepare it once with `tfds build <name>`."""
-    return {
-        "train_data": {"source": "tfds", "split": "train", "options": {"name": name}},
-        "test_data": {"source": "tfds", "split": "test", "options": {"name": name}},
-        "train": train,
-        "eval": eval_settings,
-        "samples": samples,
-    }
-
-
-# GPU-sized jobs: DDPM's settings (Ho et al. 2020, appendix B) for CIFAR-10, a unet-small
-# sized for 28x28 greyscale sets.
-_GREY_TRAIN = {"preset": "mnist-ddpm", "num_steps": 50_000, "checkpoint_every": 5_000}
-_GREY_EVAL = {"n": 10_000, "sampler": "ddim", "num_steps": 50, "bpd_examples": 0}
-_GREY_SAMPLES = {"n": 50_000, "sampler": "ddim", "num_steps": 50, "rows_per_shard": 5_000}
-PRESETS.update(
-    {
-        "mnist": _tfds("mnist", _GREY_TRAIN, _GREY_EVAL, _GREY_SAMPLES),
-        "fashion-mnist": _tfds("fashion_mnist", _GREY_TRAIN, _GREY_EVAL, _GREY_SAMPLES),
-        "cifar10": _tfds(
-            "cifar10",
-            {"preset": "cifar10-ddpm", "checkpoint_every": 10_000, "log_every": 100},
-            {"n": 10_000, "sampler": "ddim", "num_steps": 100, "bpd_examples": 0},
-            {"n": 50_000, "sampler": "ddim", "num_steps": 100, "rows_per_shard": 5_000},
-        ),
-    }
-)
-
+# NCSNv2's 232 levels and 5 steps per level, step_lr 6.2e-6 (its CIFAR-10 setting).
+_NCSN_GPU = SamplerSpec.of("annealed_langevin", steps_per_level=5, step_lr=6.2e-6)
 # The score-based alternative (NCSN + annealed Langevin dynamics) of a preset: what changes
 # when a flow is run with model="ncsn". Presets without an entry have no score variant.
-SCORE_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+SCORE_VARIANTS: dict[str, ScoreVariant] = {
     # toy-ncsn: 10 levels from 5 to 0.05 (gamma = 1.67); step_lr by NCSNv2's technique 4.
-    "tiny": {
-        "train": {"preset": "toy-ncsn"},
-        "eval": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 4.8e-4},
-        "samples": {"sampler": "annealed_langevin", "steps_per_level": 10, "step_lr": 4.8e-4},
-    },
-    "swiss-roll": {
-        "train": {"preset": "toy-ncsn"},
-        "eval": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 8.1e-5},
-        "samples": {"sampler": "annealed_langevin", "steps_per_level": 100, "step_lr": 8.1e-5},
-    },
+    "tiny": ScoreVariant(
+        TrainPart.of("toy-ncsn"),
+        SamplerSpec.of("annealed_langevin", steps_per_level=10, step_lr=4.8e-4),
+    ),
+    "swiss-roll": ScoreVariant(
+        TrainPart.of("toy-ncsn"),
+        SamplerSpec.of("annealed_langevin", steps_per_level=100, step_lr=8.1e-5),
+    ),
     # 100 noise levels from 50 to 0.01, 3 Langevin steps per level (301 network calls a
     # sample with the final denoising step), step_lr by technique 4 (technique4_step_lr). 2
     # steps per level lag (chain RMS 3.3x what it should be, FID 586); 5 give FID 17.6 against
     # 22.8 but do not fit 10 minutes. Fewer training steps and samples than DDPM for the same
     # reason: every sample costs 3x more network calls than DDPM's 100-step DDIM.
-    "mnist-cpu": {
-        "train": {
-            "preset": "mnist-ncsn",
-            "num_levels": 100,
-            "num_steps": 1_200,
-            "checkpoint_every": 600,
-            "learning_rate": 1e-3,  # 2e-3 is measured for DDPM only
-        },
-        "eval": {"sampler": "annealed_langevin", "steps_per_level": 3, "step_lr": 1.35e-5},
-        "samples": {
-            "n": 128,
-            "sampler": "annealed_langevin",
-            "steps_per_level": 3,
-            "step_lr": 1.35e-5,
-        },
+    "mnist-cpu": ScoreVariant(
+        TrainPart.of(
+            "mnist-ncsn",
+            num_levels=100,
+            num_steps=1_200,
+            checkpoint_every=600,
+            learning_rate=1e-3,  # 2e-3 is measured for DDPM only
+        ),
+        SamplerSpec.of("annealed_langevin", steps_per_level=3, step_lr=1.35e-5),
+        samples_n=128,
+    ),
+    **{
+        name: ScoreVariant(
+            TrainPart.of("mnist-ncsn", num_steps=50_000, checkpoint_every=5_000), _NCSN_GPU
+        )
+        for name in ("mnist", "fashion-mnist")
     },
-}
-# GPU sizes: NCSNv2's 232 levels and 5 steps per level, step_lr 6.2e-6 (its CIFAR-10 setting).
-_NCSN_GPU = {"sampler": "annealed_langevin", "steps_per_level": 5, "step_lr": 6.2e-6}
-SCORE_VARIANTS["mnist"] = SCORE_VARIANTS["fashion-mnist"] = {
-    "train": {"preset": "mnist-ncsn", "num_steps": 50_000, "checkpoint_every": 5_000},
-    "eval": _NCSN_GPU,
-    "samples": _NCSN_GPU,
 }
 MODELS = ("ddpm", "ncsn")
 # The samplers that can sample each model: those of the family its objective declares.
@@ -175,71 +235,41 @@ SAMPLERS_OF = {
     model: tuple(name for name, info in SAMPLERS.items() if info.family == OBJECTIVES[model].family)
     for model in MODELS
 }
-SAMPLE_SET_OPTIONS = ("n", "rows_per_shard", "chunk_rows", "seed", "distribute")
 
 
-def sampler_spec(settings: dict[str, Any]) -> SamplerSpec:
-    """The sampler a preset's `eval` or `samples` part names ("sampler"), with those of its
-    settings that this sampler takes (a part may carry another sampler's, unused)."""
-    name = settings["sampler"]
-    wanted = get_sampler(name).settings
-    return SamplerSpec.of(name, **{k: v for k, v in settings.items() if k in wanted})
-
-
-def _check_keys(part: str, settings: dict[str, Any], allowed) -> None:
-    known = set(allowed) | {"sampler"} | {k for info in SAMPLERS.values() for k in info.settings}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"{part} settings: unknown {unknown}; known: {sorted(known)}")
-
-
-def eval_spec(settings: dict[str, Any]) -> EvalSpec:
-    """A preset's `eval` part as the evaluation's EvalSpec."""
-    fields = {f.name for f in dataclasses.fields(EvalSpec)} - {"sampler"}
-    _check_keys("eval", settings, fields)
-    return EvalSpec(
-        sampler=sampler_spec(settings), **{k: v for k, v in settings.items() if k in fields}
-    )
-
-
-def sample_set_options(settings: dict[str, Any]) -> dict[str, Any]:
-    """A preset's `samples` part as `sample_set_spec` keywords (the sampler as a SamplerSpec)."""
-    _check_keys("samples", settings, SAMPLE_SET_OPTIONS)
-    return {
-        "sampler": sampler_spec(settings),
-        **{k: v for k, v in settings.items() if k in SAMPLE_SET_OPTIONS},
-    }
-
-
-def resolve(preset: str, model: str = "ddpm", **overrides) -> dict[str, Any]:
+def resolve(
+    preset: str,
+    model: str = "ddpm",
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    num_samples: int | None = None,
+    sampler: str | None = None,
+) -> Pipeline:
     """The preset (its `model` variant) with the flow's flat overrides applied (None: keep)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    plan = {k: dict(v) for k, v in PRESETS[preset].items()}
+    plan = PRESETS[preset]
     if model == "ncsn":
         if preset not in SCORE_VARIANTS:
             raise ValueError(
                 f"model: preset {preset!r} has no score-based variant; those that do: "
                 f"{sorted(SCORE_VARIANTS)}"
             )
-        for part, changes in SCORE_VARIANTS[preset].items():
-            plan[part] = {**plan[part], **changes}
-    wanted = overrides.get("sampler")
-    if wanted is not None and wanted not in SAMPLERS_OF[model]:
+        plan = SCORE_VARIANTS[preset].apply(plan)
+    if sampler is not None and sampler not in SAMPLERS_OF[model]:
         raise ValueError(
-            f"sampler: {wanted!r} cannot sample a {model} model; use one of {SAMPLERS_OF[model]}"
+            f"sampler: {sampler!r} cannot sample a {model} model; use one of {SAMPLERS_OF[model]}"
         )
-    if overrides.get("steps") is not None:
-        plan["train"]["num_steps"] = overrides["steps"]
-        plan["train"]["checkpoint_every"] = min(
-            plan["train"]["checkpoint_every"], overrides["steps"]
-        )
-    if overrides.get("batch_size") is not None:
-        plan["train"]["batch_size"] = overrides["batch_size"]
-    if overrides.get("num_samples") is not None:
-        plan["samples"]["n"] = overrides["num_samples"]
-    if overrides.get("sampler") is not None:
-        plan["samples"]["sampler"] = overrides["sampler"]
+    if steps is not None:
+        every = min(plan.train.config("unused").checkpoint_every, steps)
+        plan = plan.with_settings("train", num_steps=steps, checkpoint_every=every)
+    if batch_size is not None:
+        plan = plan.with_settings("train", batch_size=batch_size)
+    if num_samples is not None:
+        plan = plan.with_settings("samples", n=num_samples)
+    if sampler is not None and sampler != plan.samples.sampler.name:
+        plan = plan.with_settings("samples", sampler=SamplerSpec.of(sampler))
     return plan

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.reports import render_run
-from tasks.presets import sampler_spec
+from diffusion_lib.samplers import SamplerSpec
 
 
 def _embedded_png(path: pathlib.Path) -> str:
@@ -25,12 +25,12 @@ def render_outputs(
     run_dir: str,
     samples_dir: str,
     out_dir: str,
-    settings: dict,
+    sampler: SamplerSpec,
     step: int | None = None,
 ) -> dict:
     """Renders the run (see `diffusion_lib.reports.render_run`) and publishes the report;
-    `settings` are the sample set's: the GIF's chain uses the same sampler settings."""
-    renders = render_run(run_dir, samples_dir, out_dir, step, sampler=sampler_spec(settings))
+    `sampler` is the sample set's: the GIF's chain is drawn the same way."""
+    renders = render_run(run_dir, samples_dir, out_dir, step, sampler=sampler)
     lines = [f"# Samples from `{run_dir}` (step {renders.step})", ""]
     for title, path in (
         ("samples", renders.grid),

@@ -8,13 +8,13 @@ from prefect import task
 
 from diffusion_lib.data import DatasetSpec, finalize_dataset, plan_dataset, prepare_shard
 from diffusion_lib.sample_sets import sample_set_spec
-from tasks.presets import sample_set_options
+from tasks.presets import SampleSetPart
 
 
 @task(retries=2, retry_delay_seconds=5)
-def plan_samples(run_dir: str, settings: dict, step: int | None) -> tuple[DatasetSpec, int]:
+def plan_samples(run_dir: str, part: SampleSetPart, step: int | None) -> tuple[DatasetSpec, int]:
     """The sample set's spec (a preset's `samples` part, checkpoint `step`) and its shard count."""
-    spec = sample_set_spec(run_dir, step=step, **sample_set_options(settings))
+    spec = sample_set_spec(run_dir, step=step, **part.options())
     return spec, plan_dataset(spec).num_shards
 
 

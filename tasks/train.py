@@ -24,6 +24,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
+from tasks.presets import TrainPart
+
 EXIT_MEANINGS = {
     2: "bad input (config, data, run directory or checkpoint)",
     3: "training diverged (NaN/Inf)",
@@ -54,18 +56,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def training_config_object(settings: dict, data_dir: str):
-    from diffusion_lib.training import config_preset
-
-    settings = dict(settings)
-    return config_preset(settings.pop("preset"), data_dir=data_dir, **settings)
-
-
-def training_config(settings: dict, data_dir: str) -> dict:
-    """A full TrainConfig dict from a preset name plus overrides (validated here, before any work)."""
-    return training_config_object(settings, data_dir).to_dict()
 
 
 def _free_ports(count: int) -> list[int]:
@@ -224,13 +214,11 @@ def train_model(
 
 
 @task(retries=2, retry_delay_seconds=5)
-def find_warm_start(output_root: str, run_dir: str, settings: dict, data_dir: str) -> str:
-    """ "RUN_DIR@STEP" of the newest other run's best checkpoint that fits `settings` (same
+def find_warm_start(output_root: str, run_dir: str, part: TrainPart, data_dir: str) -> str:
+    """ "RUN_DIR@STEP" of the newest other run's best checkpoint that fits `part` (same
     dataset, network and objective), "" if none; logged either way."""
     from diffusion_lib.evaluation import best_previous_checkpoint
 
-    found = best_previous_checkpoint(
-        output_root, training_config_object(settings, data_dir), exclude=[run_dir]
-    )
+    found = best_previous_checkpoint(output_root, part.config(data_dir), exclude=[run_dir])
     get_run_logger().info("warm start from %s", found or "nothing (no earlier fitting run)")
     return found

@@ -10,43 +10,31 @@ from diffusion_lib.samplers import SAMPLERS, SamplerSpec, technique4_step_lr
 from diffusion_lib.schedules import sigma_schedule
 from diffusion_lib.training.objectives import build_objective
 from flows.params import Model, Preset, Sampler
-from tasks.presets import (
-    MODELS,
-    PRESETS,
-    SAMPLERS_OF,
-    SCORE_VARIANTS,
-    eval_spec,
-    resolve,
-    sample_set_options,
-)
-from tasks.train import training_config_object
+from tasks.presets import MODELS, PRESETS, SAMPLERS_OF, SCORE_VARIANTS, TrainPart, resolve
 
 
 @pytest.mark.parametrize("preset", sorted(SCORE_VARIANTS))
 def test_score_variants_step_by_technique_4(preset):
     plan = resolve(preset, "ncsn")
-    config = training_config_object(plan["train"], data_dir="unused")
+    config = plan.train.config("unused")
     sigmas = sigma_schedule(config.sigma_max, config.sigma_min, config.num_levels)
-    for part in ("eval", "samples"):
-        settings = plan[part]
-        expected = technique4_step_lr(sigmas, settings["steps_per_level"])
-        assert settings["step_lr"] == pytest.approx(expected, rel=0.03), (preset, part)
+    for sampler in (plan.eval.sampler, plan.samples.sampler):
+        expected = technique4_step_lr(sigmas, sampler.get("steps_per_level"))
+        assert sampler.get("step_lr") == pytest.approx(expected, rel=0.03), preset
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("model", MODELS)
-def test_every_preset_resolves_to_a_training_config_and_samplers_that_fit_it(preset, model):
-    """Each part of each preset (and score variant) builds: the training config, the evaluation
-    spec and the sample set's options, and both samplers serve the family of the objective the
-    training config builds."""
+def test_every_preset_trains_and_samples_with_samplers_that_fit_it(preset, model):
+    """Each preset (and score variant) builds its training config, and evaluation and the
+    sample set share one sampler, of the family of the objective that config trains."""
     if model == "ncsn" and preset not in SCORE_VARIANTS:
         pytest.skip("no score variant")
     plan = resolve(preset, model)
-    config = training_config_object(plan["train"], data_dir="unused")
+    config = plan.train.config("unused")
     assert config.objective == model
-    objective = build_objective(config)
-    check_compatible(eval_spec(plan["eval"]).sampler, objective)
-    check_compatible(sample_set_options(plan["samples"])["sampler"], objective)
+    assert plan.eval.sampler == plan.samples.sampler
+    check_compatible(plan.samples.sampler, build_objective(config))
 
 
 def test_flow_choices_come_from_the_registries():
@@ -59,11 +47,42 @@ def test_flow_choices_come_from_the_registries():
     }
 
 
-def test_unknown_settings_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"eval settings: unknown \['sampler_steps'\]"):
-        eval_spec({"sampler": "ddim", "sampler_steps": 10})
-    with pytest.raises(ValueError, match="sampler 'ddim' has no setting|unknown"):
-        sample_set_options({"sampler": "ddim", "n": 4, "steps": 3})
-    # A part may carry another sampler's settings: the chosen sampler takes only its own.
-    spec = sample_set_options({"sampler": "ddpm", "n": 4, "num_steps": 100, "eta": 1.0})
-    assert spec["sampler"] == SamplerSpec.of("ddpm") and spec["n"] == 4
+def test_the_flows_flat_parameters_change_one_field_each():
+    base = resolve("mnist-cpu")
+    plan = resolve("mnist-cpu", steps=90, batch_size=8, num_samples=5, sampler="ddpm")
+    config = plan.train.config("unused")
+    assert (config.num_steps, config.checkpoint_every, config.batch_size) == (90, 90, 8)
+    assert config.learning_rate == base.train.config("unused").learning_rate
+    assert plan.samples.n == 5 and plan.samples.sampler == SamplerSpec.of("ddpm")
+    assert plan.eval == base.eval  # the sample set's sampler only
+    same = resolve("mnist-cpu", sampler="ddim")
+    assert same.samples.sampler == base.samples.sampler  # its settings kept
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"preset": "imagenet"}, "preset must be one of"),
+        ({"preset": "tiny", "model": "vae"}, "model must be one of"),
+        ({"preset": "cifar10", "model": "ncsn"}, "has no score-based variant"),
+        ({"preset": "tiny", "model": "ncsn", "sampler": "ddim"}, "cannot sample a ncsn model"),
+        ({"preset": "tiny", "steps": -5}, "num_steps"),
+    ],
+)
+def test_bad_choices_are_refused_by_name(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(**arguments)
+
+
+def test_settings_changed_by_part():
+    plan = resolve("tiny").with_settings("eval", num_steps=3, n=7)
+    assert plan.eval.n == 7 and plan.eval.sampler.get("num_steps") == 3
+    plan = plan.with_settings("train", learning_rate=None)
+    assert (
+        plan.train.config("unused").learning_rate
+        == TrainPart.of("toy-ddpm").config("x").learning_rate
+    )
+    with pytest.raises(ValueError, match="has no setting steps"):
+        plan.with_settings("samples", steps=3)
+    with pytest.raises(ValueError, match="part must be"):
+        plan.with_settings("data", n=3)

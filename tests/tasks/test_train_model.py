@@ -14,7 +14,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps
-from tasks.train import TrainingFailed, train_model, training_config, worker_environments
+from tasks.presets import TrainPart
+from tasks.train import TrainingFailed, train_model, worker_environments
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def data_dir(tmp_path_factory):
 
 def _toy_config(data_dir, **fields) -> dict:
     """A TrainConfig dict for the tiny MLP on the swiss roll, with `fields` set."""
-    return training_config({"preset": "toy-ddpm", "network": "mlp-tiny", **fields}, data_dir)
+    return TrainPart.of("toy-ddpm", network="mlp-tiny", **fields).config(data_dir).to_dict()
 
 
 def _kill_worker_after(checkpoints, step, killed):
@@ -82,7 +83,7 @@ def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp
     with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
     with pytest.raises(Exception, match="num_steps"):
-        training_config({"preset": "toy-ddpm", "num_steps": -1}, data_dir)
+        TrainPart.of("toy-ddpm", num_steps=-1)
 
 
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
