@@ -11,7 +11,7 @@ MATH_MODULES = [
     "schedules",
     "diffusion",
     "likelihoods",
-    "objectives",
+    "score_matching",
     "analytic",
     "samplers",
     "_checks",

@@ -16,7 +16,7 @@ from typing import Any
 
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
 from diffusion_lib.networks.config import OUTPUT_SCALINGS, PRECISIONS
-from diffusion_lib.objectives import PROJECTIONS
+from diffusion_lib.score_matching import PROJECTIONS
 
 OBJECTIVES = ("ddpm", "ncsn", "dsm", "ssm")
 OPTIMIZERS = ("adam", "adamw")

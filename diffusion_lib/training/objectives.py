@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 from diffusion_lib.diffusion import GaussianDiffusion
-from diffusion_lib.objectives import (
+from diffusion_lib.schedules import beta_schedule, sigma_schedule
+from diffusion_lib.score_matching import (
     denoising_score_matching_loss,
     ncsn_loss,
     sliced_score_matching_loss,
 )
-from diffusion_lib.schedules import beta_schedule, sigma_schedule
 from diffusion_lib.training.config import TrainConfig
 
 

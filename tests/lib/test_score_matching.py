@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_lib.objectives import (
+from diffusion_lib.score_matching import (
     denoising_score_matching_loss,
     ncsn_loss,
     score_matching_loss,
