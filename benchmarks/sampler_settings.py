@@ -117,7 +117,7 @@ def main() -> None:
         # The network is conditioned on log sigma: the chain may use other levels than training.
         objective = copy.copy(restored.objective)
         objective.sigmas = sigmas
-        at_levels = dataclasses.replace(restored, objective=objective)
+        at_levels = dataclasses.replace(restored, objective=objective, identity=())
         for spl in args.steps_per_level:
             for scale in args.lr_scale:
                 step_lr = technique4_step_lr(sigmas, spl) * scale

@@ -15,11 +15,18 @@ run's `Normalizer`; chain health (annealing samplers) in model units.
 A set of n samples is drawn in chunks of `chunk_rows`, chunk i from seed [seed, i], so any chunk
 can be redrawn alone, bit for bit, and memory holds one chunk. With a `strategy` (several local
 GPUs) each chunk is split over its replicas (padded to a multiple of their number).
+
+Chunks are remembered in this process (up to MEMO_BYTES, least recently used first out) by what
+decides them: the checkpoint's identity, the sampler spec, the chunk's size and seed, the
+replica count. An evaluation and a sample set that ask for the same chunk (the same sampler, n
+within one chunk, the same seed) draw it once; remembered arrays are read-only.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +34,15 @@ import tensorflow as tf
 
 from diffusion_lib._checks import seed_tensor
 from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
+
+MEMO_BYTES = 256 * 2**20
+_memo: collections.OrderedDict = collections.OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def clear_memo() -> None:
+    with _memo_lock:
+        _memo.clear()
 
 
 class SamplerMismatch(ValueError):
@@ -115,7 +131,23 @@ def draw_chunk(
     size = min(chunk_rows, n - index * chunk_rows)
     if size <= 0:
         raise ValueError(f"chunk {index} of {chunk_rows} rows is past the set's {n} samples")
-    return draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+    identity = getattr(restored, "identity", ())
+    if not identity:  # weights of unknown origin: nothing to remember them by
+        return draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    scale = data_rms if spec.info.anneals else None  # it only scales annealed chains' health
+    key = (identity, spec, size, int(seed), int(index), replicas, scale)
+    with _memo_lock:
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key]
+    drawn = draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+    drawn.samples.setflags(write=False)
+    with _memo_lock:
+        _memo[key] = drawn
+        while sum(d.samples.nbytes for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
+            _memo.popitem(last=False)
+    return drawn
 
 
 def draw_chunks(

@@ -42,6 +42,10 @@ class Restored:
     step: int
     normalizer: Normalizer
     example_shape: tuple[int, ...]
+    # What these weights and this objective are: (run directory, step, the checkpoint's commit
+    # marker's mtime and size); a checkpoint written again under the same step gets another.
+    # Empty: unknown (set it so when replacing the objective or the model).
+    identity: tuple = ()
 
 
 class Run:
@@ -167,7 +171,15 @@ class Run:
             restore(checkpoint, self.checkpoints_dir, step, partial=True)
             for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
                 weight.assign(average)
+            marker = (self.checkpoints_dir / f"ckpt-{step}.json").stat()
+            identity = (str(self.path.resolve()), step, marker.st_mtime_ns, marker.st_size)
             self._restored[key] = Restored(
-                model, self.objective, self.config, step, self.normalizer, self.example_shape
+                model,
+                self.objective,
+                self.config,
+                step,
+                self.normalizer,
+                self.example_shape,
+                identity,
             )
         return self._restored[key]

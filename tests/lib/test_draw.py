@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_lib.data import DatasetSpec, prepare_dataset
+from diffusion_lib.data import DatasetSpec, open_dataset, prepare_dataset
 from diffusion_lib.draw import SamplerMismatch, draw, draw_chunk, draw_set, pool_health
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
 from diffusion_lib.reports import render_run
@@ -158,3 +158,40 @@ def test_single_level_score_runs_sample_evaluate_and_render(mixture, objective, 
     assert manifest.num_examples == 300 and manifest.extra["sampler"] == spec.to_dict()
     renders = render_run(run.path, tmp_path / "samples", tmp_path / "render", sampler=spec)
     assert renders.gif.is_file() and renders.score_field is not None
+
+
+def test_an_evaluation_and_a_sample_set_asking_for_the_same_chunk_draw_it_once(
+    ddpm_run, data, tmp_path, monkeypatch
+):
+    from diffusion_lib import draw as draw_module
+
+    draw_module.clear_memo()
+    calls = []
+    original = draw_module.draw
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(draw_module, "draw", counted)
+    spec = SamplerSpec.of("ddim", num_steps=5, eta=1.0)
+    evaluate_checkpoints(
+        ddpm_run.path, test_dir=data / "test", spec=EvalSpec(n=60, sampler=spec, batch_size=100)
+    )
+    assert calls == [60]
+    generate_samples(ddpm_run.path, tmp_path / "s", n=60, sampler=spec, chunk_rows=100)
+    assert calls == [60]  # the sample set's one chunk is the evaluation's
+    stored = open_dataset(tmp_path / "s").read().values
+    draw_module.clear_memo()
+    fresh = draw_set(Run(ddpm_run.path).restore(), spec, n=60, chunk_rows=100, seed=0).samples
+    np.testing.assert_array_equal(stored, fresh.astype(np.float32))
+    assert calls == [60, 60]
+    # Another seed, size or sampler is another chunk; remembered arrays cannot be changed.
+    generate_samples(ddpm_run.path, tmp_path / "t", n=60, sampler=spec, chunk_rows=100, seed=1)
+    assert calls == [60, 60, 60]
+    remembered = draw_chunk(
+        Run(ddpm_run.path).restore(), spec, n=60, chunk_rows=100, index=0, seed=0
+    )
+    assert calls == [60, 60, 60]
+    with pytest.raises(ValueError, match="read-only"):
+        remembered.samples[0, 0] = 0.0
