@@ -12,7 +12,7 @@ from tasks.presets import resolve
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(
+def evaluate_flow(
     preset: Preset, run_name: RunName, output_root: str = "runs", model: Model = "ddpm"
 ) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"}."""

@@ -25,7 +25,7 @@ def _prepare(spec: DatasetSpec, directory: str) -> str:
 
 
 @flow(name="prepare-dataset", log_prints=True)
-def prepare_dataset(
+def prepare_dataset_flow(
     preset: Preset = "tiny",
     output_root: str = "runs",
     run_name: RunName | None = None,

@@ -17,7 +17,7 @@ from tasks.sample import finalize_samples, plan_samples, sample_shards
 
 
 @flow(name="sample", log_prints=True)
-def sample(
+def sample_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",

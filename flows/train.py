@@ -12,7 +12,7 @@ from tasks.train import find_warm_start, train_model
 
 
 @flow(name="train", log_prints=True)
-def train(
+def train_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",

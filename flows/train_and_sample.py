@@ -17,7 +17,7 @@ from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.run import Run
-from flows.evaluate import evaluate
+from flows.evaluate import evaluate_flow
 from flows.params import (
     Minutes,
     Model,
@@ -27,9 +27,9 @@ from flows.params import (
     Sampler,
     default_run_name,
 )
-from flows.prepare_dataset import prepare_dataset
-from flows.sample import sample
-from flows.train import train
+from flows.prepare_dataset import prepare_dataset_flow
+from flows.sample import sample_flow
+from flows.train import train_flow
 from tasks.presets import PRESETS, resolve
 
 
@@ -80,10 +80,10 @@ def train_and_sample(
     )
     run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
-    _stage("prepare-dataset", prepare_dataset, **where)
+    _stage("prepare-dataset", prepare_dataset_flow, **where)
     trained = _stage(
         "train",
-        train,
+        train_flow,
         **where,
         steps=steps,
         batch_size=batch_size,
@@ -91,9 +91,11 @@ def train_and_sample(
         timeout_minutes=timeout_minutes,
         warm_start=warm_start,
     )
-    evaluation = _stage("evaluate", evaluate, **where)
+    evaluation = _stage("evaluate", evaluate_flow, **where)
     best = evaluation["best_step"]
-    sampled = _stage("sample", sample, **where, step=best, num_samples=num_samples, sampler=sampler)
+    sampled = _stage(
+        "sample", sample_flow, **where, step=best, num_samples=num_samples, sampler=sampler
+    )
     result = {
         "run_dir": str(Run.at(output_root, run_name).path),
         "final_step": trained["step"],

@@ -15,3 +15,48 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+
+import pytest  # noqa: E402
+
+from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
+from diffusion_lib.training import config_preset, train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_ddpm_run(tmp_path_factory):
+    """One trained toy DDPM run for every test that needs one: 4,000 moons (and 1,000 held out
+    in data/test), mlp-tiny, 200 steps, checkpoints at 100 and 200. Shared: tests write their
+    own outputs elsewhere (an evaluation's eval/ is keyed by its settings)."""
+    root = tmp_path_factory.mktemp("toy-ddpm-run")
+    prepare_dataset(DatasetSpec.create("moons", n=4_000), root / "data" / "train")
+    prepare_dataset(DatasetSpec.create("moons", split="test", n=1_000), root / "data" / "test")
+    config = config_preset(
+        "toy-ddpm",
+        data_dir=str(root / "data" / "train"),
+        network="mlp-tiny",
+        num_steps=200,
+        checkpoint_every=100,
+        log_every=50,
+    )
+    train(config, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_tiny_run(tmp_path_factory):
+    """A two-step mnist-ddpm-tiny run (50 timesteps) on the embedded test digits: an image run
+    whose weights exist, for tests of shapes and plumbing, not of quality."""
+    root = tmp_path_factory.mktemp("mnist-tiny-run")
+    prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "data" / "train")
+    config = config_preset(
+        "mnist-ddpm-tiny",
+        data_dir=str(root / "data" / "train"),
+        num_timesteps=50,
+        batch_size=8,
+        num_steps=2,
+        checkpoint_every=2,
+        log_every=1,
+    )
+    train(config, root)
+    return root

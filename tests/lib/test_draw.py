@@ -28,35 +28,32 @@ from diffusion_lib.samplers import (
 from diffusion_lib.training import config_preset, train
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("draw")
-    prepare_dataset(DatasetSpec.create("moons", n=4_000), root / "train")
-    prepare_dataset(DatasetSpec.create("moons", split="test", n=1_000), root / "test")
-    return root
-
-
-def _train(root, name, preset, **overrides):
+def _train(data_dir, run_dir, preset, **overrides):
     config = config_preset(
         preset,
-        data_dir=str(root / "train"),
+        data_dir=str(data_dir),
         network="mlp-tiny",
         checkpoint_every=overrides.get("num_steps", 300),
         log_every=100,
         **{"num_steps": 300, **overrides},
     )
-    train(config, root / name)
-    return Run(root / name)
+    train(config, run_dir)
+    return Run(run_dir)
 
 
 @pytest.fixture(scope="module")
-def ddpm_run(data):
-    return _train(data, "ddpm", "toy-ddpm", num_steps=100)
+def data(toy_ddpm_run):
+    return toy_ddpm_run / "data"
 
 
 @pytest.fixture(scope="module")
-def ncsn_run(data):
-    return _train(data, "ncsn", "toy-ncsn", num_steps=100)
+def ddpm_run(toy_ddpm_run):
+    return Run(toy_ddpm_run)
+
+
+@pytest.fixture(scope="module")
+def ncsn_run(data, tmp_path_factory):
+    return _train(data / "train", tmp_path_factory.mktemp("ncsn"), "toy-ncsn", num_steps=100)
 
 
 def test_a_draw_is_the_sampler_output_in_data_units(ddpm_run):
@@ -140,7 +137,9 @@ def test_single_level_score_runs_sample_evaluate_and_render(mixture, objective, 
     Measured: 70% (DSM) of 1,000 samples within 2.5 of a mode after 300 steps, 16% after one;
     a score learnt at one small sigma is poor between the modes (NCSN's reason for many levels),
     so not all arrive."""
-    run = _train(mixture, objective, "toy-ssm", objective=objective, num_steps=400)
+    run = _train(
+        mixture / "train", mixture / objective, "toy-ssm", objective=objective, num_steps=400
+    )
     assert run.objective.family == "score" and len(run.objective.sigmas) == 1
     restored = run.restore()
     many = SamplerSpec.of("langevin", step_size=0.01, num_steps=300)
@@ -176,7 +175,9 @@ def test_an_evaluation_and_a_sample_set_asking_for_the_same_chunk_draw_it_once(
     monkeypatch.setattr(draw_module, "draw", counted)
     spec = SamplerSpec.of("ddim", num_steps=5, eta=1.0)
     evaluate_checkpoints(
-        ddpm_run.path, test_dir=data / "test", spec=EvalSpec(n=60, sampler=spec, batch_size=100)
+        ddpm_run.path,
+        test_dir=data / "test",
+        spec=EvalSpec(n=60, sampler=spec, batch_size=100, newest=1),
     )
     assert calls == [60]
     generate_samples(ddpm_run.path, tmp_path / "s", n=60, sampler=spec, chunk_rows=100)

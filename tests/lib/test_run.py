@@ -6,31 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.run import Run
-from diffusion_lib.training import CheckpointMismatch, config_preset, train
+from diffusion_lib.training import CheckpointMismatch
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    prepare_dataset(DatasetSpec.create("moons", n=1_000), root / "data" / "train")
-    config = config_preset(
-        "toy-ddpm",
-        data_dir=str(root / "data" / "train"),
-        network="mlp-tiny",
-        num_steps=20,
-        checkpoint_every=10,
-        log_every=10,
-    )
-    train(config, root)
-    return Run(root)
+def run(toy_ddpm_run):
+    return Run(toy_ddpm_run)
 
 
 def test_what_the_run_trained_and_where_its_parts_live(run):
     assert run.config.objective == "ddpm" and run.example_shape == (2,)
     assert run.objective.family == "diffusion" and run.normalizer.kind == "points"
-    assert run.steps() == [10, 20] and run.checkpoint() == 20 and run.checkpoint(10) == 10
+    assert run.steps() == [100, 200] and run.checkpoint() == 200 and run.checkpoint(100) == 100
     assert run.data_dir("train") == run.path / "data" / "train"
     assert run.metrics_path == run.path / "eval" / "metrics.json"
     assert Run.at(run.path.parent, run.path.name).path == run.path
@@ -39,8 +27,8 @@ def test_what_the_run_trained_and_where_its_parts_live(run):
 
 def test_weights_load_once_per_step_and_differ_between_steps(run):
     latest = run.restore()
-    assert run.restore(20) is latest and latest.step == 20
-    earlier = run.restore(10)
+    assert run.restore(200) is latest and latest.step == 200
+    earlier = run.restore(100)
     weights = [w.numpy() for w in latest.model.trainable_variables]
     assert any(
         not np.array_equal(a, b.numpy())
@@ -53,8 +41,8 @@ def test_weights_load_once_per_step_and_differ_between_steps(run):
 
 
 def test_missing_parts_are_named(run, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 15; have"):
-        run.restore(15)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 150; have"):
+        run.restore(150)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         _ = Run(tmp_path).config
     empty = tmp_path / "empty"
