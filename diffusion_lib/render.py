@@ -223,10 +223,12 @@ def loss_curve_png(metrics_jsonl, path, *, size_px: int = 480) -> pathlib.Path:
     steps = [r["step"] for r in rows]
     figure = _figure(size_px)
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(steps, [r["loss"] for r in rows], label="loss")
+    losses = [r["loss"] for r in rows]
+    axes.plot(steps, losses, label="loss")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
-    axes.set_yscale("log")
+    if min(losses) > 0:  # sliced score matching's loss is negative: a log axis cannot show it
+        axes.set_yscale("log")
     axes.grid(alpha=0.3)
     axes.set_title(f"training loss ({len(rows)} reports)", fontsize=9)
     atomic_write_bytes(path, _png_bytes(_figure_array(figure)))

@@ -30,6 +30,8 @@ from diffusion_lib.samplers import SamplerSpec
 
 DISTRIBUTE = ("auto", "none")
 DEFAULT_SAMPLER = SamplerSpec.of("ddim")
+ROWS_PER_SHARD = 5_000
+CHUNK_ROWS = 1_000  # samples drawn at once (memory holds one chunk)
 
 
 def _local_strategy(mode: str) -> tf.distribute.Strategy | None:
@@ -51,7 +53,7 @@ class DiffusionSamples:
         step: int,
         sampler: str,
         seed: int = 0,
-        chunk_rows: int = 1000,
+        chunk_rows: int = CHUNK_ROWS,
         distribute: str = "auto",
         **settings,
     ):
@@ -126,9 +128,9 @@ def sample_set_spec(
     n: int,
     sampler: SamplerSpec,
     step: int | None = None,
-    rows_per_shard: int = 5_000,
+    rows_per_shard: int = ROWS_PER_SHARD,
     seed: int = 0,
-    chunk_rows: int = 1_000,
+    chunk_rows: int = CHUNK_ROWS,
     distribute: str = "auto",
 ) -> DatasetSpec:
     """The DatasetSpec of a sample set; `step=None` resolves to the run's latest checkpoint."""
@@ -160,7 +162,7 @@ def generate_samples(
     n: int,
     sampler: SamplerSpec = DEFAULT_SAMPLER,
     step: int | None = None,
-    rows_per_shard: int = 5_000,
+    rows_per_shard: int = ROWS_PER_SHARD,
     grid: int = 8,
     **options,
 ) -> Manifest:

@@ -15,6 +15,7 @@ from typing import Any
 
 from diffusion_lib.data import DatasetSpec
 from diffusion_lib.evaluation import EvalSpec
+from diffusion_lib.sample_sets import CHUNK_ROWS, ROWS_PER_SHARD
 from diffusion_lib.samplers import SAMPLERS, SamplerSpec
 from diffusion_lib.training import TrainConfig, config_preset
 from diffusion_lib.training.objectives import OBJECTIVES
@@ -49,8 +50,8 @@ class SampleSetPart:
 
     n: int
     sampler: SamplerSpec
-    rows_per_shard: int = 5_000
-    chunk_rows: int = 1_000
+    rows_per_shard: int = ROWS_PER_SHARD
+    chunk_rows: int = CHUNK_ROWS
     seed: int = 0
 
     def options(self) -> dict[str, Any]:

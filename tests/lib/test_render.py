@@ -78,3 +78,17 @@ def test_score_field_and_loss_curve_pngs(toy_ddpm_run, tmp_path):
     assert iio.imread(tmp_path / "loss.png").shape[:2] == (480, 480)
     with pytest.raises(ValueError, match="score_fn must return finite values"):
         render.score_field_png(lambda p: p[:, :1], data, tmp_path / "bad.png")
+
+
+def test_a_negative_loss_curve_is_drawn_on_a_linear_axis(tmp_path):
+    """Sliced score matching's loss is negative; a log axis would draw nothing (and warn)."""
+    import json
+    import warnings
+
+    rows = [{"step": k, "loss": -1.0 - 0.1 * k} for k in range(1, 20)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        render.loss_curve_png(metrics, tmp_path / "loss.png")
+    assert iio.imread(tmp_path / "loss.png").std() > 10
