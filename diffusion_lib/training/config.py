@@ -17,8 +17,8 @@ from typing import Any
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
 from diffusion_lib.networks.config import OUTPUT_SCALINGS, PRECISIONS
 from diffusion_lib.score_matching import PROJECTIONS
+from diffusion_lib.training.objectives import OBJECTIVES
 
-OBJECTIVES = ("ddpm", "ncsn", "dsm", "ssm")
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
@@ -170,7 +170,7 @@ class TrainConfig:
                 fail(spec.name, f"must be a string, got {value!r}")
 
         choices = {
-            "objective": OBJECTIVES,
+            "objective": tuple(OBJECTIVES),
             "optimizer": OPTIMIZERS,
             "strategy": STRATEGIES,
             "precision": PRECISIONS,

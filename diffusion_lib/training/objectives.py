@@ -15,7 +15,7 @@ schedule, or the single level a DSM or SSM network was trained at.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +27,9 @@ from diffusion_lib.score_matching import (
     ncsn_loss,
     sliced_score_matching_loss,
 )
-from diffusion_lib.training.config import TrainConfig
+
+if TYPE_CHECKING:  # only a type here: the config imports OBJECTIVES to validate names
+    from diffusion_lib.training.config import TrainConfig
 
 
 def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
