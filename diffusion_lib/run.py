@@ -28,8 +28,16 @@ from diffusion_lib.networks import NetworkConfig, build_network
 from diffusion_lib.normalizer import Normalizer
 from diffusion_lib.training.checkpoints import committed_steps, restore
 from diffusion_lib.training.config import TrainConfig
-from diffusion_lib.training.engine import CONFIG_NAME, EmaWeights
+from diffusion_lib.training.engine import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    TENSORBOARD_DIR,
+    TRAINING_LOG,
+    EmaWeights,
+)
 from diffusion_lib.training.objectives import build_objective
+
+EVAL_DIR, METRICS_NAME = "eval", "metrics.json"  # written by evaluation (evaluate_checkpoints)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +77,15 @@ class Run:
 
     @property
     def checkpoints_dir(self) -> pathlib.Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def eval_dir(self) -> pathlib.Path:
-        return self.path / "eval"
+        return self.path / EVAL_DIR
 
     @property
     def metrics_path(self) -> pathlib.Path:
-        return self.eval_dir / "metrics.json"
+        return self.eval_dir / METRICS_NAME
 
     @property
     def samples_dir(self) -> pathlib.Path:
@@ -89,11 +97,11 @@ class Run:
 
     @property
     def training_log(self) -> pathlib.Path:
-        return self.path / "metrics.jsonl"
+        return self.path / TRAINING_LOG
 
     @property
     def tensorboard_dir(self) -> pathlib.Path:
-        return self.path / "tensorboard"
+        return self.path / TENSORBOARD_DIR
 
     def data_dir(self, split: str) -> pathlib.Path:
         return self.path / "data" / split

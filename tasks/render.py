@@ -13,6 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.reports import render_run
+from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
 
 
@@ -42,7 +43,7 @@ def render_outputs(
     lines += [
         f"- sampling GIF: `{renders.gif}`",
         f"- sample shards: `{samples_dir}`",
-        f"- TensorBoard: `tensorboard --logdir {pathlib.Path(run_dir) / 'tensorboard'}`",
+        f"- TensorBoard: `tensorboard --logdir {Run(run_dir).tensorboard_dir}`",
     ]
     create_markdown_artifact(
         markdown="\n".join(lines), key="sample-report", description="samples and training curve"

@@ -31,7 +31,7 @@ from diffusion_lib.draw import SamplerMismatch, draw_set
 from diffusion_lib.evaluation import metrics as M
 from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_classifier
 from diffusion_lib.normalizer import Normalizer
-from diffusion_lib.run import Run
+from diffusion_lib.run import EVAL_DIR, METRICS_NAME, Run
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import TrainConfig
 from diffusion_lib.training.config import ARCHITECTURE_FIELDS
@@ -274,7 +274,7 @@ def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
     wanted = {k: like.to_dict()[k] for k in ARCHITECTURE_FIELDS}
     skip = {pathlib.Path(p).resolve() for p in exclude}
     candidates = sorted(
-        pathlib.Path(root).glob("*/eval/metrics.json"), key=lambda p: p.stat().st_mtime_ns
+        pathlib.Path(root).glob(f"*/{EVAL_DIR}/{METRICS_NAME}"), key=lambda p: p.stat().st_mtime_ns
     )
     for metrics in reversed(candidates):
         run = Run(metrics.parent.parent)

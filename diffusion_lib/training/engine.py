@@ -37,7 +37,11 @@ from diffusion_lib.training.config import ConfigError, TrainConfig, init_from_pa
 from diffusion_lib.training.objectives import build_objective
 from diffusion_lib.training.strategy import choose_strategy, worker_role
 
+# What the training engine writes into a run directory (diffusion_lib.run.Run reads them).
 CONFIG_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_LOG = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class TrainingDiverged(RuntimeError):
@@ -236,7 +240,7 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, ema=self.ema, step=self.step
         )
         self.store = CheckpointStore(
-            self.run_dir / "checkpoints",
+            self.run_dir / CHECKPOINTS_DIR,
             self.checkpoint,
             is_chief=self.is_chief,
             worker_id=self.worker_id,
@@ -254,7 +258,7 @@ class Trainer:
 
     def _warm_start(self, source: str, step: int) -> None:
         """Trained and averaged weights := the EMA weights of `source`'s checkpoint `step`."""
-        checkpoints = pathlib.Path(source) / "checkpoints"
+        checkpoints = pathlib.Path(source) / CHECKPOINTS_DIR
         if step not in committed_steps(checkpoints):
             raise ConfigError(f"init_from: {checkpoints} has no complete checkpoint {step}")
         donor = EmaWeights(self.model.trainable_variables)
@@ -371,7 +375,7 @@ class Trainer:
         end = config.num_steps if max_steps is None else min(config.num_steps, start + max_steps)
         iterator = iter(self._dataset(start))
         writer = (
-            tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+            tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_DIR))
             if self.is_chief
             else None
         )
@@ -439,7 +443,7 @@ class Trainer:
         if not self.is_chief:
             return
         row = dataclasses.asdict(report) | {"time": time.time()}
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+        with open(self.run_dir / TRAINING_LOG, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         with writer.as_default(step=report.step):
             tf.summary.scalar("loss", report.loss)
