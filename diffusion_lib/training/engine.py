@@ -293,8 +293,14 @@ class Trainer:
                 scaled = optimizer.scale_loss(loss) if loss_scaled else loss
             return loss, tape.gradient(scaled, variables)
 
+        # autograph=False: the step has no Python control flow on tensors to convert, and
+        # converting the network and objective costs every run and every resume time before its
+        # first step (unet-tiny, one device, n=2: 14.2 and 14.4 s with it, 9.0 and 11.8 s
+        # without). The trained weights are bit-identical either way.
         compute = (
-            tf.function(loss_and_grads, jit_compile=True) if config.jit_compile else loss_and_grads
+            tf.function(loss_and_grads, jit_compile=True, autograph=False)
+            if config.jit_compile
+            else loss_and_grads
         )
 
         def update_ema(strategy, rate):
@@ -330,7 +336,7 @@ class Trainer:
             ctx.merge_call(update_ema, args=(rate,))
             return loss, norm, finite
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_step(x, step):
             loss, norm, finite = self.strategy.run(replica_step, args=(x, step))
             first = self.strategy.experimental_local_results
