@@ -24,6 +24,16 @@ from diffusion_lib.training import config_preset, train  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (its own database) per test process, for every test that runs
+    flows or tasks in process: starting one takes 10-15 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def toy_ddpm_run(tmp_path_factory):
     """One trained toy DDPM run for every test that needs one: 4,000 moons (and 1,000 held out
     in data/test), mlp-tiny, 200 steps, checkpoints at 100 and 200. Shared: tests write their

@@ -10,18 +10,11 @@ import time
 import psutil
 import pytest
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps
 from tasks.presets import TrainPart
 from tasks.train import TrainingFailed, train_model, worker_environments
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")
