@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from prefect import task
 
-from diffusion_lib.data import DatasetSpec, finalize_dataset, plan_dataset, prepare_shard
+from diffusion_lib.data import DatasetSpec, plan_dataset
 from diffusion_lib.sample_sets import sample_set_spec
+from tasks.data import finalize_shards, prepare_shards
 from tasks.presets import SampleSetPart
 
 
@@ -18,13 +19,7 @@ def plan_samples(run_dir: str, part: SampleSetPart, step: int | None) -> tuple[D
     return spec, plan_dataset(spec).num_shards
 
 
-@task(retries=3, retry_delay_seconds=5)
-def sample_shards(spec: DatasetSpec, out_dir: str, index: int) -> str:
-    """Draws sample shard `index` (idempotent: a good shard is kept); returns its file."""
-    return prepare_shard(spec, out_dir, index).file
-
-
-@task(retries=2, retry_delay_seconds=5)
-def finalize_samples(spec: DatasetSpec, out_dir: str, shard_files: list[str]) -> str:
-    finalize_dataset(spec, out_dir)
-    return out_dir
+# A sample set is a dataset (source "diffusion_samples"): the same idempotent shard and manifest
+# tasks write it, under names of their own in the UI.
+sample_shards = prepare_shards.with_options(name="sample_shards")
+finalize_samples = finalize_shards.with_options(name="finalize_samples")
