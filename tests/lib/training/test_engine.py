@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import ddpm_sample
 from diffusion_lib.training import (
@@ -22,22 +21,6 @@ from diffusion_lib.training import (
     config_preset,
     train,
 )
-
-
-@pytest.fixture(scope="module")
-def eight(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("eight")
-    prepare_dataset(DatasetSpec.create("8gaussians", n=20_000, std=0.1), directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("mnist")
-    prepare_dataset(
-        DatasetSpec.create("mnist_embedded", split="train", rows_per_shard=1500), directory
-    )
-    return str(directory)
 
 
 def _mtimes(directory):
@@ -208,43 +191,6 @@ def test_checkpoint_from_another_architecture_is_refused_untouched(eight, tmp_pa
     with pytest.raises(CheckpointMismatch, match="ckpt-9: does not match this model"):
         Run(tmp_path / "small").restore()
     assert _mtimes(checkpoints) == before
-
-
-def test_checkpoints_keep_the_last_n_and_every_kth(eight, tmp_path):
-    config = config_preset(
-        "toy-ddpm",
-        data_dir=eight,
-        network="mlp-tiny",
-        num_steps=12,
-        checkpoint_every=1,
-        keep_last=2,
-        keep_every=5,
-        log_every=4,
-    )
-    train(config, tmp_path / "run")
-    assert committed_steps(tmp_path / "run" / "checkpoints") == [5, 10, 11, 12]
-    # A checkpoint whose marker is missing (a crash between data and marker) does not exist.
-    (tmp_path / "run" / "checkpoints" / "ckpt-12.json").unlink()
-    assert committed_steps(tmp_path / "run" / "checkpoints") == [5, 10, 11]
-    assert Run(tmp_path / "run").restore().step == 11
-
-
-@pytest.mark.parametrize("objective", ["ncsn", "dsm", "ssm"])
-def test_score_objectives_train(eight, tmp_path, objective):
-    config = config_preset(
-        "toy-ncsn",
-        data_dir=eight,
-        network="mlp-tiny",
-        objective=objective,
-        num_steps=30,
-        log_every=10,
-        checkpoint_every=30,
-    )
-    reports = []
-    train(config, tmp_path / "run", progress=reports.append)
-    assert all(np.isfinite(r.loss) for r in reports)
-    restored = Run(tmp_path / "run").restore()
-    assert restored.model.conditioning == "log_sigma"
 
 
 def test_mixed_precision_and_xla_run(mnist, tmp_path):
