@@ -55,10 +55,12 @@ def toy_ddpm_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mnist_tiny_run(tmp_path_factory):
-    """A two-step mnist-ddpm-tiny run (50 timesteps) on the embedded test digits: an image run
-    whose weights exist, for tests of shapes and plumbing, not of quality."""
+    """A two-step mnist-ddpm-tiny run (50 timesteps) on the embedded digits (4,500 in data/train,
+    500 held out in data/test): an image run whose weights exist, for tests of shapes, plumbing
+    and metrics far from their floors, not of quality."""
     root = tmp_path_factory.mktemp("mnist-tiny-run")
-    prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "data" / "train")
+    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), root / "data" / "train")
+    prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "data" / "test")
     config = config_preset(
         "mnist-ddpm-tiny",
         data_dir=str(root / "data" / "train"),

@@ -1,74 +1,21 @@
-"""The feature classifier on real digits, metric ranking on real features, checkpoint scoring."""
+"""Checkpoint scoring (evaluation/checkpoints.py): 2-D runs against their floors and not
+recomputed, an image run with every metric, and the chain health of a score model."""
 
 import json
 
 import numpy as np
 import pytest
 
-from diffusion_lib.data import DatasetSpec, open_dataset, prepare_dataset
+from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.evaluation import (
     EvalSpec,
     evaluate_checkpoints,
-    fid,
-    kid,
-    load_or_train_classifier,
 )
 from diffusion_lib.evaluation import checkpoints as evaluation_checkpoints
-from diffusion_lib.evaluation.classifier import ClassifierSpec
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import config_preset, train
 
 DDPM = SamplerSpec.of("ddpm")
-
-
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist")
-    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), root / "train")
-    prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "test")
-    return root
-
-
-@pytest.fixture(scope="module")
-def extractor(mnist):
-    return load_or_train_classifier(
-        mnist / "train", mnist / "test", mnist / "cache", ClassifierSpec(epochs=3)
-    )
-
-
-def test_classifier_accuracy_on_the_embedded_subset_and_cache(extractor, mnist):
-    # 4,500 training digits, 3 epochs: measured 95.8% on the 500 held-out digits; the bound
-    # leaves room for run-to-run variation. (Full MNIST's 98% needs the 60,000-digit set.)
-    assert extractor.test_accuracy >= 0.93
-    again = load_or_train_classifier(
-        mnist / "train", mnist / "test", mnist / "cache", ClassifierSpec(epochs=3)
-    )
-    assert again.path == extractor.path and again.test_accuracy == extractor.test_accuracy
-    record = json.loads(extractor.path.with_suffix(".json").read_text())
-    assert record["train_fingerprint"] == open_dataset(mnist / "train").manifest.fingerprint
-    with pytest.raises(ValueError, match="the classifier expects"):
-        extractor.features(np.zeros((2, 32, 32, 3), np.uint8))
-
-
-def test_metrics_rank_real_below_lightly_below_heavily_noised(extractor, mnist):
-    test = open_dataset(mnist / "test").read().values
-    # A random subset: the embedded digits are stored sorted by class.
-    rng = np.random.default_rng(0)
-    train = open_dataset(mnist / "train").read().values[rng.permutation(4500)[:500]]
-
-    def noised(images, sigma):
-        return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).astype(np.uint8)
-
-    reference = extractor.features(test)
-    scores = [
-        fid(reference, extractor.features(x)) for x in (train, noised(train, 30), noised(train, 90))
-    ]
-    assert scores[0] < scores[1] < scores[2], scores
-    kids = [
-        kid(reference, extractor.features(x), subset_size=400).mean
-        for x in (train, noised(train, 90))
-    ]
-    assert kids[0] < kids[1]
 
 
 def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, monkeypatch):
@@ -121,23 +68,14 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
         EvalSpec(newest=-1)
 
 
-def test_image_run_gets_every_metric(mnist, tmp_path):
-    config = config_preset(
-        "mnist-ddpm-tiny",
-        data_dir=str(mnist / "train"),
-        num_timesteps=20,
-        batch_size=16,
-        num_steps=4,
-        checkpoint_every=4,
-        log_every=4,
-    )
-    train(config, tmp_path / "run")
+def test_image_run_gets_every_metric(mnist_tiny_run, mnist, extractor):
+    # The shared two-step image run (an untrained model); the classifier cached by `extractor`
+    # (keyed by the training set's fingerprint: the same digits) is reused, not retrained.
+    run, test = mnist_tiny_run, mnist_tiny_run / "data" / "test"
     spec = EvalSpec(
         n=200, sampler=SamplerSpec.of("ddim", num_steps=5), bpd_examples=4, classifier_epochs=3
     )
-    report = evaluate_checkpoints(
-        tmp_path / "run", test_dir=mnist / "test", cache_dir=mnist / "cache", spec=spec
-    )
+    report = evaluate_checkpoints(run, test_dir=test, cache_dir=mnist / "cache", spec=spec)
     metrics = report.rows[0]["metrics"]
     assert {
         "fid",
@@ -157,12 +95,10 @@ def test_image_run_gets_every_metric(mnist, tmp_path):
     assert 0.05 < metrics["smallest_class_share"]["floor"] <= 0.1  # real digits: every class
     assert np.isfinite(metrics["bits_per_dim"]["value"]) and metrics["bits_per_dim"]["value"] > 0
     assert len(list((mnist / "cache").glob("reference-*.npz"))) == 1
-    again = evaluate_checkpoints(
-        tmp_path / "run", test_dir=mnist / "test", cache_dir=mnist / "cache", spec=spec
-    )
+    again = evaluate_checkpoints(run, test_dir=test, cache_dir=mnist / "cache", spec=spec)
     assert again.floors == report.floors and again.rows == report.rows
     with pytest.raises(ValueError, match="n=1000 needs 1000 examples"):
-        evaluate_checkpoints(tmp_path / "run", test_dir=mnist / "test", spec=EvalSpec(n=1000))
+        evaluate_checkpoints(run, test_dir=test, spec=EvalSpec(n=1000))
 
 
 def test_score_run_records_the_chain_health_that_exposes_a_lagging_sampler(tmp_path):
