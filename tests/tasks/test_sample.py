@@ -1,0 +1,54 @@
+"""The sample-set tasks: the plan counts shards without loading weights, and the shard and
+manifest tasks, the dataset tasks under their own names, write the library's sample set."""
+
+import json
+
+from prefect import flow
+from prefect.utilities.annotations import unmapped
+
+from diffusion_lib.run import Run
+from diffusion_lib.sample_sets import generate_samples
+from diffusion_lib.samplers import SamplerSpec
+from tasks.data import finalize_shards, prepare_shards
+from tasks.presets import SampleSetPart
+from tasks.sample import finalize_samples, plan_samples, sample_shards
+
+PART = SampleSetPart(n=96, sampler=SamplerSpec.of("ddim", num_steps=10), rows_per_shard=40)
+
+
+def test_the_sample_tasks_are_the_dataset_tasks_by_another_name():
+    assert sample_shards.fn is prepare_shards.fn and sample_shards.name == "sample_shards"
+    assert finalize_samples.fn is finalize_shards.fn and finalize_samples.name == "finalize_samples"
+    assert sample_shards.retries == prepare_shards.retries
+
+
+def test_planning_a_sample_set_loads_no_weights(toy_ddpm_run, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("plan_samples restored a checkpoint")
+
+    monkeypatch.setattr(Run, "restore", refuse)
+    spec, count = plan_samples.fn(str(toy_ddpm_run), PART, None)
+    assert count == 3  # 96 rows in shards of 40
+    assert dict(spec.options)["step"] == 200  # None resolves to the latest checkpoint
+
+
+@flow
+def sample(run_dir: str, out_dir: str) -> str:
+    spec, count = plan_samples(run_dir, PART, 100)
+    files = sample_shards.map(unmapped(spec), unmapped(out_dir), range(count))
+    return finalize_samples(spec, out_dir, files.result())
+
+
+def test_mapped_sample_tasks_write_the_librarys_sample_set(prefect_server, toy_ddpm_run, tmp_path):
+    sample(str(toy_ddpm_run), str(tmp_path / "flow"))
+    generate_samples(toy_ddpm_run, tmp_path / "lib", step=100, **PART.options())
+    shards = sorted(p.name for p in (tmp_path / "lib").glob("*.parquet"))
+    assert len(shards) == 3 and shards == sorted(
+        p.name for p in (tmp_path / "flow").glob("*.parquet")
+    )
+    for name in shards:
+        assert (tmp_path / "flow" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("flow", "lib")]
+    for manifest in manifests:
+        del manifest["created_at"]
+    assert manifests[0] == manifests[1]
