@@ -32,10 +32,9 @@ def test_deployments_name_real_flows_and_valid_parameters():
     assert set(deployments["gpu"]["work_pool"]["job_variables"]) <= allowed
 
 
-def test_kubernetes_template_renders_a_gpu_job():
-    # The renderer takes an API client (for block references); a test server gives it one that
+def test_kubernetes_template_renders_a_gpu_job(prefect_server):
+    # The renderer takes an API client (for block references); the test server gives it one that
     # is shut down cleanly rather than an ephemeral one stopped at interpreter exit.
-    from prefect.testing.utilities import prefect_test_harness
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
@@ -45,10 +44,9 @@ def test_kubernetes_template_renders_a_gpu_job():
         if "default" in spec
     }
     values = {**defaults, "gpu_count": 4, "image": "registry.example/diffusion-lib:1"}
-    with prefect_test_harness(server_startup_timeout=120):
-        configuration = asyncio.run(
-            KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
-        )
+    configuration = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
+    )
     pod = configuration.job_manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
