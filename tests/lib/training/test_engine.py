@@ -22,6 +22,11 @@ from diffusion_lib.training import (
     train,
 )
 
+# The engine's image tests train a one-level U-Net without attention: what they check is the
+# step (replicas, precision, XLA), not the network (tests/lib/networks), and it traces in about
+# half the time of unet-tiny (measured: 16.6 against 27.9 s for the two-replica test's runs).
+ONE_LEVEL_UNET = (("channel_mults", (1,)), ("attn_resolutions", ()))
+
 
 def _mtimes(directory):
     return {p.name: p.stat().st_mtime_ns for p in pathlib.Path(directory).iterdir()}
@@ -93,9 +98,8 @@ def test_ema_follows_its_definition_and_is_what_a_restored_sampler_uses(eight, t
 
 def test_two_replicas_follow_the_one_device_trajectory(mnist, tmp_path):
     """Same global batch on one device and on two logical CPUs (MirroredStrategy): the same
-    batches, noise and clipped update. The first step agrees to float32 rounding (1e-6); after
-    that Adam's sign-like early updates amplify rounding differences in near-zero gradient
-    components, and the 12-step trajectories agree to 2e-3 relative (measured: 1e-3)."""
+    batches, noise and clipped update. The 12-step trajectories agree to float32 rounding
+    (measured today: losses within 1.2e-7 relative, gradient norms within 3.7e-7)."""
     config = config_preset(
         "mnist-ddpm-tiny",
         data_dir=mnist,
@@ -104,6 +108,7 @@ def test_two_replicas_follow_the_one_device_trajectory(mnist, tmp_path):
         log_every=1,
         checkpoint_every=12,
         grad_clip_norm=0.5,
+        network_overrides=ONE_LEVEL_UNET,
     )
     single, mirrored = [], []
     train(
@@ -119,11 +124,9 @@ def test_two_replicas_follow_the_one_device_trajectory(mnist, tmp_path):
         strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
     )
     a, b = np.array([r.loss for r in single]), np.array([r.loss for r in mirrored])
-    assert b[0] == pytest.approx(a[0], rel=1e-6)
-    assert mirrored[0].grad_norm == pytest.approx(single[0].grad_norm, rel=1e-5)
-    np.testing.assert_allclose(b, a, rtol=2e-3)
+    np.testing.assert_allclose(b, a, rtol=2e-6)
     np.testing.assert_allclose(
-        [r.grad_norm for r in mirrored], [r.grad_norm for r in single], rtol=2e-2
+        [r.grad_norm for r in mirrored], [r.grad_norm for r in single], rtol=5e-6
     )
 
 
@@ -201,6 +204,7 @@ def test_mixed_precision_and_xla_run(mnist, tmp_path):
         num_steps=3,
         log_every=1,
         checkpoint_every=3,
+        network_overrides=ONE_LEVEL_UNET,
     )
     for name, config in {
         "bf16": base.replace(precision="mixed_bfloat16"),
