@@ -10,14 +10,13 @@ import pathlib
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
 )
 
 from flows.train_and_sample import train_and_sample
+from tests.prefect_reads import artifacts_of
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +72,7 @@ def test_tiny_preset_end_to_end(tiny_run):
     assert flow_names == {"prepare-dataset", "train", "evaluate", "sample"}
     # This run's own artifacts: the server is shared with other tests that publish the same keys.
     run_ids = [parent_id, *(child.id for child in children)]
-    artifacts = _read(
-        lambda client: client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))
-        )
-    )
+    artifacts = artifacts_of(*run_ids)
     keys = {a.key for a in artifacts if a.key}
     assert {"checkpoint-metrics", "sample-report", "sample-progress"} <= keys
     report = next(a for a in artifacts if a.key == "sample-report")

@@ -1,16 +1,14 @@
 """`render_outputs` as a task: it renders the run and publishes the sample report with its
 images embedded as data URIs (an image artifact would need a URL, and nothing serves files)."""
 
-import asyncio
 import pathlib
 
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from diffusion_lib.sample_sets import generate_samples
 from diffusion_lib.samplers import SamplerSpec
 from tasks.render import render_outputs
+from tests.prefect_reads import artifacts_of
 
 SAMPLER = SamplerSpec.of("ddim", num_steps=10)
 
@@ -28,15 +26,9 @@ def test_the_report_embeds_the_rendered_pngs(prefect_server, toy_ddpm_run, tmp_p
     paths = state.result()
     assert paths and all(pathlib.Path(p).is_file() for p in paths.values() if p)
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-                )
-            )
-
-    (report,) = [a for a in asyncio.run(read()) if a.key == "sample-report"]
+    (report,) = [
+        a for a in artifacts_of(state.state_details.flow_run_id) if a.key == "sample-report"
+    ]
     # The samples and the loss curve; a score field is drawn for score models only.
     assert report.data.count("data:image/png;base64,") == 2 and "score_field.png" not in paths
     assert str(tmp_path / "samples") in report.data
