@@ -1,10 +1,15 @@
-"""The documented deployment path, for real on localhost: `prefect server start`, a process work
-pool, `prefect deploy` from deploy/prefect.yaml, `prefect worker start`, then
-`prefect deployment run train-and-sample/default` with the tiny preset. The flow run, its task
-runs and its artifacts are read back through the Prefect API.
+"""The README's Deploy section, run as written against a live local server: its shell blocks are
+taken from README.md itself, so the README cannot drift from what works.
 
-Every process this test starts runs in its own process group and only those groups are stopped;
-the server gets its own PREFECT_HOME (database) so nothing on the machine is touched.
+Changed from the README, and only this: the port (a free one, not 4200), the run's preset
+(`tiny`, not `mnist-cpu`), its output root and run name (a temporary directory) and the worker's
+log file. The GPU block contributes the lines that need no Docker or cluster (its pool and its
+deployment). Between the deploy block and the stop block the script waits while this test reads
+back, through the API, what each deployment stores and what the run produced.
+
+Every process the blocks start stays in the script's own process group or is stopped by
+`prefect server stop`; the server has its own PREFECT_HOME (database), so nothing on the machine
+is touched.
 """
 
 import asyncio
@@ -14,14 +19,11 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PREFECT = [sys.executable, "-m", "prefect"]
+README = ROOT / "README.md"
 
 
 def _free_port() -> int:
@@ -30,115 +32,99 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"prefect server at {url} not healthy after {timeout:.0f} s")
+def deploy_blocks() -> tuple[str, str, str]:
+    """The Deploy section's three shell blocks: deploy and run, stop, GPU pool."""
+    section = README.read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 3, f"expected 3 bash blocks under Deploy, found {len(blocks)}"
+    return blocks[0], blocks[1], blocks[2]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM this process's own group, then SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+def _gpu_lines(block: str) -> str:
+    """The GPU block's pool and deploy commands (continuation lines joined); no Docker, no worker."""
+    commands = block.replace("\\\n", " ").splitlines()
+    keep = [c for c in commands if "work-pool create diffusion-gpu" in c or "--name gpu" in c]
+    assert len(keep) == 2, keep
+    return "\n".join(keep) + "\n"
+
+
+def _healthy(api: str) -> bool:
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
-@pytest.fixture
-def live_server(tmp_path):
+def test_the_readme_deploy_section_runs_as_written(tmp_path):
+    deploy, stop, gpu = deploy_blocks()
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
+    runs = tmp_path / "runs"
+    run = (
+        deploy.replace("4200", str(port))
+        .replace(
+            "--param preset=mnist-cpu",
+            f"--param preset=tiny --param output_root={runs} --param run_name=live",
+        )
+        .replace("> worker.log", f"> {tmp_path / 'worker.log'}")
+    )
+    assert run.count(str(port)) == 2 and str(runs) in run and str(tmp_path) in run.split("nohup")[1]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    script = (
+        "set -eo pipefail\n"
+        + run
+        + _gpu_lines(gpu)
+        + f"touch {ready}\nwhile [ ! -e {go} ]; do sleep 0.5; done\n"
+        + stop
+    )
     env = {
         **os.environ,
+        "PWD": str(ROOT),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),  # else the UI points at 4200
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_PORT": str(port),  # what `prefect server start` binds
         "PREFECT_UI_ENABLED": "false",
-        "DIFFUSION_LIB_ROOT": str(ROOT),
     }
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    started = [server]
-    try:
-        _wait_healthy(api, server)
-        yield env, started
-    finally:
-        for proc in reversed(started):
-            _stop(proc)
-        log.close()
-
-
-def _cli(env, *args, timeout=180) -> str:
-    done = subprocess.run(
-        [*PREFECT, "--no-prompt", *args],
+    env.pop("PREFECT_API_URL", None)  # the block exports its own
+    out = open(tmp_path / "script.log", "w")  # noqa: SIM115 - closed below
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path):
-    env, started = live_server
-    _cli(env, "work-pool", "create", "diffusion-process", "--type", "process")
-    _cli(
-        env,
-        "work-pool",
-        "create",
-        "diffusion-gpu",
-        "--type",
-        "kubernetes",
-        "--base-job-template",
-        "deploy/kubernetes/base-job-template.json",
-    )
-    _cli(env, "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
-    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [*PREFECT, "worker", "start", "--pool", "diffusion-process", "--limit", "1"],
-        cwd=tmp_path,
-        stdout=worker_log,
+        stdout=out,
         stderr=subprocess.STDOUT,
-        env=env,
         start_new_session=True,
     )
-    started.append(worker)
-    output_root = tmp_path / "runs"
-    out = _cli(
-        env,
-        "deployment",
-        "run",
-        "train-and-sample/default",
-        "--param",
-        f"output_root={output_root}",
-        "--param",
-        "run_name=live",
-    )
-    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
 
+    def log() -> str:
+        out.flush()
+        return (tmp_path / "script.log").read_text()[-6000:]
+
+    try:
+        deadline = time.monotonic() + 900
+        while not ready.exists():
+            assert shell.poll() is None, f"the Deploy block failed ({shell.returncode}):\n{log()}"
+            assert time.monotonic() < deadline, f"the Deploy block did not finish:\n{log()}"
+            time.sleep(1)
+        assert re.search(r"0 2 \* \* \*", log()), log()  # `inspect` shows the nightly schedule
+        _check_what_was_deployed_and_run(api, runs)
+        go.touch()
+        assert shell.wait(timeout=120) == 0, f"the stop block failed:\n{log()}"
+        assert not _healthy(api)  # `prefect server stop` stopped it
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+        if _healthy(api):
+            subprocess.run(["prefect", "server", "stop"], env=env, capture_output=True, timeout=60)
+        out.close()
+        try:
+            os.killpg(shell.pid, signal.SIGKILL)  # a worker left behind by a failed step
+        except ProcessLookupError:
+            pass
+
+
+def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> None:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -149,14 +135,13 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
     )
 
     async def read_back():
-        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
-            deadline = time.monotonic() + 600
-            while True:
-                flow_run = await client.read_flow_run(flow_run_id)
-                if flow_run.state.is_final() or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(2)
-            # The stages are subflows: their tasks belong to the child flow runs.
+        async with PrefectClient(api=api) as client:
+            deployments = {d.name: d for d in await client.read_deployments()}
+            (flow_run,) = [
+                r
+                for r in await client.read_flow_runs()
+                if r.deployment_id == deployments["default"].id
+            ]
             stages = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])
@@ -169,25 +154,26 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))
             )
-            deployments = await client.read_deployments()
-            return flow_run, task_runs, artifacts, deployments
+            return deployments, flow_run, task_runs, artifacts
 
-    flow_run, task_runs, artifacts, deployments = asyncio.run(read_back())
-    worker_log.flush()
-    assert flow_run.state.is_completed(), (
-        f"{flow_run.state}\n--- worker log ---\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
-    )
-    assert flow_run.parameters["preset"] == "tiny"  # the deployment's default, not overridden
-    assert flow_run.parameters["output_root"] == str(output_root)
+    deployments, flow_run, task_runs, artifacts = asyncio.run(read_back())
+    assert set(deployments) == {"default", "nightly", "gpu"}
 
-    names = {d.name: d for d in deployments}
-    assert set(names) == {"default", "nightly", "gpu"}
-    assert names["nightly"].schedules[0].schedule.cron == "0 2 * * *"
-    assert names["gpu"].work_pool_name == "diffusion-gpu"
-    assert names["gpu"].job_variables["gpu_count"] == 8
+    def working_directory(name):
+        (step,) = deployments[name].pull_steps
+        return step["prefect.deployments.steps.set_working_directory"]["directory"]
 
+    # Fixed at deploy time: this checkout for the process pool, the image's copy for the GPU pool.
+    assert working_directory("default") == working_directory("nightly") == str(ROOT)
+    assert working_directory("gpu") == "/opt/diffusion-lib"
+    assert deployments["nightly"].schedules[0].schedule.cron == "0 2 * * *"
+    assert deployments["gpu"].work_pool_name == "diffusion-gpu"
+    assert deployments["gpu"].job_variables["gpu_count"] == 8
+
+    assert flow_run.state.is_completed(), flow_run.state
+    assert flow_run.parameters["preset"] == "tiny"
+    assert flow_run.parameters["output_root"] == str(runs)
     task_names = {run.name.rsplit("-", 1)[0] for run in task_runs}
-    assert {"prepare-dataset", "train", "evaluate", "sample"} <= task_names  # the stages
     assert {
         "plan_shards",
         "prepare_shards",
@@ -200,12 +186,8 @@ def test_deploy_worker_and_deployment_run_on_a_live_server(live_server, tmp_path
     assert all(run.state.is_completed() for run in task_runs), [
         (run.name, run.state.name) for run in task_runs if not run.state.is_completed()
     ]
-
     keys = {a.key for a in artifacts if a.key}
     assert {"checkpoint-metrics", "sample-report"} <= keys
     assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
-
-    run_dir = output_root / "live"
-    assert (run_dir / "render" / "sampling.gif").is_file()
-    assert (run_dir / "checkpoints" / "ckpt-600.json").is_file()
-    worker_log.close()
+    assert (runs / "live" / "render" / "sampling.gif").is_file()
+    assert (runs / "live" / "checkpoints" / "ckpt-600.json").is_file()
