@@ -1,0 +1,64 @@
+"""The console of a flow started from the command line: TensorFlow's start-up notices filtered
+from file descriptor 2, every other line kept, in order."""
+
+import os
+import subprocess
+import sys
+
+from flows.console import NVIDIA_DRIVER, noise_patterns
+
+NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795947380.030010    3044 port.cc:153] oneDNN custom operations are on. You may"
+    " see slightly different numerical results",
+    "I0000 00:00:1795947380.030386    3044 cudart_stub.cc:31] Could not find cuda drivers on your"
+    " machine, GPU will not be used.",
+]
+CUINIT = (
+    "E0000 00:00:1795947384.267764    3044 cuda_platform.cc:52] failed call to cuInit: INTERNAL:"
+    " CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)"
+)
+REAL = [
+    "E0000 00:00:1795947384.267764    3044 some_kernel.cc:12] a real error",
+    "UserWarning: a real warning",
+]
+
+
+def _through_filter(lines, driver_present):
+    """Writes `lines` to fd 2 from native-like code inside filtered_stderr, in a child process."""
+    code = (
+        "import os\n"
+        "from flows.console import filtered_stderr, noise_patterns\n"
+        f"with filtered_stderr(noise_patterns(driver_present={driver_present})):\n"
+        f"    os.write(2, {''.join(line + chr(10) for line in lines)!r}.encode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stderr.splitlines()
+
+
+def test_known_notices_are_dropped_and_everything_else_kept_in_order():
+    mixed = [NOISE[0], REAL[0], NOISE[1], CUINIT, REAL[1], NOISE[2]]
+    assert _through_filter(mixed, driver_present=False) == REAL
+    # With an NVIDIA driver, a failing cuInit is a real failure: kept.
+    assert _through_filter(mixed, driver_present=True) == [REAL[0], CUINIT, REAL[1]]
+
+
+def test_every_pattern_matches_its_notice_and_nothing_real():
+    patterns = noise_patterns(driver_present=False)
+    for line in [*NOISE, CUINIT]:
+        assert any(p.search(line) for p in patterns), line
+    for line in REAL:
+        assert not any(p.search(line) for p in patterns), line
+
+
+def test_importing_the_flows_prints_nothing_on_a_machine_without_a_gpu():
+    done = subprocess.run(
+        [sys.executable, "-c", "import flows.train_and_sample"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    assert "I0000" not in done.stderr and "absl::InitializeLog" not in done.stderr, done.stderr
+    if not NVIDIA_DRIVER.exists():
+        assert "cuInit" not in done.stderr, done.stderr
