@@ -11,9 +11,9 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 from __future__ import annotations
 
 import argparse
-import json
+import time
 
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.run import Run
@@ -29,18 +29,31 @@ from flows.params import (
 )
 from flows.prepare_dataset import prepare_dataset_flow
 from flows.sample import sample_flow
+from flows.summary import RunSummary, StageRecord
 from flows.train import train_flow
-from tasks.presets import PRESETS, resolve
+from tasks.presets import MODELS, PRESETS, resolve
 
 
 class StageFailed(RuntimeError):
     """A stage (subflow) failed; the message names it and keeps the cause's message."""
 
 
-def _stage(name: str, subflow, **parameters):
+def _stage(summary: RunSummary, name: str, subflow, **parameters):
+    """Runs one stage subflow, logging its start and end at the parent and keeping the
+    `run-summary` artifact current."""
+    logger = get_run_logger()
+    record = StageRecord(name)
+    summary.stages.append(record)
+    logger.info(f"stage {name!r} started")
+    started = time.monotonic()
     state = subflow(**parameters, return_state=True)
+    record.seconds = time.monotonic() - started
+    record.flow_run_id = str(state.state_details.flow_run_id)
+    record.state = state.name
     if not state.is_completed():
+        summary.publish()
         raise StageFailed(f"stage {name!r} failed: {state.message}")
+    logger.info(f"stage {name!r} finished in {record.seconds:.1f} s")
     return state.result()
 
 
@@ -80,8 +93,11 @@ def train_and_sample(
     )
     run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
-    _stage("prepare-dataset", prepare_dataset_flow, **where)
+    summary = RunSummary(Run.at(output_root, run_name).path)
+    _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
+    summary.publish()
     trained = _stage(
+        summary,
         "train",
         train_flow,
         **where,
@@ -91,19 +107,25 @@ def train_and_sample(
         timeout_minutes=timeout_minutes,
         warm_start=warm_start,
     )
-    evaluation = _stage("evaluate", evaluate_flow, **where)
+    summary.publish()
+    evaluation = _stage(summary, "evaluate", evaluate_flow, **where)
     best = evaluation["best_step"]
+    summary.best_step, summary.metrics_path = best, evaluation["metrics_path"]
+    summary.publish()
     sampled = _stage(
-        "sample", sample_flow, **where, step=best, num_samples=num_samples, sampler=sampler
+        summary, "sample", sample_flow, **where, step=best, num_samples=num_samples, sampler=sampler
     )
+    summary.grid = sampled.get("grid.png")
+    summary.publish()
     result = {
-        "run_dir": str(Run.at(output_root, run_name).path),
+        "run_dir": str(summary.run_dir),
         "final_step": trained["step"],
         "best_step": best,
         "metrics": evaluation["metrics_path"],
         **sampled,
     }
-    print(json.dumps(result, indent=2))
+    for line in summary.closing_lines():
+        get_run_logger().info(line)
     return result
 
 
@@ -112,7 +134,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="mnist-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--model", default="ddpm", choices=["ddpm", "ncsn"])
+    parser.add_argument("--model", default="ddpm", choices=MODELS)
     parser.add_argument("--output-root", default="runs")
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--steps", type=int, default=None)

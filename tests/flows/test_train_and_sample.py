@@ -6,6 +6,7 @@ report, and parameters rejected before any work."""
 import asyncio
 import json
 import pathlib
+import time
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -13,6 +14,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 
 from flows.train_and_sample import train_and_sample
@@ -77,6 +80,37 @@ def test_tiny_preset_end_to_end(tiny_run):
     assert {"checkpoint-metrics", "sample-report", "sample-progress"} <= keys
     report = next(a for a in artifacts if a.key == "sample-report")
     assert "data:image/png;base64," in report.data
+
+    # The parent tells the story: a run-summary kept current (one version a stage), linking the
+    # four stage runs, with the best checkpoint's metrics against floors and the sample grid.
+    summaries = sorted(
+        (a for a in artifacts_of(parent_id) if a.key == "run-summary"), key=lambda a: a.created
+    )
+    assert len(summaries) == 4
+    latest = summaries[-1].data
+    assert sorted(latest.split("/runs/flow-run/")[i][:36] for i in range(1, 5)) == sorted(
+        str(child.id) for child in children
+    )
+    assert f"## Best checkpoint: step {result['best_step']}" in latest
+    assert "| sliced_wasserstein |" in latest and "data:image/png;base64," in latest
+    assert "Best checkpoint" not in summaries[0].data  # after prepare-dataset: no metrics yet
+    # Logs reach the server in batches after the run returns: wait for the closing line.
+    closing = f"Best checkpoint: step {result['best_step']}: "
+    deadline = time.monotonic() + 30
+    while True:
+        logs = _read(
+            lambda client: client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent_id]))
+            )
+        )
+        messages = [log.message for log in logs]
+        if any(m.startswith(closing) for m in messages) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any(m.startswith(closing) for m in messages), messages
+    for stage in ("prepare-dataset", "train", "evaluate", "sample"):
+        assert f"stage {stage!r} started" in messages
+        assert any(m.startswith(f"stage {stage!r} finished in") for m in messages)
 
 
 def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
