@@ -104,11 +104,15 @@ def sampling_gif(
     return GifInfo(pathlib.Path(path), len(grids), grids[0].shape[0], grids[0].shape[1], seconds)
 
 
-def _figure(size_px: int):
+def _figure(size_px: int, *, labelled: bool = False):
+    """A square figure; `labelled` ones (axes with ticks and labels, made by add_subplot) get a
+    constrained layout, which sizes the axes so every label fits inside the image (without it a
+    log axis's tick labels were cut off at the left edge)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(size_px / 100, size_px / 100), dpi=100)
+    layout = "constrained" if labelled else None
+    figure = Figure(figsize=(size_px / 100, size_px / 100), dpi=100, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -175,7 +179,7 @@ def score_field_png(
         )
     norm = np.linalg.norm(field, axis=1, keepdims=True)
     unit = field / np.maximum(norm, 1e-12)  # direction only; length would hide the far field
-    figure = _figure(size_px)
+    figure = _figure(size_px, labelled=True)
     axes = figure.add_subplot(1, 1, 1)
     axes.scatter(data[:, 0], data[:, 1], s=1, alpha=0.3, color="tab:gray")
     axes.quiver(
@@ -203,7 +207,7 @@ def score_field_png(
 
 def save_points(points, path, *, size_px: int = 400) -> pathlib.Path:
     points = np.asarray(points, dtype=np.float64)
-    figure = _figure(size_px)
+    figure = _figure(size_px, labelled=True)
     axes = figure.add_subplot(1, 1, 1)
     axes.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
     axes.set_aspect("equal", adjustable="datalim")
@@ -221,7 +225,7 @@ def loss_curve_png(metrics_jsonl, path, *, size_px: int = 480) -> pathlib.Path:
     if not rows:
         raise ValueError(f"{metrics_jsonl}: no metrics rows")
     steps = [r["step"] for r in rows]
-    figure = _figure(size_px)
+    figure = _figure(size_px, labelled=True)
     axes = figure.add_subplot(1, 1, 1)
     losses = [r["loss"] for r in rows]
     axes.plot(steps, losses, label="loss")

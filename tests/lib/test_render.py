@@ -92,3 +92,28 @@ def test_a_negative_loss_curve_is_drawn_on_a_linear_axis(tmp_path):
         warnings.simplefilter("error")
         render.loss_curve_png(metrics, tmp_path / "loss.png")
     assert iio.imread(tmp_path / "loss.png").std() > 10
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [0.5 * 0.9**k for k in range(40)],  # log axis, tick labels like 2 x 10^-1
+        [-1234.5 - 10.0 * k for k in range(40)],  # linear axis, long negative labels
+    ],
+)
+def test_loss_curve_labels_fit_inside_the_image(tmp_path, losses):
+    """Nothing touches the image's edge: a label cut off there is what the tight default layout
+    drew (measured before the fix: 17 dark pixels in the first column of the tiny run's plot)."""
+    import json
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(
+        "\n".join(json.dumps({"step": 10 * k, "loss": v}) for k, v in enumerate(losses))
+    )
+    image = iio.imread(render.loss_curve_png(metrics, tmp_path / "loss.png"))[..., :3]
+    ink = (image < 250).any(-1)
+    border = np.concatenate(
+        [ink[:2].ravel(), ink[-2:].ravel(), ink[:, :2].ravel(), ink[:, -2:].ravel()]
+    )
+    assert not border.any()
+    assert ink[:, : image.shape[1] // 8].any()  # the y labels are there, inside
