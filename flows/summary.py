@@ -12,6 +12,8 @@ import pathlib
 
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.evaluate import format_floor, format_ratio
+
 SUMMARY_KEY = "run-summary"
 
 
@@ -64,7 +66,9 @@ class RunSummary:
                 "|---|---|---|---|",
             ]
             for name, value, floor in metrics:
-                lines.append(f"| {name} | {value:.4g} | {_floor(floor)} | {_ratio(value, floor)} |")
+                lines.append(
+                    f"| {name} | {value:.4g} | {format_floor(floor)} | {format_ratio(value, floor) or '-'} |"
+                )
         if self.grid and pathlib.Path(self.grid).is_file():
             data = base64.b64encode(pathlib.Path(self.grid).read_bytes()).decode()
             lines += ["", "## Samples", "", f"![samples](data:image/png;base64,{data})"]
@@ -88,20 +92,9 @@ class RunSummary:
         metrics = self.best_metrics()
         if metrics:
             shown = "; ".join(
-                f"{name} {value:.4g} (floor {_floor(floor)}, {_ratio(value, floor)})"
+                f"{name} {value:.4g} (floor {format_floor(floor)}, {format_ratio(value, floor) or '-'})"
                 for name, value, floor in metrics
             )
             lines.append(f"Best checkpoint: step {self.best_step}: {shown}.")
         lines.append(f"Outputs in {self.run_dir}: eval/metrics.json, samples/, render/")
         return lines
-
-
-def _floor(floor: float | None) -> str:
-    return "-" if floor is None else f"{floor:.4g}"
-
-
-def _ratio(value: float, floor: float | None) -> str:
-    """value / floor where the ratio means something (a positive floor); '-' otherwise."""
-    if floor is None or floor <= 0:
-        return "-"
-    return f"{value / floor:.2f}x"

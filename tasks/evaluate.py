@@ -35,23 +35,56 @@ def log_chain_health(rows: list) -> None:
             logger.info(line)
 
 
+def format_floor(floor: float | None) -> str:
+    """A real-versus-real floor as a person reads it. A negative one is an unbiased estimate
+    (KID's) of a true value of 0: shown as ~0 with the estimate beside it."""
+    if floor is None:
+        return "-"
+    if floor < 0:
+        return f"~0 ({floor:.1e}: unbiased estimate of 0)"
+    return f"{floor:.4g}"
+
+
+def format_ratio(value: float, floor: float | None) -> str:
+    """value / floor where it means something (a positive floor), else ''."""
+    return f"{value / floor:.2f}x" if floor is not None and floor > 0 else ""
+
+
+def metrics_table(rows: list, best_step: int | None) -> list[dict]:
+    """One row a metric: its floor once, then each checkpoint's value with its ratio to the
+    floor (the best step marked). A column a checkpoint, not a column a metric and floor."""
+    names: list[str] = []
+    for row in rows:
+        names += [name for name in row["metrics"] if name not in names]
+    table = []
+    for name in names:
+        floors = [r["metrics"][name]["floor"] for r in rows if name in r["metrics"]]
+        floor = next((f for f in floors if f is not None), None)
+        entry = {"metric": name, "real-vs-real floor": format_floor(floor)}
+        for row in rows:
+            label = f"step {row['step']}" + (" (best)" if row["step"] == best_step else "")
+            metric = row["metrics"].get(name)
+            if metric is None:
+                entry[label] = ""
+                continue
+            ratio = format_ratio(metric["value"], floor)
+            entry[label] = f"{metric['value']:.4g}" + (f" ({ratio})" if ratio else "")
+        table.append(entry)
+    return table
+
+
 @task(retries=2, retry_delay_seconds=10)
 def score_checkpoints(run_dir: str, test_dir: str, spec: EvalSpec) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table."""
     report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=spec)
     log_chain_health(report.rows)
-    table = []
-    for row in report.rows:
-        entry = {"step": row["step"]}
-        for name, value in row["metrics"].items():
-            entry[name] = round(value["value"], 5)
-            if value["floor"] is not None:
-                entry[f"{name} (floor)"] = round(value["floor"], 5)
-        table.append(entry)
     create_table_artifact(
-        table=table,
+        table=metrics_table(report.rows, report.best_step),
         key="checkpoint-metrics",
-        description=f"metrics per checkpoint, each beside its real-vs-real floor (n={spec.n})",
+        description=(
+            f"each metric at each checkpoint (n={spec.n} samples), with its ratio to the "
+            f"real-versus-real floor; best by {report.best_metric}"
+        ),
     )
     return {
         "best_step": report.best_step,
