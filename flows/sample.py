@@ -12,6 +12,7 @@ from prefect.utilities.annotations import unmapped
 from diffusion_lib.run import Run
 from flows.params import Model, Positive, Preset, RunName, Sampler
 from tasks.presets import resolve
+from tasks.progress import Eta
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
 
@@ -33,11 +34,16 @@ def sample_flow(
     run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
     spec, count = plan_samples(run_dir, part, step)
     progress = create_progress_artifact(
-        0.0, key="sample-progress", description="sample shards done"
+        0.0, key="sample-progress", description=f"sample shards: 0/{count}"
     )
+    remaining = Eta(count)
+    remaining.update(0)
     futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
     for done, _ in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * done / count)
+        eta = remaining.update(done)
+        update_progress_artifact(
+            progress, 100.0 * done / count, description=f"sample shards: {done}/{count}, {eta}"
+        )
     finalize_samples(spec, samples_dir, futures.result())
     rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
     return {"samples": samples_dir, **rendered}

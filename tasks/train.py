@@ -25,6 +25,7 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
 from tasks.presets import TrainPart
+from tasks.progress import Eta
 
 EXIT_MEANINGS = {
     2: "bad input (config, data, run directory or checkpoint)",
@@ -153,11 +154,14 @@ def train_model(
         threading.Thread(target=_stream, args=(index, proc, lines), daemon=True).start()
     total = int(config.get("num_steps", 1))
     progress_id = (
-        create_progress_artifact(progress=0.0, description=f"training {run.name}")
+        create_progress_artifact(
+            progress=0.0, key="training-progress", description=f"training {run.name}: starting"
+        )
         if in_run
         else None
     )
     deadline = time.monotonic() + timeout_seconds
+    steps_eta = Eta(total)
     last, open_streams, failed = None, len(procs), None
     try:
         while open_streams:
@@ -185,16 +189,20 @@ def train_model(
             if index != 0:
                 continue
             if event["event"] == "progress":
+                eta = steps_eta.update(event["step"])
                 logger.info(
-                    "step %d/%d loss %.4f %.0f images/s",
+                    "step %d/%d loss %.4f %.0f images/s, %s",
                     event["step"],
                     event["total"],
                     event["loss"],
                     event["images_per_sec"],
+                    eta,
                 )
                 if progress_id is not None:
                     update_progress_artifact(
-                        progress_id, progress=100.0 * event["step"] / max(total, 1)
+                        progress_id,
+                        progress=100.0 * event["step"] / max(total, 1),
+                        description=f"training {run.name}: step {event['step']}/{total}, {eta}",
                     )
             last = event
     finally:
@@ -209,7 +217,9 @@ def train_model(
             f"training worker {failed} exited with {code} ({meaning}) {detail}".strip(), code
         )
     if progress_id is not None:
-        update_progress_artifact(progress_id, progress=100.0)
+        update_progress_artifact(
+            progress_id, progress=100.0, description=f"training {run.name}: done"
+        )
     return {"step": last["step"], "checkpoint": last["checkpoint"], "loss": last["loss"]}
 
 
