@@ -18,7 +18,9 @@ def evaluate(run_dir: str, test_dir: str) -> dict:
     return score_checkpoints(run_dir, test_dir, SPEC)
 
 
-def test_the_metrics_table_has_a_row_a_metric_and_a_column_a_checkpoint(prefect_server, toy_ddpm_run):
+def test_the_metrics_table_has_a_row_a_metric_and_a_column_a_checkpoint(
+    prefect_server, toy_ddpm_run
+):
     state = evaluate(str(toy_ddpm_run), str(toy_ddpm_run / "data" / "test"), return_state=True)
     assert state.result()["best_step"] in (100, 200)
 
