@@ -45,7 +45,9 @@ class RunSummary:
 
     def markdown(self) -> str:
         lines = [
-            f"# train-and-sample: `{self.run_dir}`",
+            "# train-and-sample",
+            "",
+            f"Run directory: `{self.run_dir}`",
             "",
             "| stage | state | time |",
             "|---|---|---|",
@@ -72,7 +74,6 @@ class RunSummary:
         if self.grid and pathlib.Path(self.grid).is_file():
             data = base64.b64encode(pathlib.Path(self.grid).read_bytes()).decode()
             lines += ["", "## Samples", "", f"![samples](data:image/png;base64,{data})"]
-        lines += ["", f"Run directory: `{self.run_dir}`"]
         return "\n".join(lines)
 
     def publish(self) -> None:

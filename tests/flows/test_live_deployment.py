@@ -7,6 +7,13 @@ log file. The GPU block contributes the lines that need no Docker or cluster (it
 deployment). Between the deploy block and the stop block the script waits while this test reads
 back, through the API, what each deployment stores and what the run produced.
 
+While the server still runs, a real browser (Debian's Chromium, driven by Playwright) opens the
+UI as a user would: the parent run lists its run-summary, the summary and the sample report show
+their images (loaded: natural width > 0), the metrics table marks the best step. Screenshots
+are kept in $TEST_ARTIFACTS_DIR when set, else in the test's temporary directory. Without
+Chromium or Playwright the browser part skips locally, saying how to install them, and fails
+when CI is set.
+
 Every process the blocks start stays in the script's own process group or is stopped by
 `prefect server stop`; the server has its own PREFECT_HOME (database), so nothing on the machine
 is touched.
@@ -16,14 +23,32 @@ import asyncio
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+INSTALL = "apt-get update && apt-get install -y chromium (as root), and pip install playwright"
+
+
+def _browser_problem() -> str | None:
+    """Why the browser part cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return f"no playwright package for the browser checks: {INSTALL}"
+    if CHROMIUM is None:
+        return f"no Chromium binary for the browser checks: {INSTALL}"
+    return None
 
 
 def _free_port() -> int:
@@ -83,7 +108,7 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
         "PWD": str(ROOT),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_API_PORT": str(port),  # what `prefect server start` binds
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
     }
     env.pop("PREFECT_API_URL", None)  # the block exports its own
     out = open(tmp_path / "script.log", "w")  # noqa: SIM115 - closed below
@@ -109,10 +134,15 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
             time.sleep(1)
         # `inspect` shows the nightly schedule (searched in the whole output: it is long).
         assert re.search(r"'cron': '0 2 \* \* \*'", log(tail=None)), log()
-        _check_what_was_deployed_and_run(api, runs)
+        flow_run_id, artifacts = _check_what_was_deployed_and_run(api, runs)
+        browser = _browser_problem()
+        if browser is None:
+            _check_the_ui(f"http://127.0.0.1:{port}", flow_run_id, artifacts, tmp_path)
         go.touch()
         assert shell.wait(timeout=120) == 0, f"the stop block failed:\n{log()}"
         assert not _healthy(api)  # `prefect server stop` stopped it
+        if browser is not None:
+            (pytest.fail if os.environ.get("CI") else pytest.skip)(browser)
     finally:
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
@@ -126,7 +156,7 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
             pass
 
 
-def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> None:
+def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> tuple:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -193,3 +223,48 @@ def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> None:
     assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
     assert (runs / "live" / "render" / "sampling.gif").is_file()
     assert (runs / "live" / "checkpoints" / "ckpt-600.json").is_file()
+    # The newest version of each key (every version is listed).
+    latest = {a.key: a for a in sorted(artifacts, key=lambda a: a.created) if a.key}
+    return flow_run.id, latest
+
+
+def _check_the_ui(base: str, flow_run_id, artifacts: dict, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    shots = pathlib.Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {shots}")
+    png = "img[src^='data:image/png']"
+    widths = "images => images.map(i => i.naturalWidth)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+        page.goto(f"{base}/runs/flow-run/{flow_run_id}")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=shots / "parent-run.png", full_page=True)
+        page.locator("li.p-tab#artifacts").click()
+        page.wait_for_load_state("networkidle")
+        page.locator("#artifacts-content").get_by_text("run-summary").first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "parent-run-artifacts.png", full_page=True)
+
+        page.goto(f"{base}/artifacts/artifact/{artifacts['run-summary'].id}")
+        page.wait_for_load_state("networkidle")
+        page.locator(png).first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "run-summary.png", full_page=True)
+        assert page.locator("a[href*='/runs/flow-run/']").count() >= 4  # the stage runs
+        assert page.get_by_text("Best checkpoint: step").count() == 1
+        assert all(w > 0 for w in page.eval_on_selector_all(png, widths))
+
+        page.goto(f"{base}/artifacts/artifact/{artifacts['sample-report'].id}")
+        page.wait_for_load_state("networkidle")
+        page.locator(png).first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "sample-report.png", full_page=True)
+        loaded = page.eval_on_selector_all(png, widths)
+        assert len(loaded) == 2 and all(w > 0 for w in loaded), loaded  # grid and loss curve
+
+        page.goto(f"{base}/artifacts/artifact/{artifacts['checkpoint-metrics'].id}")
+        page.wait_for_load_state("networkidle")
+        page.get_by_text("(best)").first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "checkpoint-metrics.png", full_page=True)
+        browser.close()
