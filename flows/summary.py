@@ -33,6 +33,13 @@ class RunSummary:
     metrics_path: str | None = None
     grid: str | None = None
 
+    def learn(self, result: dict) -> None:
+        """Takes what the summary shows from a stage's result: the evaluation's best step and
+        metrics file, the sample stage's grid."""
+        if "best_step" in result:
+            self.best_step, self.metrics_path = result["best_step"], result["metrics_path"]
+        self.grid = result.get("grid.png", self.grid)
+
     def best_metrics(self) -> list[tuple[str, float, float | None]]:
         """(name, value, floor) of the best checkpoint's metrics, from eval/metrics.json."""
         if not self.metrics_path or self.best_step is None:

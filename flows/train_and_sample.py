@@ -54,7 +54,10 @@ def _stage(summary: RunSummary, name: str, subflow, **parameters):
         summary.publish()
         raise StageFailed(f"stage {name!r} failed: {state.message}")
     logger.info(f"stage {name!r} finished in {record.seconds:.1f} s")
-    return state.result()
+    result = state.result()
+    summary.learn(result)
+    summary.publish()
+    return result
 
 
 def report_failure(flow_obj, flow_run, state) -> None:
@@ -95,7 +98,6 @@ def train_and_sample(
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
     summary = RunSummary(Run.at(output_root, run_name).path)
     _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
-    summary.publish()
     trained = _stage(
         summary,
         "train",
@@ -107,16 +109,11 @@ def train_and_sample(
         timeout_minutes=timeout_minutes,
         warm_start=warm_start,
     )
-    summary.publish()
     evaluation = _stage(summary, "evaluate", evaluate_flow, **where)
     best = evaluation["best_step"]
-    summary.best_step, summary.metrics_path = best, evaluation["metrics_path"]
-    summary.publish()
     sampled = _stage(
         summary, "sample", sample_flow, **where, step=best, num_samples=num_samples, sampler=sampler
     )
-    summary.grid = sampled.get("grid.png")
-    summary.publish()
     result = {
         "run_dir": str(summary.run_dir),
         "final_step": trained["step"],
