@@ -27,13 +27,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from diffusion_lib._checks import seed_tensor
 from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
+from diffusion_lib.samplers.base import Progress
 
 MEMO_BYTES = 256 * 2**20
 _memo: collections.OrderedDict = collections.OrderedDict()
@@ -83,11 +84,13 @@ def draw(
     frames: Frames = None,
     strategy: tf.distribute.Strategy | None = None,
     data_rms: float = 1.0,
+    progress: Progress | None = None,
 ) -> Drawn:
     """n samples of `restored` (a `run.Restored`) by `spec`, from `seed` (int or [2]).
 
     `frames` as the samplers take them (a count, chain steps, or a function of the chain's
-    length); `data_rms` (the data's RMS in model units) only scales the health figures."""
+    length); `data_rms` (the data's RMS in model units) only scales the health figures;
+    `progress(i, num_steps)` is called after each step of the chain."""
     objective = restored.objective
     check_compatible(spec, objective)
     seed = seed_tensor(seed)
@@ -95,7 +98,13 @@ def draw(
     padded = -(-n // replicas) * replicas  # the batch must split evenly over the replicas
     shape = (padded, *restored.example_shape)
     model, info = restored.model, spec.info
-    common = {"seed": seed, "frames": frames, "strategy": strategy, **spec.kwargs()}
+    common = {
+        "seed": seed,
+        "frames": frames,
+        "strategy": strategy,
+        "progress": progress,
+        **spec.kwargs(),
+    }
     if info.family == "diffusion":
         clip = (-1.0, 1.0) if restored.normalizer.is_image else None
         out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
@@ -126,14 +135,24 @@ def draw_chunk(
     seed: int,
     strategy: tf.distribute.Strategy | None = None,
     data_rms: float = 1.0,
+    progress: Progress | None = None,
 ) -> Drawn:
-    """Chunk `index` (rows index * chunk_rows onwards) of the n-sample set drawn with `seed`."""
+    """Chunk `index` (rows index * chunk_rows onwards) of the n-sample set drawn with `seed`.
+    `progress` follows the chain (not called when the chunk is remembered)."""
     size = min(chunk_rows, n - index * chunk_rows)
     if size <= 0:
         raise ValueError(f"chunk {index} of {chunk_rows} rows is past the set's {n} samples")
     identity = getattr(restored, "identity", ())
     if not identity:  # weights of unknown origin: nothing to remember them by
-        return draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+        return draw(
+            restored,
+            spec,
+            size,
+            [seed, index],
+            strategy=strategy,
+            data_rms=data_rms,
+            progress=progress,
+        )
     replicas = strategy.num_replicas_in_sync if strategy else 1
     scale = data_rms if spec.info.anneals else None  # it only scales annealed chains' health
     key = (identity, spec, size, int(seed), int(index), replicas, scale)
@@ -141,7 +160,15 @@ def draw_chunk(
         if key in _memo:
             _memo.move_to_end(key)
             return _memo[key]
-    drawn = draw(restored, spec, size, [seed, index], strategy=strategy, data_rms=data_rms)
+    drawn = draw(
+        restored,
+        spec,
+        size,
+        [seed, index],
+        strategy=strategy,
+        data_rms=data_rms,
+        progress=progress,
+    )
     drawn.samples.setflags(write=False)
     with _memo_lock:
         _memo[key] = drawn
@@ -151,15 +178,35 @@ def draw_chunk(
 
 
 def draw_chunks(
-    restored, spec: SamplerSpec, *, n: int, chunk_rows: int, seed: int, **kw
+    restored,
+    spec: SamplerSpec,
+    *,
+    n: int,
+    chunk_rows: int,
+    seed: int,
+    fraction: Callable[[float], None] | None = None,
+    **kw,
 ) -> Iterator[Drawn]:
-    for index in range(-(-n // chunk_rows)):
-        yield draw_chunk(restored, spec, n=n, chunk_rows=chunk_rows, index=index, seed=seed, **kw)
+    """The set's chunks in order; `fraction(f)` reports the share of the set drawn so far (0 to
+    1), through each chunk's chain."""
+    count = -(-n // chunk_rows)
+    for index in range(count):
+        step = None
+        if fraction is not None:
+
+            def step(i, total, index=index):
+                fraction((index + i / max(total, 1)) / count)
+
+        yield draw_chunk(
+            restored, spec, n=n, chunk_rows=chunk_rows, index=index, seed=seed, progress=step, **kw
+        )
+        if fraction is not None:
+            fraction((index + 1) / count)
 
 
 def draw_set(restored, spec: SamplerSpec, *, n: int, chunk_rows: int, seed: int, **kw) -> Drawn:
     """All n samples, chunk by chunk, with the chain's health pooled over the chunks (RMS of
-    the whole set at each level)."""
+    the whole set at each level). `fraction(f)`, if given, follows the share drawn."""
     chunks = list(draw_chunks(restored, spec, n=n, chunk_rows=chunk_rows, seed=seed, **kw))
     samples = np.concatenate([c.samples for c in chunks])
     return Drawn(samples, None, pool_health([(c.health, len(c.samples)) for c in chunks]))

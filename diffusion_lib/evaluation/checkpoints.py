@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -155,7 +156,10 @@ def evaluate_checkpoints(
     train_dir: str | pathlib.Path | None = None,
     cache_dir: str | pathlib.Path | None = None,
     spec: EvalSpec = EvalSpec(),
+    progress: Callable[[float], None] | None = None,
 ) -> EvalReport:
+    """Scores the run's checkpoints (see EvalSpec); `progress(f)` follows the share of the
+    sampling done, 0 to 1, through each checkpoint's chains."""
     run = Run(run_dir)
     steps = run.steps()
     if not steps:
@@ -204,9 +208,8 @@ def evaluate_checkpoints(
     model_space = Normalizer.of(train.manifest).to_model(train_real)
     data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
 
-    for step in steps:
-        if step in rows:
-            continue  # scored before with the same settings
+    todo = [step for step in steps if step not in rows]  # the rest: scored with these settings
+    for done, step in enumerate(todo):
         restored = run.restore(step)
         try:
             drawn = draw_set(
@@ -216,6 +219,9 @@ def evaluate_checkpoints(
                 chunk_rows=spec.batch_size,
                 seed=spec.seed,
                 data_rms=data_rms,
+                fraction=None
+                if progress is None
+                else (lambda f, k=done: progress((k + f) / len(todo))),
             )
         except SamplerMismatch:
             raise

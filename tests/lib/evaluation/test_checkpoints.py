@@ -121,3 +121,16 @@ def test_score_run_records_the_chain_health_that_exposes_a_lagging_sampler(tmp_p
         )
         ratios[step_lr] = row["metrics"]["chain_worst_rms_ratio"]["value"]
     assert ratios[4.8e-4] < 1.5 and ratios[4.8e-6] > 3.0, ratios
+
+
+def test_progress_follows_the_sampling_through_each_chain(toy_ddpm_run):
+    """2 checkpoints x 2 chunks x a 10-step chain: the share drawn is reported from within each
+    chain, never goes back, and ends at 1."""
+    seen = []
+    spec = EvalSpec(n=200, sampler=SamplerSpec.of("ddim", num_steps=10), batch_size=100, seed=7)
+    evaluate_checkpoints(
+        toy_ddpm_run, test_dir=toy_ddpm_run / "data" / "test", spec=spec, progress=seen.append
+    )
+    assert len(seen) >= 2 * 2 * 10 and seen == sorted(seen)
+    assert 0 < seen[0] < 0.05 and seen[-1] == 1.0
+    assert 0.5 in seen  # the first checkpoint's end
