@@ -3,10 +3,18 @@ the metrics beside their floors and logs the chain health of score models."""
 
 from __future__ import annotations
 
+import pathlib
+import time
+
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
+from tasks.progress import Eta
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
 
@@ -33,6 +41,42 @@ def log_chain_health(rows: list) -> None:
             )
         else:
             logger.info(line)
+
+
+class SamplingProgress:
+    """`progress(f)` for evaluate_checkpoints: the artifact is updated at most every 2 s (the
+    callback runs between sampler steps), the log every 10%."""
+
+    SCALE = 1000  # the ETA counts thousandths of the work
+
+    def __init__(self, name: str, clock=time.monotonic):
+        self.name, self.clock = name, clock
+        self.eta = Eta(self.SCALE, clock=clock)
+        self.artifact = create_progress_artifact(
+            0.0, key="evaluation-progress", description=f"evaluating {name}: sampling"
+        )
+        self.last_update, self.last_tenth = None, 0
+
+    def __call__(self, fraction: float) -> None:
+        eta = self.eta.update(round(fraction * self.SCALE))
+        now = self.clock()
+        if fraction >= 1.0 or self.last_update is None or now - self.last_update >= 2.0:
+            self.last_update = now
+            update_progress_artifact(
+                self.artifact,
+                progress=100.0 * fraction,
+                description=f"evaluating {self.name}: sampling, {eta}",
+            )
+        tenth = int(fraction * 10)
+        if tenth > self.last_tenth:
+            self.last_tenth = tenth
+            get_run_logger().info(f"evaluation sampling {100 * fraction:.0f}%, {eta}")
+
+    def finish(self) -> None:
+        """Done (also when every checkpoint was scored before and nothing was sampled)."""
+        update_progress_artifact(
+            self.artifact, progress=100.0, description=f"evaluating {self.name}: done"
+        )
 
 
 def format_floor(floor: float | None) -> str:
@@ -75,8 +119,11 @@ def metrics_table(rows: list, best_step: int | None) -> list[dict]:
 
 @task(retries=2, retry_delay_seconds=10)
 def score_checkpoints(run_dir: str, test_dir: str, spec: EvalSpec) -> dict:
-    """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table."""
-    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=spec)
+    """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table; an
+    `evaluation-progress` artifact (with an ETA) and a log line every 10% follow the sampling."""
+    progress = SamplingProgress(pathlib.Path(run_dir).name)
+    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=spec, progress=progress)
+    progress.finish()
     log_chain_health(report.rows)
     create_table_artifact(
         table=metrics_table(report.rows, report.best_step),

@@ -77,11 +77,18 @@ def test_tiny_preset_end_to_end(tiny_run):
     run_ids = [parent_id, *(child.id for child in children)]
     artifacts = artifacts_of(*run_ids)
     keys = {a.key for a in artifacts if a.key}
-    assert {"checkpoint-metrics", "sample-report", "sample-progress", "training-progress"} <= keys
+    assert {
+        "checkpoint-metrics",
+        "sample-report",
+        "sample-progress",
+        "training-progress",
+        "evaluation-progress",
+    } <= keys
     progress = {a.key: a for a in artifacts if a.type == "progress"}
     assert progress["training-progress"].data == 100.0
     assert progress["training-progress"].description == "training r1: done"
     assert progress["sample-progress"].description.endswith(", done")
+    assert progress["evaluation-progress"].description == "evaluating r1: done"
     report = next(a for a in artifacts if a.key == "sample-report")
     assert "data:image/png;base64," in report.data
 
