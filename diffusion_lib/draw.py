@@ -142,8 +142,8 @@ def draw_chunk(
     size = min(chunk_rows, n - index * chunk_rows)
     if size <= 0:
         raise ValueError(f"chunk {index} of {chunk_rows} rows is past the set's {n} samples")
-    identity = getattr(restored, "identity", ())
-    if not identity:  # weights of unknown origin: nothing to remember them by
+
+    def fresh() -> Drawn:
         return draw(
             restored,
             spec,
@@ -153,6 +153,10 @@ def draw_chunk(
             data_rms=data_rms,
             progress=progress,
         )
+
+    identity = getattr(restored, "identity", ())
+    if not identity:  # weights of unknown origin: nothing to remember them by
+        return fresh()
     replicas = strategy.num_replicas_in_sync if strategy else 1
     scale = data_rms if spec.info.anneals else None  # it only scales annealed chains' health
     key = (identity, spec, size, int(seed), int(index), replicas, scale)
@@ -160,15 +164,7 @@ def draw_chunk(
         if key in _memo:
             _memo.move_to_end(key)
             return _memo[key]
-    drawn = draw(
-        restored,
-        spec,
-        size,
-        [seed, index],
-        strategy=strategy,
-        data_rms=data_rms,
-        progress=progress,
-    )
+    drawn = fresh()
     drawn.samples.setflags(write=False)
     with _memo_lock:
         _memo[key] = drawn
