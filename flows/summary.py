@@ -5,7 +5,6 @@ closing summary on the console."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import pathlib
@@ -13,6 +12,7 @@ import pathlib
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.evaluate import format_floor, format_ratio
+from tasks.render import embedded_png
 
 SUMMARY_KEY = "run-summary"
 
@@ -79,8 +79,7 @@ class RunSummary:
                     f"| {name} | {value:.4g} | {format_floor(floor)} | {format_ratio(value, floor) or '-'} |"
                 )
         if self.grid and pathlib.Path(self.grid).is_file():
-            data = base64.b64encode(pathlib.Path(self.grid).read_bytes()).decode()
-            lines += ["", "## Samples", "", f"![samples](data:image/png;base64,{data})"]
+            lines += ["", "## Samples", "", f"![samples]({embedded_png(pathlib.Path(self.grid))})"]
         return "\n".join(lines)
 
     def publish(self) -> None:

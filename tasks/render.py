@@ -17,7 +17,8 @@ from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
 
 
-def _embedded_png(path: pathlib.Path) -> str:
+def embedded_png(path: pathlib.Path) -> str:
+    """A PNG file as a data URI, for markdown artifacts (which cannot reach files)."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
@@ -39,7 +40,7 @@ def render_outputs(
         ("score field", renders.score_field),
     ):
         if path is not None:
-            lines += [f"![{title}]({_embedded_png(path)})", ""]
+            lines += [f"![{title}]({embedded_png(path)})", ""]
     lines += [
         f"- sampling GIF: `{renders.gif}`",
         f"- sample shards: `{samples_dir}`",
