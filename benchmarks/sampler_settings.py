@@ -2,6 +2,7 @@
 
     python benchmarks/sampler_settings.py RUN_DIR [--step N] [--n 400] \
         --levels 100 232 --steps-per-level 3 5 [--no-denoise]        # a score (NCSN) run
+    python benchmarks/sampler_settings.py RUN_DIR --ancestral-levels 100 200 --no-langevin
     python benchmarks/sampler_settings.py RUN_DIR --ddim-steps 20 50 --eta 0 1   # a DDPM run
 
 Score runs: for each number of levels L (geometric between the run's sigma_max and sigma_min: the network is
@@ -42,6 +43,16 @@ def main() -> None:
         "--sigma-max", type=float, default=None, help="start the levels here (default: the run's)"
     )
     parser.add_argument("--no-denoise", action="store_true")
+    parser.add_argument(
+        "--ancestral-levels",
+        type=int,
+        nargs="*",
+        default=[],
+        help="score runs: also ancestral sampling (ve_ancestral) on this many geometric levels",
+    )
+    parser.add_argument(
+        "--no-langevin", action="store_true", help="score runs: skip annealed Langevin rows"
+    )
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--eta", type=float, nargs="+", default=[0.0])
     args = parser.parse_args()
@@ -112,12 +123,29 @@ def main() -> None:
                 )
         return
     sigmas_run = np.asarray(restored.objective.sigmas)
-    for levels in args.levels:
+
+    def at(levels):
         sigmas = np.geomspace(args.sigma_max or sigmas_run[0], sigmas_run[-1], levels)
         # The network is conditioned on log sigma: the chain may use other levels than training.
         objective = copy.copy(restored.objective)
         objective.sigmas = sigmas
-        at_levels = dataclasses.replace(restored, objective=objective, identity=())
+        return sigmas, dataclasses.replace(restored, objective=objective, identity=())
+
+    for levels in args.ancestral_levels:
+        sigmas, at_levels = at(levels)
+        start = time.perf_counter()
+        out = draw(
+            at_levels, SamplerSpec.of("ve_ancestral"), args.n, [args.seed, 0], data_rms=data_rms
+        )
+        score(
+            f"ancestral (ve_ancestral), {levels} levels from {sigmas[0]:.3g}",
+            levels,
+            time.perf_counter() - start,
+            out.samples,
+            max(h.ratio for h in out.health),
+        )
+    for levels in [] if args.no_langevin else args.levels:
+        sigmas, at_levels = at(levels)
         for spl in args.steps_per_level:
             for scale in args.lr_scale:
                 step_lr = technique4_step_lr(sigmas, spl) * scale

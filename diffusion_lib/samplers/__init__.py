@@ -1,4 +1,5 @@
-"""Samplers: ancestral DDPM, DDIM, Langevin and annealed Langevin dynamics.
+"""Samplers: ancestral DDPM, DDIM, Langevin and annealed Langevin dynamics, and ancestral
+sampling of a noise-conditional score model (VE).
 
 Each takes the network as a plain callable (model(x_t, t) or score_fn(x[, sigma])), a stateless
 seed, and returns a `SampleResult`; `SAMPLERS` maps names to them, with each one's family and
@@ -24,6 +25,7 @@ from diffusion_lib.samplers.langevin import (
     technique4_step_lr,
 )
 from diffusion_lib.samplers.spec import SamplerSpec
+from diffusion_lib.samplers.ve_ancestral import ve_ancestral_coefficients, ve_ancestral_sample
 
 __all__ = [
     "SAMPLERS",
@@ -41,4 +43,6 @@ __all__ = [
     "langevin_dynamics",
     "register_sampler",
     "technique4_step_lr",
+    "ve_ancestral_coefficients",
+    "ve_ancestral_sample",
 ]

@@ -176,6 +176,21 @@ def initial_state(x, shape, seed: tf.Tensor, dtype, name: str) -> tf.Tensor:
     return tf.random.stateless_normal(shape, seed, dtype=dtype)
 
 
+def level_health_watch(
+    carries: Mapping[int, float], data_rms: float
+) -> tuple[list[LevelHealth], Callable[[int, tf.Tensor], None]]:
+    """(health, watch) for `run_chain`: after chain step k in `carries`, watch(k, x) appends the
+    chain's RMS beside sqrt(data_rms^2 + sigma^2), sigma = carries[k] the noise it should carry."""
+    health: list[LevelHealth] = []
+
+    def watch(done: int, x_now: tf.Tensor) -> None:
+        sigma = carries[done]
+        rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x_now, tf.float64)))))
+        health.append(LevelHealth(sigma, rms, float(np.hypot(data_rms, sigma))))
+
+    return health, watch
+
+
 def run_chain(
     step: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor],
     x: tf.Tensor,

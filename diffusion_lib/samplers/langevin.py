@@ -39,11 +39,11 @@ import tensorflow as tf
 from diffusion_lib import _checks
 from diffusion_lib.samplers.base import (
     Frames,
-    LevelHealth,
     Progress,
     SampleResult,
     Setting,
     initial_state,
+    level_health_watch,
     register_sampler,
     run_chain,
     split_seed,
@@ -192,13 +192,7 @@ def annealed_langevin_dynamics(
 
     total = num_langevin + (1 if denoise_final else 0)
     level_ends = {(i + 1) * steps_per_level: float(sigma) for i, sigma in enumerate(sigmas)}
-    health: list[LevelHealth] = []
-
-    def watch(done: int, x_now: tf.Tensor) -> None:  # run_chain calls it at level ends only
-        sigma = level_ends[done]
-        rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x_now, tf.float64)))))
-        health.append(LevelHealth(sigma, rms, float(np.hypot(data_rms, sigma))))
-
+    health, watch = level_health_watch(level_ends, data_rms)
     result = run_chain(
         step, x, total, chain_seed, frames, progress, strategy, watch=watch, watch_at=level_ends
     )

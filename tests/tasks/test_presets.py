@@ -43,7 +43,7 @@ def test_flow_choices_come_from_the_registries():
     assert set(typing.get_args(Sampler)) == set(SAMPLERS)
     assert {k: set(v) for k, v in SAMPLERS_OF.items()} == {
         "ddpm": {"ddpm", "ddim"},
-        "ncsn": {"langevin", "annealed_langevin"},
+        "ncsn": {"langevin", "annealed_langevin", "ve_ancestral"},
     }
 
 

@@ -26,7 +26,7 @@ from tests.lib.samplers.gaussian_chains import (
 
 
 def test_registry():
-    assert {"ddpm", "ddim", "langevin", "annealed_langevin"} <= set(SAMPLERS)
+    assert {"ddpm", "ddim", "langevin", "annealed_langevin", "ve_ancestral"} <= set(SAMPLERS)
     assert get_sampler("ddim").family == "diffusion" and get_sampler("langevin").family == "score"
     with pytest.raises(ValueError, match="sampler must be one of"):
         get_sampler("euler")
