@@ -19,7 +19,7 @@ Preset = Literal[tuple(PRESETS)]
 Model = Literal[MODELS]
 Sampler = Literal[tuple(SAMPLERS)]
 Positive = Annotated[int, Field(gt=0)]
-Minutes = Annotated[float, Field(gt=0)]
+Minutes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 

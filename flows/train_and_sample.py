@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.run import Run
+from diffusion_lib.samplers import SAMPLERS
 from flows.evaluate import evaluate_flow
 from flows.params import (
     Minutes,
@@ -126,27 +127,26 @@ def train_and_sample(
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Every flow parameter as a flag (--batch-size for batch_size, ...); unset flags keep the
+    flow's defaults, except the preset, which defaults to the main job's."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="mnist-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--model", default="ddpm", choices=MODELS)
-    parser.add_argument("--output-root", default="runs")
+    parser.add_argument("--model", default=None, choices=MODELS)
+    parser.add_argument("--output-root", default=None)
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
-    parser.add_argument("--warm-start", action="store_true")
-    args = parser.parse_args()
-    train_and_sample(
-        preset=args.preset,
-        model=args.model,
-        output_root=args.output_root,
-        run_name=args.run_name,
-        steps=args.steps,
-        num_samples=args.num_samples,
-        warm_start=args.warm_start,
-    )
+    parser.add_argument("--sampler", default=None, choices=sorted(SAMPLERS))
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--timeout-minutes", type=float, default=None)
+    parser.add_argument("--warm-start", action="store_true", default=None)
+    args = vars(parser.parse_args(argv))
+    # Only what was given: the flow validates each value against its parameter's type.
+    train_and_sample(**{name: value for name, value in args.items() if value is not None})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 from typing import Any
 
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
@@ -164,6 +165,10 @@ class TrainConfig:
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 fail(spec.name, f"must be a number, got {value!r}")
+            if spec.type == "float" and not math.isfinite(value):
+                # NaN compares false with everything, so range checks below would let it pass
+                # (grad_clip_norm=NaN used to turn clipping off silently).
+                fail(spec.name, f"must be finite, got {value!r}")
             if spec.type == "bool" and not isinstance(value, bool):
                 fail(spec.name, f"must be true or false, got {value!r}")
             if spec.type == "str" and not isinstance(value, str):

@@ -230,9 +230,30 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
         ({"preset": "cifar10", "model": "ncsn"}, "model"),
         ({"run_name": "../elsewhere"}, "run_name"),
         ({"timeout_minutes": -1}, "timeout_minutes"),
+        ({"timeout_minutes": float("nan")}, "timeout_minutes"),
+        ({"timeout_minutes": float("inf")}, "timeout_minutes"),
     ],
 )
 def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path, parameters, named):
     with pytest.raises(Exception, match=named):
         train_and_sample(**{"preset": "tiny", "output_root": str(tmp_path), **parameters})
     assert not any(tmp_path.iterdir())
+
+
+def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
+    """`python -m flows.train_and_sample --help` has a flag per flow parameter, and the README's
+    parameter list names exactly the flow's parameters."""
+    import inspect
+    import re
+
+    from flows.train_and_sample import main
+
+    names = list(inspect.signature(train_and_sample.fn).parameters)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out
+    assert [n for n in names if f"--{n.replace('_', '-')}" not in usage] == []
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    paragraph = readme[readme.index("Flow parameters are flat") :].split("\n\n")[0]
+    listed = re.findall(r"`([a-z_]+)`", paragraph.split("Bad values")[0])
+    assert set(listed) - {"ddpm", "ddim", "ncsn", "annealed_langevin", "ve_ancestral"} == set(names)
