@@ -8,6 +8,7 @@ which resumes from the run directory's latest checkpoint.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -97,6 +98,35 @@ def worker_environments(workers: int, visible_devices: str | None) -> list[dict]
     ]
 
 
+TAIL_LINES = 40
+
+
+def _event(line: str) -> dict | None:
+    """The worker's JSON event on this line, or None for any other output."""
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def _why(error: dict | None, tail, logger) -> str:
+    """A failed worker's reason: its error event ("Kind: message"), else the last line of its
+    other output that names an error (a traceback's last line, a fatal TensorFlow line); its
+    output's last lines go to the log either way."""
+    if tail:
+        logger.error("last lines of the worker's output:\n%s", "\n".join(tail))
+    if error is not None:
+        return f"{error['kind']}: {error['message']}"
+    lines = [line for line in tail if line.strip()]
+    named = [line for line in lines if "Error" in line or "error" in line or "Killed" in line]
+    if named:
+        return named[-1].strip()
+    return lines[-1].strip() if lines else "no output (killed by a signal?)"
+
+
 def _stream(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
     for line in proc.stdout:
         lines.put((index, line.rstrip()))
@@ -163,6 +193,10 @@ def train_model(
     deadline = time.monotonic() + timeout_seconds
     steps_eta = Eta(total)
     last, open_streams, failed = None, len(procs), None
+    # Per worker: its error event, and its last lines of other output (a traceback, TensorFlow's
+    # own error lines), which a failure quotes.
+    errors: dict[int, dict] = {}
+    tails = [collections.deque(maxlen=TAIL_LINES) for _ in procs]
     try:
         while open_streams:
             remaining = deadline - time.monotonic()
@@ -181,11 +215,15 @@ def train_model(
                     failed = index
                     break  # one worker down: the others would wait for it forever
                 continue
-            if not line.startswith("{"):
-                continue  # TensorFlow's own start-up chatter
-            event = json.loads(line)
+            event = _event(line)
+            if event is None:
+                tails[index].append(line)
+                continue
             if event["event"] == "error":
+                errors[index] = event
                 logger.error("worker %d: %s: %s", index, event["kind"], event["message"])
+            if event["event"] == "warning":
+                logger.warning("worker %d: %s", index, event["message"])
             if index != 0:
                 continue
             if event["event"] == "progress":
@@ -212,9 +250,10 @@ def train_model(
     if failed is not None:
         code = procs[failed].returncode
         meaning = EXIT_MEANINGS.get(code, "crashed" if code < 0 else "failed")
-        detail = last.get("message") if last and last.get("event") == "error" else ""
         raise TrainingFailed(
-            f"training worker {failed} exited with {code} ({meaning}) {detail}".strip(), code
+            f"training worker {failed} exited with {code} ({meaning}): "
+            + _why(errors.get(failed), tails[failed], logger),
+            code,
         )
     if progress_id is not None:
         update_progress_artifact(

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import signal
 import sys
+import traceback
 
 
 def _parse_value(text: str):
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         emit("error", kind=type(err).__name__, message=str(err))
         return 2
+    except Exception as err:
+        traceback.print_exc()
+        emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
+        return 1
 
     stop = {"requested": False}
 
@@ -105,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         emit("error", kind="TrainingDiverged", message=str(err))
         return 3
+    except Exception as err:
+        # Whatever else: the traceback to stderr (the orchestrator keeps its last lines), the
+        # exception's class and message as the error event it reports.
+        traceback.print_exc()
+        emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
+        return 1
     emit("done", **dataclasses.asdict(result))
     return 0
 

@@ -215,6 +215,13 @@ class Trainer:
         self.dataset = open_dataset(config.data_dir)
         if config.flip and self.dataset.kind != "image":
             raise ConfigError("flip: only image datasets can be flipped")
+        if config.batch_size > len(self.dataset):
+            # Checked before the run directory is written, so a re-run with a sane batch size
+            # is the same run, not "another config".
+            raise ConfigError(
+                f"batch_size: {config.batch_size} is larger than the {len(self.dataset)} "
+                f"examples of {config.data_dir}"
+            )
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(

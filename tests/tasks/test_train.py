@@ -79,6 +79,42 @@ def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp
         TrainPart.of("toy-ddpm", num_steps=-1)
 
 
+def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted(
+    prefect_server, data_dir, tmp_path
+):
+    """Exit 2 (not retried) naming batch_size, before the run directory holds a config; the same
+    run with a batch that fits then trains."""
+    run_dir = tmp_path / "run"
+    config = _toy_config(data_dir, num_steps=4, checkpoint_every=4, log_every=2)
+    with pytest.raises(
+        TrainingFailed, match=r"exited with 2 .*batch_size: 100000 is larger than the 4000"
+    ):
+        train_model.fn({**config, "batch_size": 100_000}, str(run_dir), timeout_seconds=120)
+    assert not (run_dir / "config.json").exists()
+    assert train_model.fn(config, str(run_dir), timeout_seconds=120)["step"] == 4
+
+
+def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines():
+    """A worker that dies before it can report (an import error, a fatal TensorFlow check) is
+    explained by its own output: the last line naming an error, and its tail in the log."""
+    import logging
+
+    from tasks.train import _why
+
+    tail = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "ModuleNotFoundError: No module named 'pyarrow'",
+        "",
+    ]
+    logger = logging.getLogger("test")
+    assert _why(None, tail, logger) == "ModuleNotFoundError: No module named 'pyarrow'"
+    assert (
+        _why({"kind": "DataError", "message": "bad shard"}, tail, logger) == "DataError: bad shard"
+    )
+    assert _why(None, [], logger) == "no output (killed by a signal?)"
+
+
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
     config = _toy_config(data_dir, num_steps=10**6, checkpoint_every=10**6, log_every=10)
     start = time.time()
