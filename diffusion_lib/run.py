@@ -26,7 +26,7 @@ import tensorflow as tf
 from diffusion_lib.data import open_dataset
 from diffusion_lib.networks import NetworkConfig, build_network
 from diffusion_lib.normalizer import Normalizer
-from diffusion_lib.training.checkpoints import committed_steps, restore
+from diffusion_lib.training.checkpoints import committed_steps, restore, verify
 from diffusion_lib.training.config import TrainConfig
 from diffusion_lib.training.engine import (
     CHECKPOINTS_DIR,
@@ -167,8 +167,9 @@ class Run:
     ) -> Restored:
         """The network with the EMA weights of checkpoint `step` (default: latest), built under
         `strategy` if given (mirrored weights, so a sampler can run on every replica). Loaded
-        once per (step, strategy). Raises FileNotFoundError without that checkpoint and
-        CheckpointMismatch if it does not fit the network config.json describes."""
+        once per (step, strategy). Raises FileNotFoundError without that checkpoint,
+        DamagedCheckpoint if its files changed since they were written (training again repairs
+        it) and CheckpointMismatch if it does not fit the network config.json describes."""
         step = self.checkpoint(step)
         key = (step, id(strategy))
         if key not in self._restored:
@@ -176,6 +177,7 @@ class Run:
                 model = build_network(self.network_config)
                 ema = EmaWeights(model.trainable_variables)
             checkpoint = tf.train.Checkpoint(model=model, ema=ema)
+            verify(self.checkpoints_dir, step)  # DamagedCheckpoint names the file
             restore(checkpoint, self.checkpoints_dir, step, partial=True)
             for weight, average in zip(model.trainable_variables, ema.averages, strict=True):
                 weight.assign(average)

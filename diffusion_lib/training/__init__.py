@@ -6,7 +6,11 @@ train(config, run_dir, ...) -> TrainResult; Trainer for finer control
 python -m diffusion_lib.training --config FILE --run-dir DIR   (one worker process)
 """
 
-from diffusion_lib.training.checkpoints import CheckpointMismatch, committed_steps
+from diffusion_lib.training.checkpoints import (
+    CheckpointMismatch,
+    DamagedCheckpoint,
+    committed_steps,
+)
 from diffusion_lib.training.config import (
     ConfigError,
     TrainConfig,
@@ -25,6 +29,7 @@ from diffusion_lib.training.strategy import choose_strategy, worker_role
 
 __all__ = [
     "CheckpointMismatch",
+    "DamagedCheckpoint",
     "ConfigError",
     "Progress",
     "TrainConfig",

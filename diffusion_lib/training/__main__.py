@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.deterministic or config.deterministic:
             enable_determinism()
         strategy = choose_strategy(config.strategy, config.devices)
-        trainer = Trainer(config, args.run_dir, strategy=strategy)
+        trainer = Trainer(
+            config, args.run_dir, strategy=strategy, warn=lambda m: emit("warning", message=m)
+        )
     except (
         ConfigError,
         DataError,

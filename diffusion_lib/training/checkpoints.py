@@ -5,6 +5,12 @@ Layout in `directory`: `ckpt-<step>.index`, `ckpt-<step>.data-*` (written by
 after the data. Only steps with a marker exist as far as readers are concerned, so a crash
 in mid-write leaves nothing that looks valid, and the previous checkpoint stays the latest.
 
+The marker also records the SHA-256 of each file the checkpoint wrote. `verify` checks them
+before a restore; a checkpoint whose bytes changed since (a flipped bit, a truncated copy) is
+`DamagedCheckpoint`, and `CheckpointStore.restore_latest` moves it aside (`damaged/`, kept for
+inspection, no longer committed) and falls back to the newest one that verifies and restores.
+Markers written before checksums existed are trusted as they are.
+
 Why not `tf.train.CheckpointManager`: it keeps the last N, or one every so many hours, but not
 every K-th step, and its state file cannot carry the metadata (step, config fingerprint,
 metrics) this marker does. `tf.train.Checkpoint` does the actual writing either way.
@@ -15,10 +21,13 @@ non-chief workers write into a private temporary directory that is deleted at on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import re
 import shutil
+import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -29,6 +38,44 @@ _MARKER = re.compile(r"^ckpt-(\d+)\.json$")
 
 class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit the objects it is restored into (another architecture)."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A committed checkpoint whose files are missing or differ from what was written."""
+
+
+DAMAGED_DIR = "damaged"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(directory: str | pathlib.Path, step: int) -> list[pathlib.Path]:
+    """The files TensorFlow wrote for checkpoint `step` (its index and data shards)."""
+    directory = pathlib.Path(directory)
+    index = directory / f"ckpt-{step}.index"
+    return [index, *sorted(directory.glob(f"ckpt-{step}.data-*"))]
+
+
+def verify(directory: str | pathlib.Path, step: int) -> None:
+    """Raises DamagedCheckpoint unless every file the marker of `step` lists has its checksum."""
+    directory = pathlib.Path(directory)
+    files = read_marker(directory, step).get("files")
+    if files is None:
+        return  # written before checksums were recorded
+    for name, expected in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path}: missing")
+        if _sha256(path) != expected:
+            raise DamagedCheckpoint(
+                f"{path}: its bytes differ from the checksum recorded when it was written"
+            )
 
 
 def committed_steps(directory: str | pathlib.Path) -> list[int]:
@@ -115,18 +162,61 @@ class CheckpointStore:
             missing_ok=True
         )  # re-saving a step: uncommit first
         self.checkpoint.write(str(prefix))
+        files = {path.name: _sha256(path) for path in checkpoint_files(self.directory, step)}
         atomic_write_bytes(
             self.directory / f"ckpt-{step}.json",
-            json.dumps({"step": step, **info}, sort_keys=True).encode(),
+            json.dumps({"step": step, **info, "files": files}, sort_keys=True).encode(),
         )
         self.prune()
         return prefix
+
+    def _verifies(self, step: int) -> bool:
+        try:
+            verify(self.directory, step)
+        except (DamagedCheckpoint, OSError, ValueError):
+            return False
+        return True
+
+    def restore_latest(self, on_damage: Callable[[int, str], None] | None = None) -> int | None:
+        """Restores the newest checkpoint that verifies and reads; returns its step (None: no
+        checkpoint). Each damaged one on the way is reported to on_damage(step, why) and, on the
+        chief, moved aside so it is neither resumed from nor kept in place of a good one.
+        CheckpointMismatch (another architecture) is not damage and propagates."""
+        for step in reversed(self.steps()):
+            try:
+                verify(self.directory, step)
+                self.restore(step)
+                return step
+            except (DamagedCheckpoint, tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
+                why = str(err).strip().splitlines()[0][:400]
+                if self.is_chief:
+                    self.set_aside(step)
+                if on_damage is not None:
+                    on_damage(step, why)
+        return None
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Uncommits checkpoint `step` and moves its files to damaged/ckpt-<step>-<time>/."""
+        target = self.directory / DAMAGED_DIR / f"ckpt-{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+        target.mkdir(parents=True, exist_ok=True)
+        marker = self.directory / f"ckpt-{step}.json"
+        if marker.exists():
+            marker.replace(target / marker.name)  # uncommitted from here on
+        for path in self.directory.glob(f"ckpt-{step}.*"):
+            path.replace(target / path.name)
+        return target
 
     def prune(self) -> None:
         steps = self.steps()
         keep = set(steps[-self.keep_last :])
         if self.keep_every:
             keep |= {s for s in steps if s % self.keep_every == 0}
+        # Never prune the last good checkpoint: if none of those kept verifies (their files
+        # damaged since they were written), keep the newest one that does.
+        if not any(self._verifies(s) for s in sorted(keep, reverse=True)):
+            good = next((s for s in reversed(steps) if s not in keep and self._verifies(s)), None)
+            if good is not None:
+                keep.add(good)
         for step in steps:
             if step in keep:
                 continue

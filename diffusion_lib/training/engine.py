@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -29,6 +30,7 @@ from diffusion_lib._atomic import atomic_write_bytes
 from diffusion_lib.data import open_dataset
 from diffusion_lib.networks import NetworkConfig, build_network, preset
 from diffusion_lib.training.checkpoints import (
+    DAMAGED_DIR,
     CheckpointStore,
     committed_steps,
     restore,
@@ -155,6 +157,23 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+def _trim_log(path: pathlib.Path, step: int) -> None:
+    """Drops the training log's rows past `step` (written after the checkpoint resumed from),
+    so a resumed run logs each step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a row cut short by a kill
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
 def _prepare_run_dir(
     run_dir: pathlib.Path,
     config: TrainConfig,
@@ -204,7 +223,11 @@ class Trainer:
         run_dir: str | pathlib.Path,
         *,
         strategy: tf.distribute.Strategy | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
+        """`warn(message)` hears what the user should know but does not stop the run (a
+        damaged checkpoint set aside); default: the `diffusion_lib.training` logger."""
+        warn = warn or logging.getLogger("diffusion_lib.training").warning
         config.validate()
         if not config.data_dir:
             raise ConfigError("data_dir: must name a prepared dataset directory")
@@ -254,11 +277,19 @@ class Trainer:
             keep_last=config.keep_last,
             keep_every=config.keep_every,
         )
-        latest = self.store.latest()
+
+        def damaged(step: int, why: str) -> None:
+            warn(
+                f"checkpoint ckpt-{step} is damaged ({why}); set aside in "
+                f"{self.store.directory / DAMAGED_DIR}, resuming from the newest good one"
+            )
+
+        latest = self.store.restore_latest(on_damage=damaged)
         if latest is not None:
-            self.store.restore(latest)
             if int(self.step.numpy()) != latest:
                 raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
+            if self.is_chief:
+                _trim_log(self.run_dir / TRAINING_LOG, latest)
         elif config.init_from:
             self._warm_start(*init_from_parts(config.init_from))
         self._train_step = self._make_train_step()
