@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from diffusion_lib.run import Run
+from diffusion_lib.run_lock import writing
 from flows.params import Model, Preset, RunName
 from tasks.evaluate import score_checkpoints
 from tasks.presets import resolve
@@ -18,4 +19,5 @@ def evaluate_flow(
     """Returns {"best_step", "best_metric", "metrics_path"}."""
     plan = resolve(preset, model)
     run = Run.at(output_root, run_name)
-    return score_checkpoints(str(run.path), str(run.data_dir("test")), plan.eval)
+    with writing(run.path):
+        return score_checkpoints(str(run.path), str(run.data_dir("test")), plan.eval)

@@ -8,6 +8,7 @@ from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.data import DatasetSpec
 from diffusion_lib.run import Run
+from diffusion_lib.run_lock import writing
 from flows.params import (
     Model,
     Preset,
@@ -34,7 +35,8 @@ def prepare_dataset_flow(
     """Returns {"train": dir, "test": dir} under <output_root>/<run_name>/data/."""
     plan = resolve(preset, model)
     run = Run.at(output_root, run_name or default_run_name(preset, runtime.flow_run.name))
-    return {
-        split: _prepare(getattr(plan, f"{split}_data"), str(run.data_dir(split)))
-        for split in ("train", "test")
-    }
+    with writing(run.path):
+        return {
+            split: _prepare(getattr(plan, f"{split}_data"), str(run.data_dir(split)))
+            for split in ("train", "test")
+        }

@@ -10,6 +10,7 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
+from diffusion_lib.run_lock import writing
 from flows.params import Model, Positive, Preset, RunName, Sampler
 from tasks.presets import resolve
 from tasks.progress import Eta
@@ -31,19 +32,20 @@ def sample_flow(
     Returns the sample directory and the rendered files."""
     plan = resolve(preset, model, num_samples=num_samples, sampler=sampler)
     run = Run.at(output_root, run_name)
-    run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
-    spec, count = plan_samples(run_dir, part, step)
-    progress = create_progress_artifact(
-        0.0, key="sample-progress", description=f"sample shards: 0/{count}"
-    )
-    remaining = Eta(count)
-    remaining.update(0)
-    futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
-    for done, _ in enumerate(as_completed(futures), start=1):
-        eta = remaining.update(done)
-        update_progress_artifact(
-            progress, 100.0 * done / count, description=f"sample shards: {done}/{count}, {eta}"
+    with writing(run.path):
+        run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
+        spec, count = plan_samples(run_dir, part, step)
+        progress = create_progress_artifact(
+            0.0, key="sample-progress", description=f"sample shards: 0/{count}"
         )
-    finalize_samples(spec, samples_dir, futures.result())
-    rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
-    return {"samples": samples_dir, **rendered}
+        remaining = Eta(count)
+        remaining.update(0)
+        futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
+        for done, _ in enumerate(as_completed(futures), start=1):
+            eta = remaining.update(done)
+            update_progress_artifact(
+                progress, 100.0 * done / count, description=f"sample shards: {done}/{count}, {eta}"
+            )
+        finalize_samples(spec, samples_dir, futures.result())
+        rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
+        return {"samples": samples_dir, **rendered}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from diffusion_lib.run import Run
+from diffusion_lib.run_lock import writing
 from flows.params import Minutes, Model, Positive, Preset, RunName
 from tasks.presets import resolve
 from tasks.train import find_warm_start, train_model
@@ -32,4 +33,5 @@ def train_flow(
     if warm_start:
         part = part.replace(init_from=find_warm_start(output_root, run_dir, part, data_dir))
     config = part.config(data_dir).to_dict()
-    return train_model(config, run_dir, timeout_seconds=timeout_minutes * 60, workers=workers)
+    with writing(run.path):
+        return train_model(config, run_dir, timeout_seconds=timeout_minutes * 60, workers=workers)

@@ -11,12 +11,15 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import ParameterTypeError
 
 from diffusion_lib.run import Run
+from diffusion_lib.run_lock import writing
 from diffusion_lib.samplers import SAMPLERS
 from flows.evaluate import evaluate_flow
 from flows.params import (
@@ -97,31 +100,40 @@ def train_and_sample(
     )
     run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
-    summary = RunSummary(Run.at(output_root, run_name).path)
-    _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
-    trained = _stage(
-        summary,
-        "train",
-        train_flow,
-        **where,
-        steps=steps,
-        batch_size=batch_size,
-        workers=workers,
-        timeout_minutes=timeout_minutes,
-        warm_start=warm_start,
-    )
-    evaluation = _stage(summary, "evaluate", evaluate_flow, **where)
-    best = evaluation["best_step"]
-    sampled = _stage(
-        summary, "sample", sample_flow, **where, step=best, num_samples=num_samples, sampler=sampler
-    )
-    result = {
-        "run_dir": str(summary.run_dir),
-        "final_step": trained["step"],
-        "best_step": best,
-        "metrics": evaluation["metrics_path"],
-        **sampled,
-    }
+    # One writer per run directory: a second run of the same name stops here, naming the
+    # first (the stages and the training worker share this lock).
+    with writing(Run.at(output_root, run_name).path):
+        summary = RunSummary(Run.at(output_root, run_name).path)
+        _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
+        trained = _stage(
+            summary,
+            "train",
+            train_flow,
+            **where,
+            steps=steps,
+            batch_size=batch_size,
+            workers=workers,
+            timeout_minutes=timeout_minutes,
+            warm_start=warm_start,
+        )
+        evaluation = _stage(summary, "evaluate", evaluate_flow, **where)
+        best = evaluation["best_step"]
+        sampled = _stage(
+            summary,
+            "sample",
+            sample_flow,
+            **where,
+            step=best,
+            num_samples=num_samples,
+            sampler=sampler,
+        )
+        result = {
+            "run_dir": str(summary.run_dir),
+            "final_step": trained["step"],
+            "best_step": best,
+            "metrics": evaluation["metrics_path"],
+            **sampled,
+        }
     for line in summary.closing_lines():
         get_run_logger().info(line)
     return result
@@ -146,7 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-start", action="store_true", default=None)
     args = vars(parser.parse_args(argv))
     # Only what was given: the flow validates each value against its parameter's type.
-    train_and_sample(**{name: value for name, value in args.items() if value is not None})
+    try:
+        train_and_sample(**{name: value for name, value in args.items() if value is not None})
+    except (ParameterTypeError, ValueError) as err:  # rejected before any work
+        print(f"train-and-sample: bad parameter: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as err:
+        print(f"train-and-sample failed: {type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

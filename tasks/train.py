@@ -25,6 +25,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
+from diffusion_lib import run_lock
 from tasks.presets import TrainPart
 from tasks.progress import Eta
 
@@ -167,6 +168,9 @@ def train_model(
         run_dir,
     ]
     base_env = {**os.environ, **(env or {})}
+    # The flow's lock on the run directory goes to the chief worker with its open file, so the
+    # worker holds it too (and keeps it if the flow dies first); without one it locks alone.
+    lock_env, lock_fds = run_lock.inheritance(run_dir)
     lines: queue.Queue = queue.Queue()
     procs = []
     for index, extra in enumerate(
@@ -178,7 +182,8 @@ def train_model(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            env={**base_env, **extra},
+            env={**base_env, **extra, **(lock_env if index == 0 else {})},
+            pass_fds=lock_fds if index == 0 else (),
         )
         procs.append(proc)
         threading.Thread(target=_stream, args=(index, proc, lines), daemon=True).start()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from diffusion_lib import run_lock
 from diffusion_lib._atomic import atomic_write_bytes
 from diffusion_lib.data import open_dataset
 from diffusion_lib.networks import NetworkConfig, build_network, preset
@@ -252,6 +253,8 @@ class Trainer:
             )
         self.objective = build_objective(config)
         self.network_config = network_config(config, self.dataset.example_shape, self.objective)
+        if self.is_chief:  # one writer per run directory (re-entrant; inherited from a flow)
+            run_lock.acquire(self.run_dir)
         _prepare_run_dir(
             self.run_dir,
             config,
