@@ -17,16 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 
 import keras
 import tensorflow as tf
 
-from diffusion_lib.data import open_dataset
+from diffusion_lib.data import DataError, open_dataset
+from diffusion_lib.data.shards import file_sha256
 from diffusion_lib.networks import NetworkConfig, build_network
 from diffusion_lib.normalizer import Normalizer
-from diffusion_lib.training.checkpoints import committed_steps, restore, verify
+from diffusion_lib.training.checkpoints import (
+    checkpoint_files,
+    committed_steps,
+    read_marker,
+    restore,
+    verify,
+)
 from diffusion_lib.training.config import TrainConfig
 from diffusion_lib.training.engine import (
     CHECKPOINTS_DIR,
@@ -119,7 +127,15 @@ class Run:
 
     @functools.cached_property
     def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.record["config"])
+        """The run's TrainConfig, its data_dir resolved against the run directory (config.json
+        records one inside the run relative to it)."""
+        config = TrainConfig.from_dict(self.record["config"])
+        resolved = self.path / config.data_dir
+        if not resolved.exists() and pathlib.Path(config.data_dir).exists():
+            # A run written before data_dir was recorded relative to the run (relative to the
+            # working directory then); `dataset` checks it still holds what the run trained on.
+            resolved = pathlib.Path(config.data_dir)
+        return dataclasses.replace(config, data_dir=str(resolved))
 
     @functools.cached_property
     def network_config(self) -> NetworkConfig:
@@ -136,8 +152,16 @@ class Run:
 
     @functools.cached_property
     def dataset(self):
-        """The training set (opened once, not re-verified)."""
-        return open_dataset(self.config.data_dir, verify="none")
+        """The training set (opened once, not re-verified); DataError if the directory now holds
+        another dataset than the run trained on."""
+        dataset = open_dataset(self.config.data_dir, verify="none")
+        trained_on = self.record.get("dataset_fingerprint")
+        if trained_on and dataset.manifest.fingerprint != trained_on:
+            raise DataError(
+                f"{self.config.data_dir} holds another dataset than {self.path} trained on "
+                f"(fingerprint {dataset.manifest.fingerprint}, trained on {trained_on})"
+            )
+        return dataset
 
     @functools.cached_property
     def normalizer(self) -> Normalizer:
@@ -161,6 +185,14 @@ class Run:
                 f"{self.path}: no complete checkpoint for step {step}; have {steps}"
             )
         return step
+
+    def checkpoint_digest(self, step: int) -> str:
+        """The content identity of checkpoint `step`: a digest of its files' SHA-256 as its
+        marker records them (of the files themselves for markers older than checksums)."""
+        files = read_marker(self.checkpoints_dir, step).get("files")
+        if files is None:
+            files = {p.name: file_sha256(p) for p in checkpoint_files(self.checkpoints_dir, step)}
+        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
 
     def restore(
         self, step: int | None = None, *, strategy: tf.distribute.Strategy | None = None

@@ -55,6 +55,7 @@ class DiffusionSamples:
         seed: int = 0,
         chunk_rows: int = CHUNK_ROWS,
         distribute: str = "auto",
+        checkpoint: str = "",
         **settings,
     ):
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -64,6 +65,11 @@ class DiffusionSamples:
         if chunk_rows <= 0:
             raise DataError(f"chunk_rows must be positive, got {chunk_rows}")
         self.run = Run(run_dir)
+        if checkpoint and checkpoint != self.run.checkpoint_digest(step):
+            raise DataError(
+                f"checkpoint ckpt-{step} of {self.run.path} is not the one this sample set was "
+                "planned from (it was trained again since); plan the set again"
+            )
         try:
             self.spec = SamplerSpec.of(sampler, **settings)
             check_compatible(self.spec, self.run.objective)
@@ -79,8 +85,8 @@ class DiffusionSamples:
         return self.n
 
     def metadata(self) -> dict:
+        # No path: a shard's bytes are a function of what it holds, wherever the run lives.
         return {
-            "run_dir": str(self.run.path),
             "checkpoint": f"ckpt-{self.step}",
             "step": self.step,
             "sampler": self.spec.to_dict(),
@@ -134,8 +140,9 @@ def sample_set_spec(
     distribute: str = "auto",
 ) -> DatasetSpec:
     """The DatasetSpec of a sample set; `step=None` resolves to the run's latest checkpoint."""
+    run = Run(run_dir)
     try:
-        step = Run(run_dir).checkpoint(step)
+        step = run.checkpoint(step)
     except FileNotFoundError as err:
         raise DataError(f"{err} to sample from") from None
     rows_per_shard = min(rows_per_shard, max(n, 1))
@@ -144,7 +151,8 @@ def sample_set_spec(
         split="samples",
         rows_per_shard=rows_per_shard,
         row_group_size=min(1_000, rows_per_shard),
-        run_dir=str(run_dir),
+        run_dir=str(run_dir),  # where; not part of the set's identity
+        checkpoint=run.checkpoint_digest(step),  # what: the checkpoint's content
         n=n,
         step=step,
         sampler=sampler.name,

@@ -11,6 +11,7 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -139,6 +140,10 @@ def train_and_sample(
     return result
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Every flow parameter as a flag (--batch-size for batch_size, ...); unset flags keep the
     flow's defaults, except the preset, which defaults to the main job's."""
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-minutes", type=float, default=None)
     parser.add_argument("--warm-start", action="store_true", default=None)
     args = vars(parser.parse_args(argv))
+    # SIGTERM unwinds like an exception (Prefect marks the run Crashed first), so exit handlers
+    # run: without this, the temporary Prefect server outlived a terminated job.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Only what was given: the flow validates each value against its parameter's type.
     try:
         train_and_sample(**{name: value for name, value in args.items() if value is not None})

@@ -26,6 +26,7 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
 from diffusion_lib import run_lock
+from diffusion_lib.training.__main__ import PARENT_ENV
 from tasks.presets import TrainPart
 from tasks.progress import Eta
 
@@ -182,7 +183,13 @@ def train_model(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            env={**base_env, **extra, **(lock_env if index == 0 else {})},
+            # PARENT_ENV: the worker dies with this process (it has a process group of its own).
+            env={
+                **base_env,
+                **extra,
+                **(lock_env if index == 0 else {}),
+                PARENT_ENV: str(os.getpid()),
+            },
             pass_fds=lock_fds if index == 0 else (),
         )
         procs.append(proc)

@@ -39,8 +39,10 @@ from diffusion_lib.data.shards import (
 from diffusion_lib.data.sources import open_source
 from diffusion_lib.data.sources.base import Source, as_image_array, as_points_array
 
-# Options that change how data is fetched, not what it is: left out of the fingerprint.
-NON_IDENTITY_OPTIONS = frozenset({"download"})
+# Options that change how or where from data is fetched, not what it is: left out of the
+# fingerprint. A sample set's run directory is where its checkpoint lives (spelled relative or
+# absolute, moved or copied); its `checkpoint` option, the checkpoint's content digest, is what.
+NON_IDENTITY_OPTIONS = frozenset({"download", "run_dir"})
 
 
 def _freeze(value: Any) -> Any:

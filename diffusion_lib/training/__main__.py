@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import traceback
@@ -25,6 +26,26 @@ def _parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+PARENT_ENV = "DIFFUSION_LIB_PARENT_PID"
+
+
+def _die_with_parent() -> None:
+    """When an orchestrator names itself in DIFFUSION_LIB_PARENT_PID, this process is killed
+    when it dies (Linux: PR_SET_PDEATHSIG). The worker runs in a process group of its own so
+    that a timeout can kill it with its children, which a SIGKILL of the orchestrator's group
+    would otherwise miss; this closes that gap (and the one of a plain SIGTERM to it)."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(parent):  # the parent died before the line above
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "--deterministic", action="store_true", help="enable op determinism (exact resume on CPU)"
     )
     args = parser.parse_args(argv)
+    _die_with_parent()
 
     # Imported here so `--help` is instant; the strategy is created before any other TF work,
     # as MultiWorkerMirroredStrategy requires.

@@ -21,7 +21,6 @@ non-chief workers write into a private temporary directory that is deleted at on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import re
@@ -32,6 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from diffusion_lib._atomic import atomic_write_bytes
+from diffusion_lib.data.shards import file_sha256
 
 _MARKER = re.compile(r"^ckpt-(\d+)\.json$")
 
@@ -45,14 +45,6 @@ class DamagedCheckpoint(ValueError):
 
 
 DAMAGED_DIR = "damaged"
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_files(directory: str | pathlib.Path, step: int) -> list[pathlib.Path]:
@@ -72,7 +64,7 @@ def verify(directory: str | pathlib.Path, step: int) -> None:
         path = directory / name
         if not path.is_file():
             raise DamagedCheckpoint(f"{path}: missing")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise DamagedCheckpoint(
                 f"{path}: its bytes differ from the checksum recorded when it was written"
             )
@@ -162,7 +154,7 @@ class CheckpointStore:
             missing_ok=True
         )  # re-saving a step: uncommit first
         self.checkpoint.write(str(prefix))
-        files = {path.name: _sha256(path) for path in checkpoint_files(self.directory, step)}
+        files = {path.name: file_sha256(path) for path in checkpoint_files(self.directory, step)}
         atomic_write_bytes(
             self.directory / f"ckpt-{step}.json",
             json.dumps({"step": step, **info, "files": files}, sort_keys=True).encode(),

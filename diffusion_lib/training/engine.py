@@ -184,8 +184,15 @@ def _prepare_run_dir(
 ) -> None:
     """Writes config.json on a new run; on an existing one, refuses a different identity."""
     path = run_dir / CONFIG_NAME
+    # A data directory inside the run is recorded relative to it, so the run can be moved,
+    # copied or resumed from any working directory; one elsewhere is recorded absolute.
+    data_dir = pathlib.Path(config.data_dir).resolve()
+    try:
+        data_dir = data_dir.relative_to(run_dir.resolve())
+    except ValueError:
+        pass
     record = {
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "data_dir": str(data_dir)},
         "identity": config.identity(),
         "dataset_fingerprint": dataset_fingerprint,
         "network": network.to_dict(),

@@ -1,6 +1,7 @@
 """`Run`: one run directory as one object: its config, paths, checkpoints, and weights restored
 once per step, with errors that name the directory."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,7 +23,11 @@ def test_what_the_run_trained_and_where_its_parts_live(run):
     assert run.data_dir("train") == run.path / "data" / "train"
     assert run.metrics_path == run.path / "eval" / "metrics.json"
     assert Run.at(run.path.parent, run.path.name).path == run.path
-    assert json.loads(run.config_path.read_text())["config"] == run.config.to_dict()
+    # config.json as written, but for data_dir: recorded relative to the run, read resolved.
+    stored = json.loads(run.config_path.read_text())["config"]
+    assert stored["data_dir"] == "data/train"
+    assert stored == {**run.config.to_dict(), "data_dir": "data/train"}
+    assert run.config.data_dir == str(run.path / "data" / "train")
 
 
 def test_weights_load_once_per_step_and_differ_between_steps(run):
@@ -61,3 +66,46 @@ def test_a_checkpoint_of_another_network_is_refused(run, tmp_path):
     (other / "checkpoints").symlink_to(run.checkpoints_dir)
     with pytest.raises(CheckpointMismatch, match="does not match this model"):
         Run(other).restore()
+
+
+def test_a_run_moved_elsewhere_and_resumed_from_another_directory_finds_its_data(
+    toy_ddpm_run, tmp_path, monkeypatch
+):
+    """config.json records a data directory inside the run relative to it: the run, copied to
+    another place and opened from another working directory, reads its own data, samples and
+    trains on; a data directory that now holds another dataset is refused, not read."""
+    import shutil
+
+    from diffusion_lib.data import DataError, DatasetSpec, prepare_dataset
+    from diffusion_lib.samplers import SamplerSpec
+    from diffusion_lib.training import config_preset, train
+
+    original = tmp_path / "a" / "run"
+    shutil.copytree(toy_ddpm_run / "data", original / "data")
+    config = config_preset(
+        "toy-ddpm",
+        data_dir=str(original / "data" / "train"),
+        network="mlp-tiny",
+        num_steps=20,
+        checkpoint_every=10,
+        log_every=10,
+    )
+    monkeypatch.chdir(tmp_path / "a")
+    train(config, "run")
+    assert json.loads((original / "config.json").read_text())["config"]["data_dir"] == "data/train"
+    moved = tmp_path / "b" / "moved"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    monkeypatch.chdir(tmp_path)
+    run = Run("b/moved")
+    assert run.dataset.manifest.num_examples == 4_000
+    from diffusion_lib.draw import draw
+
+    assert draw(run.restore(), SamplerSpec.of("ddim", num_steps=5), 8, 0).samples.shape == (8, 2)
+    train(dataclasses.replace(config, data_dir=str(moved / "data" / "train"), num_steps=30), moved)
+    assert Run(moved).steps() == [10, 20, 30]
+    # The same place now holding another dataset: refused by fingerprint, never read.
+    shutil.rmtree(moved / "data" / "train")
+    prepare_dataset(DatasetSpec.create("moons", n=500), moved / "data" / "train")
+    with pytest.raises(DataError, match="holds another dataset than"):
+        _ = Run(moved).dataset
