@@ -21,8 +21,10 @@ from tasks.presets import resolve
 
 def _prepare(spec: DatasetSpec, directory: str) -> str:
     count = plan_shards(spec)
-    files = prepare_shards.map(unmapped(spec), unmapped(directory), range(count))
-    return finalize_shards(spec, directory, files)
+    futures = prepare_shards.map(unmapped(spec), unmapped(directory), range(count))
+    # .result() raises the first failed shard's error, so the stage fails with it: handed the
+    # futures, the manifest task was left NotReady and the stage reported Completed.
+    return finalize_shards(spec, directory, futures.result())
 
 
 @flow(name="prepare-dataset", log_prints=True)

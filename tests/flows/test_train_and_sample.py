@@ -348,3 +348,26 @@ def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_
     assert [r["metrics"] for r in mine["rows"]] == [r["metrics"] for r in other["rows"]]
     for path in sorted((reference / "r1" / "samples").glob("*.parquet")):
         assert (run_dir / "samples" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_a_stage_whose_tasks_failed_fails_and_is_named(prefect_server, tmp_path):
+    """A file where the training data's directory should be: every shard task fails, so the
+    prepare-dataset stage is Failed (it used to report Completed, and `train` took the blame),
+    and the parent's message and failure report name it; with the output root itself a file,
+    the run stops before any stage, naming the path."""
+    (tmp_path / "root" / "r" / "data").mkdir(parents=True)
+    (tmp_path / "root" / "r" / "data" / "train").write_text("not a directory")
+    state = train_and_sample(
+        preset="tiny", output_root=str(tmp_path / "root"), run_name="r", return_state=True
+    )
+    assert state.is_failed()
+    assert "stage 'prepare-dataset' failed" in state.message and "File exists" in state.message
+    reports = [
+        a for a in artifacts_of(state.state_details.flow_run_id) if a.key == "failure-report"
+    ]
+    assert reports and "stage 'prepare-dataset' failed" in reports[-1].data
+    (tmp_path / "file-root").write_text("")
+    state = train_and_sample(
+        preset="tiny", output_root=str(tmp_path / "file-root"), run_name="r", return_state=True
+    )
+    assert state.is_failed() and "file-root" in state.message
