@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from diffusion_lib import render
 from diffusion_lib.data import DataError, DatasetSpec, Manifest, open_dataset, prepare_dataset
+from diffusion_lib.data.manifest import read_manifest
+from diffusion_lib.data.shards import read_header
 from diffusion_lib.data.sources.base import Examples, check_range, register_source
 from diffusion_lib.draw import check_compatible, draw_chunk
 from diffusion_lib.run import Run
@@ -161,6 +163,41 @@ def sample_set_spec(
         distribute=distribute,
         **sampler.kwargs(),
     )
+
+
+def _fingerprints_in(directory: pathlib.Path) -> set[str]:
+    """The fingerprints of the sample set(s) a directory holds (manifest and readable shards)."""
+    found = set()
+    try:
+        found.add(read_manifest(directory).fingerprint)
+    except (DataError, OSError, ValueError):
+        pass
+    for path in directory.glob("shard-*.parquet"):
+        try:
+            found.add(read_header(path).fingerprint)
+        except (DataError, OSError, ValueError):
+            continue  # unreadable: rebuilt if it is ours
+    return found
+
+
+def make_room(spec: DatasetSpec, directory: str | pathlib.Path) -> pathlib.Path | None:
+    """Moves another sample set out of `directory` so `spec`'s can be written there: a set of
+    another checkpoint, sampler, seed or size goes beside it, to `<directory>-<its fingerprint>`
+    (kept, never overwritten); a set of `spec` itself, finished or half-written, stays to be
+    resumed. Returns where the other set went (None if nothing moved)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return None
+    others = _fingerprints_in(directory) - {spec.fingerprint()}
+    if not others:
+        return None
+    target = directory.with_name(f"{directory.name}-{sorted(others)[0][:12]}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{directory.name}-{sorted(others)[0][:12]}-{suffix}")
+    directory.rename(target)
+    return target
 
 
 def generate_samples(

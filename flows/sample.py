@@ -34,7 +34,7 @@ def sample_flow(
     run = Run.at(output_root, run_name)
     with writing(run.path):
         run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
-        spec, count = plan_samples(run_dir, part, step)
+        spec, count = plan_samples(run_dir, part, step, samples_dir)
         progress = create_progress_artifact(
             0.0, key="sample-progress", description=f"sample shards: 0/{count}"
         )

@@ -3,7 +3,20 @@ ETA, from the rate measured since the stage's own first report."""
 
 from __future__ import annotations
 
+import logging
 import time
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
+
+def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger (shown in the UI), or the logger `name` when a task is called
+    through .fn(), outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)
 
 
 def duration_text(seconds: float) -> str:

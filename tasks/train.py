@@ -23,12 +23,11 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 
 from diffusion_lib import run_lock
 from diffusion_lib.training.__main__ import PARENT_ENV
 from tasks.presets import TrainPart
-from tasks.progress import Eta
+from tasks.progress import Eta, run_logger
 
 EXIT_MEANINGS = {
     2: "bad input (config, data, run directory or checkpoint)",
@@ -148,12 +147,7 @@ def train_model(
 
     The chief's (worker 0's) JSON lines drive the log and the progress artifact; any worker
     failing, or the deadline passing, kills every worker's process group."""
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called through .fn(), outside a run
-        import logging
-
-        logger = logging.getLogger("tasks.train")
+    logger = run_logger("tasks.train")
     in_run = TaskRunContext.get() is not None
     run = pathlib.Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)

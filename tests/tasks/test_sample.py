@@ -1,8 +1,10 @@
 """The sample-set tasks: the plan counts shards without loading weights, and the shard and
 manifest tasks, the dataset tasks under their own names, write the library's sample set."""
 
+import dataclasses
 import json
 
+import numpy as np
 from prefect import flow
 from prefect.utilities.annotations import unmapped
 
@@ -27,14 +29,14 @@ def test_planning_a_sample_set_loads_no_weights(toy_ddpm_run, monkeypatch):
         raise AssertionError("plan_samples restored a checkpoint")
 
     monkeypatch.setattr(Run, "restore", refuse)
-    spec, count = plan_samples.fn(str(toy_ddpm_run), PART, None)
+    spec, count = plan_samples.fn(str(toy_ddpm_run), PART, None, str(toy_ddpm_run / "no-samples"))
     assert count == 3  # 96 rows in shards of 40
     assert dict(spec.options)["step"] == 200  # None resolves to the latest checkpoint
 
 
 @flow
 def sample(run_dir: str, out_dir: str) -> str:
-    spec, count = plan_samples(run_dir, PART, 100)
+    spec, count = plan_samples(run_dir, PART, 100, out_dir)
     files = sample_shards.map(unmapped(spec), unmapped(out_dir), range(count))
     return finalize_samples(spec, out_dir, files.result())
 
@@ -52,3 +54,33 @@ def test_mapped_sample_tasks_write_the_librarys_sample_set(prefect_server, toy_d
     for manifest in manifests:
         del manifest["created_at"]
     assert manifests[0] == manifests[1]
+
+
+def test_a_path_spelling_changes_nothing_and_another_set_goes_beside(
+    toy_ddpm_run, tmp_path, monkeypatch
+):
+    """The set's identity is its checkpoint's content, sampler, seed and layout: the run named
+    relative or absolute plans the same set (nothing moved, nothing redrawn); another size or
+    another checkpoint moves the earlier set beside the directory, intact, instead of refusing."""
+    from diffusion_lib.data import open_dataset, prepare_dataset
+    from diffusion_lib.sample_sets import sample_set_spec
+
+    out = tmp_path / "samples"
+    absolute = sample_set_spec(toy_ddpm_run, step=100, **PART.options())
+    prepare_dataset(absolute, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    monkeypatch.chdir(toy_ddpm_run.parent)
+    spec, _ = plan_samples.fn(toy_ddpm_run.name, PART, 100, str(out))
+    assert spec.fingerprint() == absolute.fingerprint()
+    prepare_dataset(spec, out)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")} == before
+    first = open_dataset(out).read().values
+
+    smaller = dataclasses.replace(PART, n=48)
+    spec, count = plan_samples.fn(toy_ddpm_run.name, smaller, 100, str(out))
+    (beside,) = tmp_path.glob("samples-*")
+    np.testing.assert_array_equal(open_dataset(beside).read().values, first)
+    prepare_dataset(spec, out)
+    assert len(open_dataset(out)) == 48
+    spec, _ = plan_samples.fn(toy_ddpm_run.name, smaller, 200, str(out))
+    assert len(list(tmp_path.glob("samples-*"))) == 2 and not out.exists()
