@@ -13,6 +13,7 @@ import keras
 
 FAMILIES: dict[str, Callable[[NetworkConfig], keras.Model]] = {}
 OUTPUT_SCALINGS = ("none", "inverse_sigma")
+INPUT_SCALINGS = ("none", "unit_variance")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -22,13 +23,17 @@ class NetworkConfig:
 
     data_shape: (d,) for points, (H, W, C) for images. conditioning: "timestep" (DDPM) or
     "log_sigma" (score models). output_scaling: "inverse_sigma" divides the output by sigma
-    (NCSNv2). output_channels_factor: 2 for a DDPM with learned variance.
+    (NCSNv2). input_scaling: "unit_variance" feeds a score model x / sqrt(1 + sigma^2), which
+    has unit variance at every noise level for standardised data (EDM's c_in; the
+    variance-preserving input of a DDPM network), instead of x, whose scale grows with sigma
+    up to sigma_max. output_channels_factor: 2 for a DDPM with learned variance.
     """
 
     family: str
     data_shape: tuple[int, ...] = (2,)
     conditioning: str = "timestep"
     output_scaling: str = "none"
+    input_scaling: str = "none"
     output_channels_factor: int = 1
     precision: str = "float32"
     # MLP
@@ -67,6 +72,10 @@ class NetworkConfig:
             fail(f"output_scaling must be one of {OUTPUT_SCALINGS}, got {self.output_scaling!r}")
         if self.output_scaling == "inverse_sigma" and self.conditioning != "log_sigma":
             fail("output_scaling='inverse_sigma' needs conditioning='log_sigma'")
+        if self.input_scaling not in INPUT_SCALINGS:
+            fail(f"input_scaling must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}")
+        if self.input_scaling != "none" and self.conditioning != "log_sigma":
+            fail(f"input_scaling={self.input_scaling!r} needs conditioning='log_sigma'")
         if self.output_channels_factor not in (1, 2):
             fail(f"output_channels_factor must be 1 or 2, got {self.output_channels_factor}")
         if self.precision not in PRECISIONS:

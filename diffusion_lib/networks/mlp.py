@@ -22,6 +22,7 @@ class ConditionalMLP(ConfigModel):
         cfg = NetworkConfig(**self.config)
         policy = cfg.precision
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
+        self.input_scaling = cfg.input_scaling
         self.embedding = ConditionEmbedding(cfg.embedding_dim, cfg.conditioning, dtype=policy)
         self.inp = keras.layers.Dense(cfg.hidden, dtype=policy)
         self.hidden = [keras.layers.Dense(cfg.hidden, dtype=policy) for _ in range(cfg.depth)]
@@ -30,6 +31,8 @@ class ConditionalMLP(ConfigModel):
         self.out = keras.layers.Dense(out_dim, kernel_initializer="zeros", dtype=policy)
 
     def call(self, x, cond, training=False, seed=None):
+        if self.input_scaling == "unit_variance":
+            x = x * tf.math.rsqrt(1.0 + tf.square(tf.cast(cond, x.dtype)))[:, None]
         emb = tf.nn.silu(self.embedding(cond))
         h = self.inp(tf.cast(x, self.compute_dtype))
         for dense, proj in zip(self.hidden, self.cond_proj, strict=True):

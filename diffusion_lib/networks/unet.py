@@ -35,6 +35,7 @@ class UNet(ConfigModel):
         cfg = NetworkConfig(**self.config)
         policy, groups = cfg.precision, cfg.norm_groups
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
+        self.input_scaling = cfg.input_scaling
         ch = cfg.base_channels
         self.embedding = ConditionEmbedding(4 * ch, cfg.conditioning, dtype=policy)
         self.conv_in = keras.layers.Conv2D(ch, 3, padding="same", dtype=policy)
@@ -95,6 +96,8 @@ class UNet(ConfigModel):
         )
 
     def call(self, x, cond, training=False, seed=None):
+        if self.input_scaling == "unit_variance":
+            x = x * tf.math.rsqrt(1.0 + tf.square(tf.cast(cond, x.dtype)))[:, None, None, None]
         emb = self.embedding(cond)
         h = self.conv_in(tf.cast(x, self.compute_dtype))
         skips = [h]

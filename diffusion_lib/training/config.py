@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
-from diffusion_lib.networks.config import OUTPUT_SCALINGS, PRECISIONS
+from diffusion_lib.networks.config import INPUT_SCALINGS, OUTPUT_SCALINGS, PRECISIONS
 from diffusion_lib.score_matching import PROJECTIONS
 from diffusion_lib.training.objectives import OBJECTIVES
 
@@ -54,6 +54,7 @@ ARCHITECTURE_FIELDS = (
     "num_levels",
     "var_type",
     "score_output_scaling",
+    "score_input_scaling",
 )
 
 
@@ -93,6 +94,7 @@ class TrainConfig:
     projection: str = "gaussian"
     variance_reduction: bool = True
     score_output_scaling: str = "none"
+    score_input_scaling: str = "none"
     # Optimisation
     optimizer: str = "adam"
     learning_rate: float = 2e-4
@@ -186,6 +188,7 @@ class TrainConfig:
             "loss_weighting": _values(LossWeighting),
             "projection": PROJECTIONS,
             "score_output_scaling": OUTPUT_SCALINGS,
+            "score_input_scaling": INPUT_SCALINGS,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -244,6 +247,11 @@ class TrainConfig:
             fail(
                 "score_output_scaling",
                 "'inverse_sigma' needs a noise-conditional objective (ncsn or dsm)",
+            )
+        if self.score_input_scaling != "none" and self.objective not in ("ncsn", "dsm"):
+            fail(
+                "score_input_scaling",
+                f"{self.score_input_scaling!r} needs a noise-conditional objective (ncsn or dsm)",
             )
         for field, beta in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
             if not 0.0 <= beta < 1.0:

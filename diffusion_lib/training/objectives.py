@@ -86,7 +86,11 @@ class NcsnObjective:
         self.sigmas = sigma_schedule(c.sigma_max, c.sigma_min, c.num_levels)
 
     def network_overrides(self) -> dict:
-        return {"conditioning": "log_sigma", "output_scaling": self.config.score_output_scaling}
+        return {
+            "conditioning": "log_sigma",
+            "output_scaling": self.config.score_output_scaling,
+            "input_scaling": self.config.score_input_scaling,
+        }
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         level_seed, noise_seed, dropout_seed = _split(seed, 3)
@@ -114,7 +118,11 @@ class DsmObjective:
         self.sigmas = np.array([self.config.sigma], np.float64)
 
     def network_overrides(self) -> dict:
-        return {"conditioning": "log_sigma", "output_scaling": self.config.score_output_scaling}
+        return {
+            "conditioning": "log_sigma",
+            "output_scaling": self.config.score_output_scaling,
+            "input_scaling": self.config.score_input_scaling,
+        }
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         noise_seed, dropout_seed = _split(seed, 2)

@@ -68,6 +68,28 @@ def test_ncsnv2_output_scaling_divides_by_sigma():
     )
 
 
+@pytest.mark.parametrize("name", ["mlp-tiny", "unet-tiny"])
+def test_unit_variance_input_scaling_feeds_x_over_sqrt_one_plus_sigma_squared(name):
+    """The scaled network is the plain one applied to x / sqrt(1 + sigma^2), per example; and
+    it refuses a timestep-conditioned network."""
+    cfg = preset(name, conditioning="log_sigma", input_scaling="unit_variance")
+    if name == "unet-tiny":
+        cfg = dataclasses.replace(cfg, data_shape=(8, 8, 1))
+    model = build_network(cfg)
+    _perturb_output_layer(model)
+    plain = build_network(dataclasses.replace(cfg, input_scaling="none"))
+    plain.set_weights(model.get_weights())
+    sigma = tf.constant([0.01, 1.0, 3.0, 50.0])
+    x = tf.random.stateless_normal([4, *cfg.data_shape], [1, 2]) * 5.0
+    scale = tf.reshape(tf.math.rsqrt(1.0 + sigma**2), [4] + [1] * len(cfg.data_shape))
+    np.testing.assert_allclose(
+        model(x, sigma).numpy(), plain(x * scale, sigma).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(model(x, sigma).numpy(), plain(x, sigma).numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="input_scaling"):
+        preset(name, input_scaling="unit_variance").validate()
+
+
 def test_dropout_is_a_pure_function_of_the_seed():
     model = build_network(preset("unet-tiny", dropout=0.5))
     _perturb_output_layer(model)
