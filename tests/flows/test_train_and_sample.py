@@ -333,6 +333,16 @@ def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_
             verify(run_dir / "checkpoints", step)
     assert kills == ["prepare-dataset", "train", "evaluate", "sample"]
 
+    # A second writer is refused: the CLI exits 1 naming the holder, and changes nothing.
+    from diffusion_lib.run_lock import writing
+
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    with writing(run_dir):
+        busy = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert busy.returncode == 1
+    assert f"run {run_dir} is being written by pid {os.getpid()}" in busy.stderr
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert _storm_processes(str(run_dir)) == []
@@ -371,3 +381,13 @@ def test_a_stage_whose_tasks_failed_fails_and_is_named(prefect_server, tmp_path)
         preset="tiny", output_root=str(tmp_path / "file-root"), run_name="r", return_state=True
     )
     assert state.is_failed() and "file-root" in state.message
+
+
+def test_the_cli_exits_2_on_a_bad_parameter_before_any_work(prefect_server, tmp_path, capsys):
+    from flows.train_and_sample import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "tiny", "--output-root", str(tmp_path), "--steps", "0"])
+    assert exit_info.value.code == 2
+    assert "bad parameter" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
