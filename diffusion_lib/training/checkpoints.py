@@ -61,6 +61,8 @@ def verify(directory: str | pathlib.Path, step: int) -> None:
     if files is None:
         return  # written before checksums were recorded
     for name, expected in sorted(files.items()):
+        if not name.startswith(f"ckpt-{step}."):
+            raise DamagedCheckpoint(f"{directory / f'ckpt-{step}.json'}: lists {name}, not its own")
         path = directory / name
         if not path.is_file():
             raise DamagedCheckpoint(f"{path}: missing")

@@ -8,13 +8,15 @@ uninterrupted run (bitwise on CPU with op determinism on).
 Distribution: each replica computes the gradient of sum(its per-example losses) / global batch;
 the gradients are summed across replicas (all-reduce) and clipped by their global norm (the same
 norm on every replica, so clipping does not depend on the replica count; Keras's own clipping
-acts per replica, before summing). Keras's optimizer then applies them (it sums again, so each
-replica hands it 1/R of the clipped sum), and the EMA is updated in cross-replica context.
+acts per replica, before summing). That is the step's one gradient all-reduce: Keras's
+optimizer applies the clipped sum as it is (make_optimizer turns off the second all-reduce it
+would do), and the EMA is updated in cross-replica context.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -141,7 +143,29 @@ def network_config(config: TrainConfig, data_shape: tuple[int, ...], objective) 
     )
 
 
+@functools.cache
+def _given_reduced_gradients(base: type) -> type:
+    """`base` (a Keras optimizer class) told that the gradients it is given are already summed
+    over replicas. The train step all-reduces them itself (once), so that clipping by their
+    global norm is independent of the replica count; Keras's TensorFlow optimizer would all-reduce
+    them again inside `apply`, doubling the one collective that limits multi-GPU scaling. Keras 3
+    has no public switch for this, so the subclass replaces the private method it calls; if a
+    Keras version drops that method, this fails loudly rather than summing twice."""
+    if not callable(getattr(base, "_all_reduce_sum_gradients", None)):
+        raise RuntimeError(
+            f"{base.__name__} has no _all_reduce_sum_gradients: this Keras version aggregates "
+            "gradients differently; the train step's single all-reduce needs updating"
+        )
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+    return type(base.__name__, (base,), {"_all_reduce_sum_gradients": _all_reduce_sum_gradients})
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer of `config`. It applies the gradients it is given as they are: under a
+    distribution strategy the caller hands it gradients already summed over replicas."""
     schedule = WarmupSchedule.of(config)
     common = {
         "learning_rate": schedule,
@@ -150,9 +174,11 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         "epsilon": 1e-8,
     }
     if config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+        optimizer = _given_reduced_gradients(keras.optimizers.AdamW)(
+            weight_decay=config.weight_decay, **common
+        )
     else:
-        optimizer = keras.optimizers.Adam(**common)
+        optimizer = _given_reduced_gradients(keras.optimizers.Adam)(**common)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -372,11 +398,9 @@ class Trainer:
             finite = tf.math.is_finite(loss) & (tf.math.is_finite(norm) | loss_scaled)
             if clip > 0:
                 grads, _ = tf.clip_by_global_norm(grads, clip * scale, use_norm=norm * scale)
-            # Keras's apply must run in replica context and sums the gradients across replicas
-            # itself; hand it each replica's 1/R share of the reduced, clipped gradient. (The cost
-            # is a second all-reduce; the first is what makes clipping replica-count independent.)
-            replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
-            optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], variables)
+            # The one all-reduce of the step is above; the optimizer (make_optimizer) applies
+            # the reduced, clipped gradient as it is, on every replica.
+            optimizer.apply(grads, variables)
             rate = tf.constant(decay)
             if warmup:  # min(decay, (1 + k) / (10 + k)): a usable average early in short runs
                 k = tf.cast(step, tf.float32)
