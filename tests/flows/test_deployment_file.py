@@ -69,3 +69,64 @@ def test_multi_host_manifest_gives_each_pod_its_own_tf_config():
     assert "${JOB_COMPLETION_INDEX}" in script and "python -m diffusion_lib.training" in script
     hosts = script.count(".train-<run>:2222")
     assert hosts == job["spec"]["completions"]  # TF_CONFIG lists every worker of the job
+
+
+KUBERNETES_VERSION = "1.30.0"
+
+
+def test_rendered_manifests_are_valid_kubernetes_and_each_pod_gets_its_own_task_index(
+    prefect_server,
+):
+    """The Indexed Job and its Service for a run named r1 on 2 hosts, and the job the GPU work
+    pool's template renders, validate (strict: no unknown fields) against the Kubernetes
+    1.30 API schemas, offline. Each pod's TF_CONFIG, computed by running the container's own
+    shell script with the index the Job gives it, names both hosts in the same order and its
+    own task index; both pods request the GPUs, start in the image's working directory and
+    mount the run directory from the shared claim."""
+    import subprocess
+
+    import kubernetes_validate
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    text = (ROOT / "deploy" / "kubernetes" / "train-workers.yaml").read_text()
+    documents = list(yaml.safe_load_all(text.replace("<run>", "r1")))
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    job = documents[1]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    configs = []
+    for index in range(job["spec"]["completions"]):
+        script = container["args"][0].split("exec python")[0] + 'printf %s "$TF_CONFIG"'
+        out = subprocess.run(
+            ["/bin/sh", "-c", script],
+            env={"JOB_COMPLETION_INDEX": str(index), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        configs.append(json.loads(out.stdout))
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in (0, 1)]
+    assert (
+        configs[0]["cluster"]
+        == configs[1]["cluster"]
+        == {"worker": ["train-r1-0.train-r1:2222", "train-r1-1.train-r1:2222"]}
+    )
+    assert container["workingDir"] == "/opt/diffusion-lib"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] > 0
+    assert "--run-dir /runs/r1" in container["args"][0]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == "diffusion-runs"
+
+    template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
+    defaults = {
+        name: spec["default"]
+        for name, spec in template["variables"]["properties"].items()
+        if "default" in spec
+    }
+    values = {**defaults, "gpu_count": 2, "image": "registry.example/diffusion-lib:1"}
+    rendered = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
+    )
+    manifest = {"apiVersion": "batch/v1", "kind": "Job", **rendered.job_manifest}
+    manifest["metadata"] = {"name": "train-r1", **manifest.get("metadata", {})}
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
