@@ -93,7 +93,5 @@ def test_the_main_jobs_sample_set_is_its_evaluations_draw():
     and a single chunk of the same n), so drawing it costs nothing more (draw's memo)."""
     for model in MODELS:
         plan = resolve("mnist-cpu", model)
-        if model == "ncsn":
-            continue  # 128 samples of 400: NCSN's sample set is smaller than its evaluation's
         assert plan.samples.sampler == plan.eval.sampler and plan.samples.seed == plan.eval.seed
         assert plan.samples.n == plan.eval.n <= min(plan.samples.chunk_rows, plan.eval.batch_size)
