@@ -209,18 +209,20 @@ SCORE_VARIANTS: dict[str, ScoreVariant] = {
         TrainPart.of("toy-ncsn"),
         SamplerSpec.of("annealed_langevin", steps_per_level=100, step_lr=8.1e-5),
     ),
-    # DDPM's network, batch, learning rate and steps on 100 noise levels from 50 to 0.01, sampled
+    # DDPM's network, batch, learning rate and steps on 100 noise levels from 50 to 0.05, sampled
     # by ancestral sampling (one network call a level, like DDPM's 100-step DDIM, so the sample
-    # set is again the evaluation's draw). On one checkpoint (benchmarks/README.md): FID 14.6,
-    # classifier score 5.36 against 21.0 and 4.90 for annealed Langevin with 3 steps a level at
-    # 3x the network calls; the earlier preset (unet-small, 1,200 steps, annealed Langevin on
-    # 128 samples) measured FID 25.3 and 4.39.
+    # set is again the evaluation's draw). Measured (benchmarks/README.md): FID 11.2, classifier
+    # score 5.70; with levels down to 0.01 FID 14.6, 5.36 (a quarter of training went to noise
+    # below 0.1, where denoising is trivial), and on that checkpoint annealed Langevin with 3
+    # steps a level, at 3x the network calls, 21.0 and 4.90. The earlier preset (unet-small,
+    # 1,200 steps, annealed Langevin on 128 samples) measured FID 25.3 and 4.39.
     "mnist-cpu": ScoreVariant(
         TrainPart.of(
             "mnist-ncsn",
             network="unet-cpu",
             batch_size=64,
             num_levels=100,
+            sigma_min=0.05,
             num_steps=1_900,
             checkpoint_every=600,
             log_every=50,
