@@ -176,6 +176,26 @@ def initial_state(x, shape, seed: tf.Tensor, dtype, name: str) -> tf.Tensor:
     return tf.random.stateless_normal(shape, seed, dtype=dtype)
 
 
+def score_table_step(score_fn: Callable, sigmas, drifts, spreads) -> Callable:
+    """The step x <- x + drift[i] * score_fn(x, sigma[i]) + spread[i] * z of a noise-level
+    sampler, from per-step tables (float64, cast to x's dtype), as a `tf.function` of
+    (x, i, seed) for `run_chain`. Annealed Langevin and ancestral sampling are both this update
+    with different tables."""
+    sigma_table = tf.constant(np.asarray(sigmas, np.float64))
+    drift_table = tf.constant(np.asarray(drifts, np.float64))
+    spread_table = tf.constant(np.asarray(spreads, np.float64))
+
+    @tf.function
+    def step(x_k, i, step_seed):
+        dt = x_k.dtype
+        sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
+        score = _checks.call_network(score_fn, x_k, sigma)
+        z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
+        return x_k + tf.cast(drift_table[i], dt) * score + tf.cast(spread_table[i], dt) * z
+
+    return step
+
+
 def level_health_watch(
     carries: Mapping[int, float], data_rms: float
 ) -> tuple[list[LevelHealth], Callable[[int, tf.Tensor], None]]:

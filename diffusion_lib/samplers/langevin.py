@@ -46,6 +46,7 @@ from diffusion_lib.samplers.base import (
     level_health_watch,
     register_sampler,
     run_chain,
+    score_table_step,
     split_seed,
 )
 
@@ -178,17 +179,12 @@ def annealed_langevin_dynamics(
     # denoising step, (sigma_L, sigma_L^2, 0): x + sigma_L^2 * s(x, sigma_L), no noise. A
     # tensor `if` choosing between the two made Grappler emit an AccumulateNV2 whose temporary
     # variable collided between calls (AlreadyExistsError with a U-Net score model).
-    sigma_table = tf.constant(np.append(level_sigma, sigmas[-1]), tf.float64)
-    drift_table = tf.constant(np.append(level_alpha, sigmas[-1] ** 2), tf.float64)
-    spread_table = tf.constant(np.append(np.sqrt(2.0 * level_alpha), 0.0), tf.float64)
-
-    @tf.function
-    def step(x_k, i, step_seed):
-        dt = x_k.dtype
-        sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
-        score = _checks.call_network(score_fn, x_k, sigma)
-        z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
-        return x_k + tf.cast(drift_table[i], dt) * score + tf.cast(spread_table[i], dt) * z
+    step = score_table_step(
+        score_fn,
+        np.append(level_sigma, sigmas[-1]),
+        np.append(level_alpha, sigmas[-1] ** 2),
+        np.append(np.sqrt(2.0 * level_alpha), 0.0),
+    )
 
     total = num_langevin + (1 if denoise_final else 0)
     level_ends = {(i + 1) * steps_per_level: float(sigma) for i, sigma in enumerate(sigmas)}

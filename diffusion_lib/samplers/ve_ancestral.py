@@ -35,6 +35,7 @@ from diffusion_lib.samplers.base import (
     level_health_watch,
     register_sampler,
     run_chain,
+    score_table_step,
     split_seed,
 )
 
@@ -71,17 +72,7 @@ def ve_ancestral_sample(
     data_rms = _checks.positive_number(data_rms, "data_rms")
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
-    sigma_table = tf.constant(sigmas, tf.float64)
-    drift_table = tf.constant(drift, tf.float64)
-    spread_table = tf.constant(spread, tf.float64)
-
-    @tf.function
-    def step(x_k, i, step_seed):
-        dt = x_k.dtype
-        sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
-        score = _checks.call_network(score_fn, x_k, sigma)
-        z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=dt)
-        return x_k + tf.cast(drift_table[i], dt) * score + tf.cast(spread_table[i], dt) * z
+    step = score_table_step(score_fn, sigmas, drift, spread)
 
     # Health after step i (i < L): the chain should carry noise sigma_{i+1} on top of the data.
     carries = {i + 1: float(sigma) for i, sigma in enumerate(sigmas[1:])}

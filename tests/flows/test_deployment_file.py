@@ -32,9 +32,10 @@ def test_deployments_name_real_flows_and_valid_parameters():
     assert set(deployments["gpu"]["work_pool"]["job_variables"]) <= allowed
 
 
-def test_kubernetes_template_renders_a_gpu_job(prefect_server):
-    # The renderer takes an API client (for block references); the test server gives it one that
-    # is shut down cleanly rather than an ephemeral one stopped at interpreter exit.
+def _render_gpu_template(**values):
+    """The GPU pool's job configuration for `values` (the template's defaults otherwise), by
+    prefect-kubernetes' own renderer. It takes an API client (for block references): the test
+    server's, shut down cleanly, rather than an ephemeral one stopped at interpreter exit."""
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
@@ -43,10 +44,13 @@ def test_kubernetes_template_renders_a_gpu_job(prefect_server):
         for name, spec in template["variables"]["properties"].items()
         if "default" in spec
     }
-    values = {**defaults, "gpu_count": 4, "image": "registry.example/diffusion-lib:1"}
-    configuration = asyncio.run(
-        KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
+    return asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(template, {**defaults, **values})
     )
+
+
+def test_kubernetes_template_renders_a_gpu_job(prefect_server):
+    configuration = _render_gpu_template(gpu_count=4, image="registry.example/diffusion-lib:1")
     pod = configuration.job_manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -86,7 +90,6 @@ def test_rendered_manifests_are_valid_kubernetes_and_each_pod_gets_its_own_task_
     import subprocess
 
     import kubernetes_validate
-    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     text = (ROOT / "deploy" / "kubernetes" / "train-workers.yaml").read_text()
     documents = list(yaml.safe_load_all(text.replace("<run>", "r1")))
@@ -117,16 +120,7 @@ def test_rendered_manifests_are_valid_kubernetes_and_each_pod_gets_its_own_task_
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == "diffusion-runs"
 
-    template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
-    defaults = {
-        name: spec["default"]
-        for name, spec in template["variables"]["properties"].items()
-        if "default" in spec
-    }
-    values = {**defaults, "gpu_count": 2, "image": "registry.example/diffusion-lib:1"}
-    rendered = asyncio.run(
-        KubernetesWorkerJobConfiguration.from_template_and_values(template, values)
-    )
+    rendered = _render_gpu_template(gpu_count=2, image="registry.example/diffusion-lib:1")
     manifest = {"apiVersion": "batch/v1", "kind": "Job", **rendered.job_manifest}
     manifest["metadata"] = {"name": "train-r1", **manifest.get("metadata", {})}
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
