@@ -158,19 +158,25 @@ def draw_chunk(
     if not identity:  # weights of unknown origin: nothing to remember them by
         return fresh()
     replicas = strategy.num_replicas_in_sync if strategy else 1
-    scale = data_rms if spec.info.anneals else None  # it only scales annealed chains' health
-    key = (identity, spec, size, int(seed), int(index), replicas, scale)
+    # data_rms is not part of the key: it only sets the RMS an annealed chain's health compares
+    # against, which is recomputed for the caller's (an evaluation measures it, a sample set
+    # does not: with it in the key the sample set redrew the evaluation's chunk).
+    key = (identity, spec, size, int(seed), int(index), replicas)
     with _memo_lock:
-        if key in _memo:
+        remembered = _memo.get(key)
+        if remembered is not None:
             _memo.move_to_end(key)
-            return _memo[key]
-    drawn = fresh()
-    drawn.samples.setflags(write=False)
-    with _memo_lock:
-        _memo[key] = drawn
-        while sum(d.samples.nbytes for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
-            _memo.popitem(last=False)
-    return drawn
+    if remembered is None:
+        remembered = fresh()
+        remembered.samples.setflags(write=False)
+        with _memo_lock:
+            _memo[key] = remembered
+            while sum(d.samples.nbytes for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
+                _memo.popitem(last=False)
+    health = tuple(
+        LevelHealth(h.sigma, h.rms, float(np.hypot(data_rms, h.sigma))) for h in remembered.health
+    )
+    return dataclasses.replace(remembered, health=health)
 
 
 def draw_chunks(

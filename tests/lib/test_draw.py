@@ -196,3 +196,20 @@ def test_an_evaluation_and_a_sample_set_asking_for_the_same_chunk_draw_it_once(
     assert calls == [60, 60, 60]
     with pytest.raises(ValueError, match="read-only"):
         remembered.samples[0, 0] = 0.0
+
+
+def test_a_remembered_annealed_chunk_serves_another_data_rms_with_its_own_health(ncsn_run):
+    """The evaluation measures the data's RMS for the health figures, the sample set does not:
+    the same chunk is drawn once, and each caller gets the health against its own data_rms."""
+    from diffusion_lib import draw as draw_module
+
+    draw_module.clear_memo()
+    restored = ncsn_run.restore()
+    spec = SamplerSpec.of("annealed_langevin", steps_per_level=2, step_lr=4.8e-4)
+    first = draw_chunk(restored, spec, n=8, chunk_rows=8, index=0, seed=3, data_rms=0.5)
+    again = draw_chunk(restored, spec, n=8, chunk_rows=8, index=0, seed=3, data_rms=1.0)
+    assert again.samples is first.samples  # remembered, not redrawn
+    assert [h.rms for h in again.health] == [h.rms for h in first.health]
+    for mine, theirs in zip(again.health, first.health, strict=True):
+        assert mine.expected_rms == pytest.approx(np.hypot(1.0, mine.sigma))
+        assert theirs.expected_rms == pytest.approx(np.hypot(0.5, theirs.sigma))
