@@ -191,11 +191,11 @@ def make_room(spec: DatasetSpec, directory: str | pathlib.Path) -> pathlib.Path 
     others = _fingerprints_in(directory) - {spec.fingerprint()}
     if not others:
         return None
-    target = directory.with_name(f"{directory.name}-{sorted(others)[0][:12]}")
-    suffix = 1
+    base = f"{directory.name}-{min(others)[:12]}"
+    target, suffix = directory.with_name(base), 1
     while target.exists():
         suffix += 1
-        target = target.with_name(f"{directory.name}-{sorted(others)[0][:12]}-{suffix}")
+        target = directory.with_name(f"{base}-{suffix}")
     directory.rename(target)
     return target
 

@@ -161,7 +161,7 @@ class CheckpointStore:
             self.directory / f"ckpt-{step}.json",
             json.dumps({"step": step, **info, "files": files}, sort_keys=True).encode(),
         )
-        self.prune()
+        self.prune(verified=step)  # its checksums were just computed from the files
         return prefix
 
     def _verifies(self, step: int) -> bool:
@@ -200,14 +200,16 @@ class CheckpointStore:
             path.replace(target / path.name)
         return target
 
-    def prune(self) -> None:
+    def prune(self, verified: int | None = None) -> None:
+        """Removes checkpoints beyond the last `keep_last` and every `keep_every`-th, keeping the
+        newest good one; `verified` names one known good without hashing it again."""
         steps = self.steps()
         keep = set(steps[-self.keep_last :])
         if self.keep_every:
             keep |= {s for s in steps if s % self.keep_every == 0}
         # Never prune the last good checkpoint: if none of those kept verifies (their files
         # damaged since they were written), keep the newest one that does.
-        if not any(self._verifies(s) for s in sorted(keep, reverse=True)):
+        if verified not in keep and not any(self._verifies(s) for s in sorted(keep, reverse=True)):
             good = next((s for s in reversed(steps) if s not in keep and self._verifies(s)), None)
             if good is not None:
                 keep.add(good)
