@@ -1,0 +1,97 @@
+# Two commands do all the set-up: `make run` (the main job) and `make test` (the checks CI runs).
+# Each prepares the project's own environment in .venv first (scripts/ensure_venv.py: reused as
+# long as pyproject.toml is unchanged) and is safe to run again. `make help` lists every target.
+
+PYTHON ?= python3
+VENV ?= .venv
+ISOLATED ?= 0
+VERBOSE ?= 0
+PRESET ?= mnist-cpu
+MODEL ?=
+OUTPUT_ROOT ?= runs
+ARGS ?=
+PYTEST_ARGS ?=
+PORT ?= 4200
+LOCAL_DEPLOY ?= .deploy-local
+
+VPY := $(abspath $(VENV))/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test check system-deps deploy-local deploy-stop clean-venv
+
+help: ## list the targets and their settings
+	@echo "usage: make <target> [SETTING=value ...]"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "settings: PRESET=$(PRESET) MODEL=$(or $(MODEL),<the preset's>) OUTPUT_ROOT=$(OUTPUT_ROOT)"
+	@echo "  ARGS='...' more flags for the job (python -m flows.train_and_sample --help)"
+	@echo "  PYTEST_ARGS='...' for pytest, e.g. PYTEST_ARGS='-k sampler -n 0'"
+	@echo "  PYTHON=$(PYTHON) makes $(VENV); ISOLATED=1 hides the packages it already has;"
+	@echo "  VERBOSE=1 shows pip's output; PORT=$(PORT) for deploy-local"
+
+venv: ## create or refresh .venv (reused while pyproject.toml is unchanged)
+	@$(PYTHON) scripts/ensure_venv.py --venv "$(VENV)" \
+		$(if $(filter 1,$(ISOLATED)),--isolated) $(if $(filter 1,$(VERBOSE)),--verbose)
+
+run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), OUTPUT_ROOT (runs), ARGS
+	$(VPY) -m flows.train_and_sample --preset $(PRESET) --output-root $(OUTPUT_ROOT) \
+		$(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+test: venv system-deps check ## ruff and pytest as CI runs them (PYTEST_ARGS for a selection)
+
+check: ## ruff and pytest in .venv, without preparing anything first
+	$(VPY) -m ruff check .
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+system-deps: ## Debian's chromium for the browser test: installed when root, else a note
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's chromium (the browser check of the Prefect UI)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "==> chromium is missing: the browser check of the Prefect UI will be skipped"; \
+		echo "    (install it with: sudo apt-get install -y chromium; with CI set the check fails)"; \
+	fi
+
+deploy-local: venv ## the README's local Deploy path in the background: server, pool, deployments, worker
+	@mkdir -p $(LOCAL_DEPLOY)
+	@set -e; \
+	export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_SERVER_API_PORT=$(PORT) \
+		PREFECT_SERVER_ANALYTICS_ENABLED=false; \
+	if [ -f $(LOCAL_DEPLOY)/worker.pid ] && kill -0 "$$(cat $(LOCAL_DEPLOY)/worker.pid)" 2>/dev/null; then \
+		echo "==> a worker from an earlier deploy-local is running (pid $$(cat $(LOCAL_DEPLOY)/worker.pid)): make deploy-stop first"; \
+		exit 1; \
+	fi; \
+	echo "==> Prefect server on port $(PORT)"; \
+	prefect server start --background --port $(PORT) > $(LOCAL_DEPLOY)/server.out 2>&1 \
+		|| { cat $(LOCAL_DEPLOY)/server.out; exit 1; }; \
+	prefect server status --wait --timeout 120 > /dev/null; \
+	echo "==> work pool diffusion-process"; \
+	prefect work-pool create diffusion-process --type process --overwrite > /dev/null; \
+	echo "==> deployments train-and-sample/default and train-and-sample/nightly"; \
+	prefect --no-prompt deploy --prefect-file deploy/prefect.yaml --name default --name nightly \
+		> $(LOCAL_DEPLOY)/deploy.out 2>&1 || { cat $(LOCAL_DEPLOY)/deploy.out; exit 1; }; \
+	setsid nohup prefect worker start --pool diffusion-process > $(LOCAL_DEPLOY)/worker.log 2>&1 & \
+	echo $$! > $(LOCAL_DEPLOY)/worker.pid; \
+	echo "==> worker started (pid $$(cat $(LOCAL_DEPLOY)/worker.pid), log $(LOCAL_DEPLOY)/worker.log)"; \
+	echo; \
+	echo "UI: http://127.0.0.1:$(PORT). Start a run from a shell with:"; \
+	echo "  . $(VENV)/bin/activate && export PREFECT_API_URL=$$PREFECT_API_URL"; \
+	echo "  prefect deployment run train-and-sample/default --param preset=mnist-cpu --watch"; \
+	echo "Stop it all with: make deploy-stop$(if $(filter-out 4200,$(PORT)), PORT=$(PORT))"
+
+deploy-stop: ## stop what deploy-local started (worker, then server)
+	@export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_SERVER_API_PORT=$(PORT); \
+	if [ -f $(LOCAL_DEPLOY)/worker.pid ]; then \
+		pid=$$(cat $(LOCAL_DEPLOY)/worker.pid); \
+		if kill -0 $$pid 2>/dev/null; then kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid; \
+			echo "==> worker $$pid stopped"; fi; \
+		rm -f $(LOCAL_DEPLOY)/worker.pid; \
+	fi; \
+	$(VPY) -m prefect server stop 2>&1 | sed 's/^/==> /'
+
+clean-venv: ## remove .venv (the next make builds it again)
+	rm -rf $(VENV)
