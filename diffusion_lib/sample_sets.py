@@ -141,18 +141,34 @@ def sample_set_spec(
     chunk_rows: int = CHUNK_ROWS,
     distribute: str = "auto",
 ) -> DatasetSpec:
-    """The DatasetSpec of a sample set; `step=None` resolves to the run's latest checkpoint."""
+    """The DatasetSpec of a sample set; `step=None` resolves to the run's latest checkpoint.
+
+    `n` is its count option: the set's identity (fingerprint) is the checkpoint's content, the
+    sampler, the seed and the layout, and a larger `n` extends the set in place (the whole
+    shards already drawn are kept). For that, a shard must hold whole chunks: `rows_per_shard`
+    is a multiple of `chunk_rows`, so every chunk of a whole shard is drawn at its full size,
+    whatever `n` is."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise DataError(f"n must be a positive integer, got {n!r}")
+    for name, value in (("rows_per_shard", rows_per_shard), ("chunk_rows", chunk_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise DataError(f"{name} must be a positive integer, got {value!r}")
+    if rows_per_shard % chunk_rows:
+        raise DataError(
+            f"rows_per_shard ({rows_per_shard}) must be a multiple of chunk_rows ({chunk_rows}): "
+            "a shard of whole chunks holds the same rows whatever the set's size"
+        )
     run = Run(run_dir)
     try:
         step = run.checkpoint(step)
     except FileNotFoundError as err:
         raise DataError(f"{err} to sample from") from None
-    rows_per_shard = min(rows_per_shard, max(n, 1))
     return DatasetSpec.create(
         "diffusion_samples",
         split="samples",
         rows_per_shard=rows_per_shard,
         row_group_size=min(1_000, rows_per_shard),
+        count_option="n",
         run_dir=str(run_dir),  # where; not part of the set's identity
         checkpoint=run.checkpoint_digest(step),  # what: the checkpoint's content
         n=n,
@@ -182,7 +198,8 @@ def _fingerprints_in(directory: pathlib.Path) -> set[str]:
 
 def make_room(spec: DatasetSpec, directory: str | pathlib.Path) -> pathlib.Path | None:
     """Moves another sample set out of `directory` so `spec`'s can be written there: a set of
-    another checkpoint, sampler, seed or size goes beside it, to `<directory>-<its fingerprint>`
+    another checkpoint, sampler, seed or layout goes beside it (one of another size only is the
+    same set, which `spec` shrinks or extends in place), to `<directory>-<its fingerprint>`
     (kept, never overwritten); a set of `spec` itself, finished or half-written, stays to be
     resumed. Returns where the other set went (None if nothing moved)."""
     directory = pathlib.Path(directory)

@@ -176,7 +176,7 @@ PRESETS: dict[str, Pipeline] = {
         # The last checkpoint is the one worth scoring. The sample set is the evaluation's draw
         # (the same sampler, seed and one chunk of 400), so it costs nothing more.
         EvalSpec(n=400, sampler=_DDIM_100_ETA_1, bpd_examples=0, newest=1),
-        SampleSetPart(n=400, sampler=_DDIM_100_ETA_1, rows_per_shard=400, chunk_rows=500),
+        SampleSetPart(n=400, sampler=_DDIM_100_ETA_1, rows_per_shard=400, chunk_rows=400),
     ),
     # GPU-sized jobs: DDPM's settings (Ho et al. 2020, appendix B) for CIFAR-10, a unet-small
     # sized for 28x28 greyscale sets.

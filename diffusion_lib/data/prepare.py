@@ -66,6 +66,12 @@ class DatasetSpec:
 
     Build with `DatasetSpec.create("mnist_embedded", split="train")` or
     `DatasetSpec.create("swiss_roll", n=100_000, seed=1)`; `limit` keeps the first rows only.
+
+    `count_option` names an option that only sets how many rows there are (row i is the same
+    whatever its value: a sample set's `n`). It is left out of the fingerprint, shards are
+    named by index alone, and a larger count extends the dataset in place: the shards it
+    already has that stay whole are kept, only the last, partial one and the new ones are
+    written.
     """
 
     source: str
@@ -74,6 +80,7 @@ class DatasetSpec:
     limit: int | None = None
     rows_per_shard: int = 10_000
     row_group_size: int = 1_000
+    count_option: str | None = None
 
     def __post_init__(self):
         for name in ("rows_per_shard", "row_group_size"):
@@ -87,6 +94,10 @@ class DatasetSpec:
         object.__setattr__(
             self, "options", tuple(sorted((k, _freeze(v)) for k, v in dict(self.options).items()))
         )
+        if self.count_option is not None and self.count_option not in dict(self.options):
+            raise DataError(
+                f"count_option {self.count_option!r} is not one of the options {sorted(dict(self.options))}"
+            )
 
     @classmethod
     def create(
@@ -97,15 +108,24 @@ class DatasetSpec:
         limit: int | None = None,
         rows_per_shard: int = 10_000,
         row_group_size: int = 1_000,
+        count_option: str | None = None,
         **options: Any,
     ) -> DatasetSpec:
-        return cls(source, split, tuple(options.items()), limit, rows_per_shard, row_group_size)
+        return cls(
+            source,
+            split,
+            tuple(options.items()),
+            limit,
+            rows_per_shard,
+            row_group_size,
+            count_option,
+        )
 
     def options_dict(self) -> dict[str, Any]:
         return {k: _thaw(v) for k, v in self.options}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "source": self.source,
             "split": self.split,
             "options": self.options_dict(),
@@ -113,6 +133,13 @@ class DatasetSpec:
             "rows_per_shard": self.rows_per_shard,
             "row_group_size": self.row_group_size,
         }
+        if self.count_option is not None:  # absent otherwise: older manifests stay the same
+            data["count_option"] = self.count_option
+        return data
+
+    def shard_file(self, index: int, num_shards: int) -> str:
+        """Shard `index`'s file name: by index alone when a larger count only adds shards."""
+        return shard_name(index, None if self.count_option else num_shards)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetSpec:
@@ -122,9 +149,8 @@ class DatasetSpec:
 
     def fingerprint(self) -> str:
         identity = self.to_dict()
-        identity["options"] = {
-            k: v for k, v in identity["options"].items() if k not in NON_IDENTITY_OPTIONS
-        }
+        left_out = NON_IDENTITY_OPTIONS | {self.count_option}
+        identity["options"] = {k: v for k, v in identity["options"].items() if k not in left_out}
         identity["format_version"] = FORMAT_VERSION
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -195,11 +221,19 @@ def _check_no_foreign_shards(directory: pathlib.Path, spec: DatasetSpec) -> None
             )
 
 
-def _expected_sha(manifest: Manifest | None, name: str) -> str | None:
-    """The sha256 a manifest records for shard `name`, if it records one."""
+def _expected_sha(manifest: Manifest | None, name: str, start: int, stop: int) -> str | None:
+    """The sha256 a manifest records for shard `name` holding rows [start, stop), if it records
+    one (a dataset extended since has another last shard under the same name)."""
     if manifest is None:
         return None
-    return next((s.sha256 for s in manifest.shards if s.file == name), None)
+    return next(
+        (
+            s.sha256
+            for s in manifest.shards
+            if (s.file, s.start, s.rows) == (name, start, stop - start)
+        ),
+        None,
+    )
 
 
 def _checked_shard(
@@ -241,9 +275,9 @@ def prepare_shard(
         raise DataError(f"shard_index must be in [0, {plan.num_shards}), got {shard_index}")
     start = shard_index * spec.rows_per_shard
     stop = min(start + spec.rows_per_shard, plan.num_examples)
-    path = directory / shard_name(shard_index, plan.num_shards)
+    path = directory / spec.shard_file(shard_index, plan.num_shards)
     checked = _checked_shard(
-        path, spec, shard_index, start, stop, _expected_sha(manifest, path.name)
+        path, spec, shard_index, start, stop, _expected_sha(manifest, path.name, start, stop)
     )
     if checked is None:
         examples = source.read(start, stop)
@@ -262,7 +296,7 @@ def prepare_shard(
             example_shape=plan.example_shape,
             fingerprint=spec.fingerprint(),
             shard_index=shard_index,
-            num_shards=plan.num_shards,
+            num_shards=None if spec.count_option else plan.num_shards,
             start=start,
             stop=stop,
             has_labels=plan.has_labels,
@@ -288,11 +322,12 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
     existing = _existing_manifest(directory, spec)
     records, stats = [], []
     for index in range(plan.num_shards):
-        path = directory / shard_name(index, plan.num_shards)
+        path = directory / spec.shard_file(index, plan.num_shards)
         start = index * spec.rows_per_shard
         stop = min(start + spec.rows_per_shard, plan.num_examples)
         # A shard the manifest already vouches for must still match it.
-        checked = _checked_shard(path, spec, index, start, stop, _expected_sha(existing, path.name))
+        expected = _expected_sha(existing, path.name, start, stop)
+        checked = _checked_shard(path, spec, index, start, stop, expected)
         if checked is None:
             raise DataError(
                 f"{path}: missing, corrupt or not a shard of this dataset; run prepare_shard({index}) first"
@@ -320,14 +355,27 @@ def finalize_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manife
     return write_manifest(directory, manifest)
 
 
+def _same_count(manifest: Manifest, spec: DatasetSpec) -> bool:
+    """Whether a manifest of `spec`'s fingerprint is of its count too (the fingerprint leaves a
+    count option out: the same rows, more or fewer of them)."""
+    if spec.count_option is None:
+        return True
+    recorded = manifest.spec.get("options", {}).get(spec.count_option)
+    return recorded == spec.options_dict()[spec.count_option]
+
+
 def prepare_dataset(spec: DatasetSpec, directory: str | pathlib.Path) -> Manifest:
     """Plan, every shard, manifest. Re-running on a complete dataset is a no-op (checksums
     are verified); missing or corrupt shards are rebuilt alone."""
     directory = pathlib.Path(directory)
     manifest = _existing_manifest(directory, spec)
-    if manifest is not None and all(
-        (directory / s.file).is_file() and file_sha256(directory / s.file) == s.sha256
-        for s in manifest.shards
+    if (
+        manifest is not None
+        and _same_count(manifest, spec)
+        and all(
+            (directory / s.file).is_file() and file_sha256(directory / s.file) == s.sha256
+            for s in manifest.shards
+        )
     ):
         return manifest
     plan = plan_dataset(spec)

@@ -31,7 +31,11 @@ METADATA_KEY = b"diffusion_lib"
 VALUE_COLUMNS = {"image": "image", "points": "point"}
 
 
-def shard_name(index: int, num_shards: int) -> str:
+def shard_name(index: int, num_shards: int | None) -> str:
+    """`shard-00003-of-00010.parquet`; `shard-00003.parquet` without a count (a dataset a larger
+    count extends, whose shard files must keep their names)."""
+    if num_shards is None:
+        return f"shard-{index:05d}.parquet"
     return f"shard-{index:05d}-of-{num_shards:05d}.parquet"
 
 
@@ -93,7 +97,8 @@ class ShardHeader:
     example_shape: tuple[int, ...]
     fingerprint: str
     shard_index: int
-    num_shards: int
+    # None in a dataset a larger count extends: its shards' bytes do not depend on the count.
+    num_shards: int | None
     start: int
     stop: int
     has_labels: bool

@@ -43,6 +43,36 @@ def test_sample_set_is_a_dataset_and_regenerates_identically(toy_ddpm_run, tmp_p
     assert (out / "grid.png").is_file()
 
 
+def test_a_larger_count_extends_the_set_in_place(toy_ddpm_run, tmp_path):
+    """n is a count, not an identity: 2,500 samples where 1,500 were drawn keep the whole shard
+    already there (same file, untouched), rewrite the partial one and add the rest, and the
+    result is byte for byte the set drawn from scratch. A smaller n keeps the first rows."""
+    options = dict(
+        sampler=SamplerSpec.of("ddim", num_steps=5), rows_per_shard=1_000, chunk_rows=500
+    )
+    out = tmp_path / "grown"
+    first = generate_samples(toy_ddpm_run, out, n=1_500, **options)
+    assert [s.file for s in first.shards] == ["shard-00000.parquet", "shard-00001.parquet"]
+    kept = out / "shard-00000.parquet"
+    written_at = kept.stat().st_mtime_ns
+    grown = generate_samples(toy_ddpm_run, out, n=2_500, **options)
+    fresh = generate_samples(toy_ddpm_run, tmp_path / "fresh", n=2_500, **options)
+    assert kept.stat().st_mtime_ns == written_at
+    assert grown.shards == fresh.shards  # names, row ranges, sizes and sha256s
+    assert grown.fingerprint == first.fingerprint and grown.num_examples == 2_500
+    np.testing.assert_array_equal(
+        open_dataset(out).read(0, 1_000).values,
+        open_dataset(tmp_path / "fresh").read(0, 1_000).values,
+    )
+    shrunk = generate_samples(toy_ddpm_run, out, n=1_000, **options)
+    assert shrunk.shards == fresh.shards[:1] and kept.stat().st_mtime_ns == written_at
+    assert len(open_dataset(out, verify="checksum")) == 1_000
+    with pytest.raises(
+        DataError, match=r"rows_per_shard \(1000\) must be a multiple of chunk_rows \(300\)"
+    ):
+        generate_samples(toy_ddpm_run, out, n=2_500, **{**options, "chunk_rows": 300})
+
+
 def test_sample_set_refusals(toy_ddpm_run, tmp_path):
     ddim = SamplerSpec.of("ddim", num_steps=5)
     generate_samples(toy_ddpm_run, tmp_path / "s", n=100, sampler=ddim)

@@ -15,7 +15,9 @@ from tasks.data import finalize_shards, prepare_shards
 from tasks.presets import SampleSetPart
 from tasks.sample import finalize_samples, plan_samples, sample_shards
 
-PART = SampleSetPart(n=96, sampler=SamplerSpec.of("ddim", num_steps=10), rows_per_shard=40)
+PART = SampleSetPart(
+    n=96, sampler=SamplerSpec.of("ddim", num_steps=10), rows_per_shard=40, chunk_rows=20
+)
 
 
 def test_the_sample_tasks_are_the_dataset_tasks_by_another_name():
@@ -60,8 +62,9 @@ def test_a_path_spelling_changes_nothing_and_another_set_goes_beside(
     toy_ddpm_run, tmp_path, monkeypatch
 ):
     """The set's identity is its checkpoint's content, sampler, seed and layout: the run named
-    relative or absolute plans the same set (nothing moved, nothing redrawn); another size or
-    another checkpoint moves the earlier set beside the directory, intact, instead of refusing."""
+    relative or absolute plans the same set (nothing moved, nothing redrawn); another size is
+    the same set, shrunk or extended in place (whole shards kept); another checkpoint moves the
+    earlier set beside the directory, intact, instead of refusing."""
     from diffusion_lib.data import open_dataset, prepare_dataset
     from diffusion_lib.sample_sets import sample_set_spec
 
@@ -76,11 +79,18 @@ def test_a_path_spelling_changes_nothing_and_another_set_goes_beside(
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")} == before
     first = open_dataset(out).read().values
 
-    smaller = dataclasses.replace(PART, n=48)
-    spec, count = plan_samples.fn(toy_ddpm_run.name, smaller, 100, str(out))
-    (beside,) = tmp_path.glob("samples-*")
-    np.testing.assert_array_equal(open_dataset(beside).read().values, first)
+    larger = dataclasses.replace(PART, n=160)
+    spec, count = plan_samples.fn(toy_ddpm_run.name, larger, 100, str(out))
+    assert count == 4 and not list(tmp_path.glob("samples-*"))  # nothing moved
     prepare_dataset(spec, out)
-    assert len(open_dataset(out)) == 48
-    spec, _ = plan_samples.fn(toy_ddpm_run.name, smaller, 200, str(out))
-    assert len(list(tmp_path.glob("samples-*"))) == 2 and not out.exists()
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    whole = ["shard-00000.parquet", "shard-00001.parquet"]
+    assert {name: after[name] for name in whole} == {name: before[name] for name in whole}
+    grown = open_dataset(out).read().values
+    assert grown.shape[0] == 160
+    np.testing.assert_array_equal(grown[:80], first[:80])
+
+    spec, _ = plan_samples.fn(toy_ddpm_run.name, larger, 200, str(out))
+    (beside,) = tmp_path.glob("samples-*")
+    np.testing.assert_array_equal(open_dataset(beside).read().values, grown)
+    assert not out.exists()
