@@ -1,20 +1,25 @@
 # Two commands do all the set-up: `make run` (the main job) and `make test` (the checks CI runs).
 # Each prepares the project's own environment in .venv first (scripts/ensure_venv.py: reused as
 # long as pyproject.toml is unchanged) and is safe to run again. `make help` lists every target.
+# Settings change on the command line only (`make run PRESET=tiny`): a variable of the same name
+# in the shell's environment (PORT, MODEL, ...) does not reach them.
 
-PYTHON ?= python3
-VENV ?= .venv
-ISOLATED ?= 0
-VERBOSE ?= 0
-PRESET ?= mnist-cpu
-MODEL ?=
-OUTPUT_ROOT ?= runs
-ARGS ?=
-PYTEST_ARGS ?=
-PORT ?= 4200
-LOCAL_DEPLOY ?= .deploy-local
+PYTHON := python3
+VENV := .venv
+ISOLATED := 0
+VERBOSE := 0
+PRESET := mnist-cpu
+MODEL :=
+RUN_NAME :=
+OUTPUT_ROOT := runs
+ARGS :=
+PYTEST_ARGS :=
+PORT := 4200
+LOCAL_DEPLOY := .deploy-local
 
 VPY := $(abspath $(VENV))/bin/python
+# One run directory per preset and model, so `make run` again resumes or reports that run.
+RUN := $(or $(RUN_NAME),$(PRESET)$(if $(MODEL),-$(MODEL)))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -27,6 +32,7 @@ help: ## list the targets and their settings
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "settings: PRESET=$(PRESET) MODEL=$(or $(MODEL),<the preset's>) OUTPUT_ROOT=$(OUTPUT_ROOT)"
+	@echo "  RUN_NAME=$(RUN) (the run make run resumes; another name starts another run)"
 	@echo "  ARGS='...' more flags for the job (python -m flows.train_and_sample --help)"
 	@echo "  PYTEST_ARGS='...' for pytest, e.g. PYTEST_ARGS='-k sampler -n 0'"
 	@echo "  PYTHON=$(PYTHON) makes $(VENV); ISOLATED=1 hides the packages it already has;"
@@ -36,9 +42,9 @@ venv: ## create or refresh .venv (reused while pyproject.toml is unchanged)
 	@$(PYTHON) scripts/ensure_venv.py --venv "$(VENV)" \
 		$(if $(filter 1,$(ISOLATED)),--isolated) $(if $(filter 1,$(VERBOSE)),--verbose)
 
-run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), OUTPUT_ROOT (runs), ARGS
-	$(VPY) -m flows.train_and_sample --preset $(PRESET) --output-root $(OUTPUT_ROOT) \
-		$(if $(MODEL),--model $(MODEL)) $(ARGS)
+run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), RUN_NAME, OUTPUT_ROOT, ARGS
+	$(VPY) -m flows.train_and_sample --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) \
+		--output-root $(OUTPUT_ROOT) --run-name $(RUN) $(ARGS)
 
 test: venv system-deps check ## ruff and pytest as CI runs them (PYTEST_ARGS for a selection)
 
@@ -87,8 +93,12 @@ deploy-stop: ## stop what deploy-local started (worker, then server)
 	@export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_SERVER_API_PORT=$(PORT); \
 	if [ -f $(LOCAL_DEPLOY)/worker.pid ]; then \
 		pid=$$(cat $(LOCAL_DEPLOY)/worker.pid); \
-		if kill -0 $$pid 2>/dev/null; then kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid; \
-			echo "==> worker $$pid stopped"; fi; \
+		if kill -0 $$pid 2>/dev/null; then \
+			kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid; \
+			for _ in $$(seq 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+			kill -0 $$pid 2>/dev/null && kill -KILL -- -$$pid 2>/dev/null; \
+			echo "==> worker $$pid stopped"; \
+		fi; \
 		rm -f $(LOCAL_DEPLOY)/worker.pid; \
 	fi; \
 	$(VPY) -m prefect server stop 2>&1 | sed 's/^/==> /'
