@@ -202,6 +202,8 @@ def train_model(
     # Per worker: its error event, and its last lines of other output (a traceback, TensorFlow's
     # own error lines), which a failure quotes.
     errors: dict[int, dict] = {}
+    starts: dict[int, int] = {}  # the step each worker starts from
+    disagree = None
     tails = [collections.deque(maxlen=TAIL_LINES) for _ in procs]
     try:
         while open_streams:
@@ -230,6 +232,19 @@ def train_model(
                 logger.error("worker %d: %s: %s", index, event["kind"], event["message"])
             if event["event"] == "warning":
                 logger.warning("worker %d: %s", index, event["message"])
+            if event["event"] == "start":
+                starts[index] = event["step"]
+                if len(set(starts.values())) > 1:
+                    disagree = f"the workers restored different steps: {starts}; killed them all"
+                    break
+                if index == 0:
+                    logger.info(
+                        "%s at step %d of %d on %d replica(s)",
+                        "resuming" if event["step"] else "starting",
+                        event["step"],
+                        event["total"],
+                        event["replicas"],
+                    )
             if index != 0:
                 continue
             if event["event"] == "progress":
@@ -253,6 +268,8 @@ def train_model(
         for proc in procs:
             if proc.poll() is None:
                 _kill_group(proc)
+    if disagree is not None:
+        raise TrainingFailed(f"training in {run_dir}: {disagree}")
     if failed is not None:
         code = procs[failed].returncode
         meaning = EXIT_MEANINGS.get(code, "crashed" if code < 0 else "failed")
@@ -265,7 +282,12 @@ def train_model(
         update_progress_artifact(
             progress_id, progress=100.0, description=f"training {run.name}: done"
         )
-    return {"step": last["step"], "checkpoint": last["checkpoint"], "loss": last["loss"]}
+    return {
+        "step": last["step"],
+        "checkpoint": last["checkpoint"],
+        "loss": last["loss"],
+        "started_from": starts.get(0, 0),  # this attempt's first step: a resumed checkpoint
+    }
 
 
 @task(retries=2, retry_delay_seconds=5)

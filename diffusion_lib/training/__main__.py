@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Where this worker starts: 0, or the checkpoint it restored (every worker of a cluster must
+    # say the same step, which the orchestrator checks).
+    emit(
+        "start",
+        step=int(trainer.step.numpy()),
+        total=config.num_steps,
+        replicas=strategy.num_replicas_in_sync,
+    )
     try:
         result = trainer.run(
             progress=lambda p: emit("progress", **dataclasses.asdict(p)),

@@ -89,7 +89,8 @@ def test_clean_stop_then_resume_is_bitwise_identical(config_file, reference, tmp
     assert events[-1]["step"] == 230 and events[-1]["stopped_early"]
     assert committed_steps(tmp_path / "run" / "checkpoints")[-1] == 230
     events = _finish(_worker(config_file, tmp_path / "run"))
-    assert events[0]["event"] == "progress" and events[0]["step"] == 240
+    assert events[0] == {"event": "start", "step": 230, "total": 600, "replicas": 1}
+    assert events[1]["event"] == "progress" and events[1]["step"] == 240
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
 
 
@@ -119,7 +120,8 @@ def test_sigkill_then_resume_is_bitwise_identical(config_file, reference, tmp_pa
     steps = committed_steps(tmp_path / "run" / "checkpoints")
     assert steps and steps[-1] < 600
     events = _finish(_worker(config_file, tmp_path / "run"))
-    assert events[0]["step"] == steps[-1] + 10
+    assert events[0]["event"] == "start" and events[0]["step"] == steps[-1]
+    assert events[1]["step"] == steps[-1] + 10
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
 
 
