@@ -13,7 +13,7 @@ from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from flows.params import Model, Positive, Preset, RunName, Sampler
 from tasks.presets import resolve
-from tasks.progress import Eta
+from tasks.progress import Eta, show_progress
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
 
@@ -40,9 +40,11 @@ def sample_flow(
         )
         remaining = Eta(count)
         remaining.update(0)
+        show_progress("sample", 0, count, "sample shards")
         futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
         for done, _ in enumerate(as_completed(futures), start=1):
             eta = remaining.update(done)
+            show_progress("sample", done, count, "sample shards")
             update_progress_artifact(
                 progress, 100.0 * done / count, description=f"sample shards: {done}/{count}, {eta}"
             )

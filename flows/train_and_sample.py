@@ -22,6 +22,7 @@ from prefect.exceptions import ParameterTypeError
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from diffusion_lib.samplers import SAMPLERS
+from flows.console import progress_bars
 from flows.evaluate import evaluate_flow
 from flows.params import (
     Minutes,
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Only what was given: the flow validates each value against its parameter's type.
     try:
-        train_and_sample(**{name: value for name, value in args.items() if value is not None})
+        with progress_bars():  # on a terminal only
+            train_and_sample(**{name: value for name, value in args.items() if value is not None})
     except (ParameterTypeError, ValueError) as err:  # rejected before any work
         print(f"train-and-sample: bad parameter: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from prefect.artifacts import (
 )
 
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
-from tasks.progress import Eta
+from tasks.progress import Eta, show_progress
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
 
@@ -59,6 +59,7 @@ class SamplingProgress:
 
     def __call__(self, fraction: float) -> None:
         eta = self.eta.update(round(fraction * self.SCALE))
+        show_progress("evaluate", round(100 * fraction), 100, f"evaluating {self.name} (%)")
         now = self.clock()
         if fraction >= 1.0 or self.last_update is None or now - self.last_update >= 2.0:
             self.last_update = now

@@ -3,11 +3,40 @@ ETA, from the rate measured since the stage's own first report."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
+
+# (stage, completed, total, description): the console's progress display, when the command line
+# opened one (flows.console.progress_bars); tasks report to it whether or not anyone listens.
+ProgressSink = Callable[[str, float, float, str], None]
+_sinks: list[ProgressSink] = []
+_sinks_lock = threading.Lock()
+
+
+def show_progress(stage: str, completed: float, total: float, description: str = "") -> None:
+    """Where `stage` stands (`completed` of `total` units), for the console's progress bars."""
+    with _sinks_lock:
+        sinks = list(_sinks)
+    for sink in sinks:
+        sink(stage, completed, total, description or stage)
+
+
+@contextlib.contextmanager
+def progress_sink(sink: ProgressSink) -> Iterator[None]:
+    """`sink` receives every `show_progress` call made in this process while the block runs."""
+    with _sinks_lock:
+        _sinks.append(sink)
+    try:
+        yield
+    finally:
+        with _sinks_lock:
+            _sinks.remove(sink)
 
 
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:

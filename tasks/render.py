@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from diffusion_lib.reports import render_run
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
+from tasks.progress import show_progress
 
 
 def embedded_png(path: pathlib.Path) -> str:
@@ -32,7 +33,9 @@ def render_outputs(
 ) -> dict:
     """Renders the run (see `diffusion_lib.reports.render_run`) and publishes the report;
     `sampler` is the sample set's: the GIF's chain is drawn the same way."""
+    show_progress("render", 0, 1, "rendering grid, GIF, plots")
     renders = render_run(run_dir, samples_dir, out_dir, step, sampler=sampler)
+    show_progress("render", 1, 1, "rendering grid, GIF, plots")
     lines = [f"# Samples from `{run_dir}` (step {renders.step})", ""]
     for title, path in (
         ("samples", renders.grid),

@@ -27,7 +27,7 @@ from prefect.context import TaskRunContext
 from diffusion_lib import run_lock
 from diffusion_lib.training.__main__ import PARENT_ENV
 from tasks.presets import TrainPart
-from tasks.progress import Eta, run_logger
+from tasks.progress import Eta, run_logger, show_progress
 
 EXIT_MEANINGS = {
     2: "bad input (config, data, run directory or checkpoint)",
@@ -238,6 +238,7 @@ def train_model(
                     disagree = f"the workers restored different steps: {starts}; killed them all"
                     break
                 if index == 0:
+                    show_progress("train", event["step"], total, f"training {run.name}")
                     logger.info(
                         "%s at step %d of %d on %d replica(s)",
                         "resuming" if event["step"] else "starting",
@@ -249,6 +250,7 @@ def train_model(
                 continue
             if event["event"] == "progress":
                 eta = steps_eta.update(event["step"])
+                show_progress("train", event["step"], total, f"training {run.name}")
                 logger.info(
                     "step %d/%d loss %.4f %.0f images/s, %s",
                     event["step"],

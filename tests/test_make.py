@@ -73,7 +73,10 @@ def test_make_test_and_make_run_from_a_fresh_clone(tmp_path):
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # the job's temporary server's database
 
     out = _make(
-        clone, env, "test", "PYTEST_ARGS=-n 0 -k 'linear_endpoints or sigma_schedule_is_geometric'"
+        clone,
+        env,
+        "test",
+        "PYTEST_ARGS=-n 0 tests/lib/test_schedules.py -k 'linear_endpoints or sigma_schedule_is_geometric'",
     )
     assert f"creating {clone}/.venv" in out
     assert "All checks passed!" in out  # ruff

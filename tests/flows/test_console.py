@@ -62,3 +62,67 @@ def test_importing_the_flows_prints_nothing_on_a_machine_without_a_gpu():
     assert "I0000" not in done.stderr and "absl::InitializeLog" not in done.stderr, done.stderr
     if not NVIDIA_DRIVER.exists():
         assert "cuInit" not in done.stderr, done.stderr
+
+
+_BARS = (
+    "import logging, time\n"
+    "import prefect  # its console handlers\n"
+    "from flows.console import progress_bars\n"
+    "from tasks.progress import show_progress\n"
+    "log = logging.getLogger('prefect.console_test')\n"
+    "with progress_bars():\n"
+    "    for step in range(0, 11):\n"
+    "        show_progress('train', step, 10, 'training run-x')\n"
+    "        if step == 5:\n"
+    "            log.info('a log line in the middle')\n"
+    "        time.sleep(0.05)\n"
+    "    show_progress('render', 1, 1, 'rendering')\n"
+    "log.info('after the bars')\n"
+)
+
+
+def _stderr_of_bars(terminal: bool) -> str:
+    """The script above's stderr: a pseudo-terminal (a user's console) or a pipe (a log file)."""
+    if not terminal:
+        done = subprocess.run(
+            [sys.executable, "-c", _BARS], capture_output=True, text=True, timeout=120, check=True
+        )
+        return done.stderr
+    import pty
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BARS], stdout=subprocess.DEVNULL, stderr=child, close_fds=True
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_and_only_there():
+    """On a terminal: a rich bar per stage (steps done, elapsed, ETA) and Prefect's log lines
+    above it, not torn through it; in a pipe: the log lines alone, no bar characters."""
+    shown = _stderr_of_bars(terminal=True)
+    assert "Traceback" not in shown, shown[-3000:]
+    assert "training run-x" in shown and "10/10" in shown and "ETA" in shown
+    assert "━" in shown and "rendering" in shown
+    assert "a log line in the middle" in shown and "after the bars" in shown
+    # The log line is printed whole on a line of its own (rich moves the bars below it).
+    line = next(ln for ln in shown.splitlines() if "a log line in the middle" in ln)
+    assert "| INFO    | prefect.console_test - a log line in the middle" in line, line
+    assert "━" not in line and "training run-x" not in line
+
+    piped = _stderr_of_bars(terminal=False)
+    assert "Traceback" not in piped, piped[-3000:]
+    assert "a log line in the middle" in piped and "after the bars" in piped
+    assert "━" not in piped and "training run-x" not in piped

@@ -1,10 +1,9 @@
-"""Training as real worker processes: exact resume after a clean stop and after SIGKILL, and
-two MultiWorkerMirroredStrategy workers on localhost."""
+"""Training as real worker processes: exact resume after a clean stop and after SIGKILL. (Two
+MultiWorkerMirroredStrategy workers on localhost: tests/tasks/test_train.py.)"""
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -123,45 +122,3 @@ def test_sigkill_then_resume_is_bitwise_identical(config_file, reference, tmp_pa
     assert events[0]["event"] == "start" and events[0]["step"] == steps[-1]
     assert events[1]["step"] == steps[-1] + 10
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def test_two_worker_processes_train_and_save_one_checkpoint(config_file, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        env = {
-            **ENV,
-            "TF_CONFIG": json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            ),
-        }
-        procs.append(
-            _worker(
-                config_file,
-                tmp_path / "run",
-                "--set",
-                "num_steps=4",
-                "--set",
-                "checkpoint_every=4",
-                "--set",
-                "log_every=2",
-                env=env,
-            )
-        )
-    results = [_finish(p, timeout=300) for p in procs]
-    assert all(r[-1]["event"] == "done" and r[-1]["step"] == 4 for r in results)
-    assert committed_steps(tmp_path / "run" / "checkpoints") == [4]
-    # Only the chief's copy is kept; the other worker's scratch copy is gone.
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".worker-")]
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
