@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -109,6 +110,8 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_API_PORT": str(port),  # what `prefect server start` binds
         "PREFECT_UI_ENABLED": "true",
+        # `prefect` as the block calls it: this interpreter's, activated or not.
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
     }
     env.pop("PREFECT_API_URL", None)  # the block exports its own
     out = open(tmp_path / "script.log", "w")  # noqa: SIM115 - closed below

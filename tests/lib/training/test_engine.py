@@ -3,8 +3,11 @@ and bad inputs that must leave existing checkpoints untouched."""
 
 import json
 import math
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -248,14 +251,11 @@ class _CountingReduce(tf.distribute.ReductionToOneDevice):
         return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)
 
 
-def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(mnist, tmp_path):
-    """On two logical devices the traced step reduces each gradient once, and the loss: the
-    elements reduced are the parameter count + 1 (before: twice the parameter count + 1, Keras's
-    optimizer reducing the already reduced gradients again). The weights after 6 steps at the same
-    global batch on 1 and 2 replicas (and 4 where the session has 4 logical devices; this one
-    has 2) agree to float32 rounding (measured with 4 devices: max absolute difference 3e-8),
-    and so does every step on the way: the same batches, noise and clipped update (losses
-    within 1.2e-7 relative, gradient norms within 3.7e-7, measured over 12 steps)."""
+def replica_agreement(mnist: str, root: pathlib.Path) -> list[int]:
+    """Trains the same 6 steps on 1, 2 and (with 4 logical devices) 4 replicas and checks them
+    against each other; returns the replica counts checked. Run by the test below in a process
+    of its own with 4 logical CPUs (this session has 2, and a second MirroredStrategy with the
+    default reduction in one process clashes with the first)."""
     config = config_preset(
         "mnist-ddpm-tiny",
         data_dir=mnist,
@@ -277,16 +277,12 @@ def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(mnist, tmp_pa
     weights, reports = {}, {}
     for replicas, strategy in strategies.items():
         reports[replicas] = []
-        train(
-            config, tmp_path / str(replicas), strategy=strategy, progress=reports[replicas].append
-        )
-        weights[replicas] = [
-            v.numpy() for v in Run(tmp_path / str(replicas)).restore().model.weights
-        ]
+        train(config, root / str(replicas), strategy=strategy, progress=reports[replicas].append)
+        weights[replicas] = [v.numpy() for v in Run(root / str(replicas)).restore().model.weights]
     # The step is traced once: every gradient reduced once, and the loss (measured before this
     # change: 22,723 elements for 11,361 parameters, each gradient twice).
     parameters = sum(
-        v.shape.num_elements() for v in Run(tmp_path / "1").restore().model.trainable_variables
+        v.shape.num_elements() for v in Run(root / "1").restore().model.trainable_variables
     )
     assert sum(counting.sizes) == parameters + 1, (sum(counting.sizes), parameters)
     for replicas in strategies:
@@ -299,3 +295,34 @@ def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(mnist, tmp_pa
         np.testing.assert_allclose(
             [r.grad_norm for r in reports[replicas]], [r.grad_norm for r in reports[1]], rtol=5e-6
         )
+    return list(strategies)
+
+
+def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(mnist, tmp_path):
+    """On two logical devices the traced step reduces each gradient once, and the loss: the
+    elements reduced are the parameter count + 1 (before: twice the parameter count + 1, Keras's
+    optimizer reducing the already reduced gradients again). The weights after 6 steps at the same
+    global batch on 1, 2 and 4 replicas agree to float32 rounding (measured with 4 devices: max
+    absolute difference 3e-8), and so does every step on the way: the same batches, noise and
+    clipped update (losses within 1.2e-7 relative, gradient norms within 3.7e-7, measured over
+    12 steps). In a child process with 4 logical CPUs."""
+    code = (
+        "import pathlib, sys\n"
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(4)]\n"
+        ")\n"
+        "from tests.lib.training.test_engine import replica_agreement\n"
+        "print('checked', replica_agreement(sys.argv[1], pathlib.Path(sys.argv[2])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, mnist, str(tmp_path)],
+        cwd=pathlib.Path(__file__).resolve().parents[3],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    assert done.stdout.strip().splitlines()[-1] == "checked [1, 2, 4]"
