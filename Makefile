@@ -46,7 +46,8 @@ run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), RUN_NAME, OUTP
 	$(VPY) -m flows.train_and_sample --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) \
 		--output-root $(OUTPUT_ROOT) --run-name $(RUN) $(ARGS)
 
-test: venv system-deps check ## ruff and pytest as CI runs them (PYTEST_ARGS for a selection)
+test: venv system-deps ## ruff and pytest as CI runs them (PYTEST_ARGS for a selection)
+	@$(MAKE) --no-print-directory check
 
 check: ## ruff and pytest in .venv, without preparing anything first
 	$(VPY) -m ruff check .
