@@ -11,12 +11,12 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
-import urllib.request
 
 import pytest
+
+from tests.local_servers import free_port, healthy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,20 +38,6 @@ def _make(clone: pathlib.Path, env: dict, *args: str, timeout: float = 600) -> s
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"make {' '.join(args)} exited {done.returncode}:\n{out[-6000:]}"
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _alive(pid: int) -> bool:
@@ -117,11 +103,11 @@ def test_make_test_and_make_run_from_a_fresh_clone(tmp_path):
     assert [p for p in (clone / "runs").iterdir() if p.is_dir()] == runs
 
     # The Deploy section's local path in the background, and its stop target.
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     try:
         out = _make(clone, env, "deploy-local", f"PORT={port}")
-        assert "worker started" in out and _healthy(api)
+        assert "worker started" in out and healthy(api)
         pid = int((clone / ".deploy-local" / "worker.pid").read_text())
         assert _alive(pid)
         inspect = subprocess.run(
@@ -134,7 +120,7 @@ def test_make_test_and_make_run_from_a_fresh_clone(tmp_path):
         assert inspect.returncode == 0 and "0 2 * * *" in inspect.stdout, inspect.stdout[-2000:]
     finally:
         out = _make(clone, env, "deploy-stop", f"PORT={port}")
-    assert not _healthy(api) and not (clone / ".deploy-local" / "worker.pid").exists()
+    assert not healthy(api) and not (clone / ".deploy-local" / "worker.pid").exists()
     assert not _alive(pid) or _zombie(pid)
 
 

@@ -25,13 +25,13 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+
+from tests.local_servers import free_port, healthy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -52,12 +52,6 @@ def _browser_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def deploy_blocks() -> tuple[str, str, str]:
     """The Deploy section's three shell blocks: deploy and run, stop, GPU pool."""
     section = README.read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
@@ -74,17 +68,9 @@ def _gpu_lines(block: str) -> str:
     return "\n".join(keep) + "\n"
 
 
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def test_the_readme_deploy_section_runs_as_written(tmp_path):
     deploy, stop, gpu = deploy_blocks()
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     runs = tmp_path / "runs"
     run = (
@@ -143,14 +129,14 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
             _check_the_ui(f"http://127.0.0.1:{port}", flow_run_id, artifacts, tmp_path)
         go.touch()
         assert shell.wait(timeout=120) == 0, f"the stop block failed:\n{log()}"
-        assert not _healthy(api)  # `prefect server stop` stopped it
+        assert not healthy(api)  # `prefect server stop` stopped it
         if browser is not None:
             (pytest.fail if os.environ.get("CI") else pytest.skip)(browser)
     finally:
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
             shell.wait()
-        if _healthy(api):
+        if healthy(api):
             subprocess.run(["prefect", "server", "stop"], env=env, capture_output=True, timeout=60)
         out.close()
         try:

@@ -43,25 +43,32 @@ def _kill_worker_after(checkpoints, step, killed):
         time.sleep(0.05)
 
 
-def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
-    config = _toy_config(data_dir, num_steps=1200, checkpoint_every=100, log_every=100)
-    run_dir = tmp_path / "run"
-    killed = []
-    watcher = threading.Thread(
-        target=_kill_worker_after, args=(run_dir / "checkpoints", 500, killed), daemon=True
-    )
+def _train_with_a_kill(config, run_dir, killer, workers=1):
+    """train_model in a flow (retried at once) while `killer(checkpoints, killed)` SIGKILLs a
+    worker on a thread; returns the flow's final state once the kill has happened."""
+    killed: list[int] = []
+    watcher = threading.Thread(target=killer, args=(run_dir / "checkpoints", killed), daemon=True)
 
     @flow
-    def one_training():
+    def training():
         return train_model.with_options(retry_delay_seconds=0)(
-            config, str(run_dir), timeout_seconds=600
+            config, str(run_dir), timeout_seconds=600, workers=workers
         )
 
     watcher.start()
-    state = one_training(return_state=True)
+    state = training(return_state=True)
     watcher.join(timeout=1)
-    assert killed, "the worker finished before it could be killed"
+    assert killed, "training finished before the worker could be killed"
     assert state.is_completed(), state.message
+    return state, killed
+
+
+def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
+    config = _toy_config(data_dir, num_steps=1200, checkpoint_every=100, log_every=100)
+    run_dir = tmp_path / "run"
+    state, _ = _train_with_a_kill(
+        config, run_dir, lambda checkpoints, killed: _kill_worker_after(checkpoints, 500, killed)
+    )
     result = state.result()
     assert result["step"] == 1200 and result["checkpoint"].endswith("ckpt-1200")
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -178,24 +185,12 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
         strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
     )
     run_dir = tmp_path / "workers"
-    killed: list[int] = []
-    watcher = threading.Thread(
-        target=_kill_worker_index_after,
-        args=(run_dir / "checkpoints", 100, 1, killed),
-        daemon=True,
+    state, killed = _train_with_a_kill(
+        config,
+        run_dir,
+        lambda checkpoints, killed: _kill_worker_index_after(checkpoints, 100, 1, killed),
+        workers=2,
     )
-
-    @flow
-    def two_workers():
-        return train_model.with_options(retry_delay_seconds=0)(
-            config, str(run_dir), timeout_seconds=600, workers=2
-        )
-
-    watcher.start()
-    state = two_workers(return_state=True)
-    watcher.join(timeout=1)
-    assert killed, "training finished before worker 1 could be killed"
-    assert state.is_completed(), state.message
     result = state.result()
     # The retry started both workers from the checkpoint the kill found (or one committed
     # in the instant before the signal landed), not from 0.
