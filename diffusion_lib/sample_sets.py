@@ -231,8 +231,6 @@ def generate_samples(
     """Generates (or completes) the sample set in `out_dir` and writes `grid.png` of the first
     samples; a directory holding a different sample set is refused (DataError). `options`:
     seed, chunk_rows, distribute (see `sample_set_spec`)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise DataError(f"n must be a positive integer, got {n!r}")
     spec = sample_set_spec(
         run_dir, n=n, sampler=sampler, step=step, rows_per_shard=rows_per_shard, **options
     )
