@@ -29,14 +29,22 @@ def _toy_config(data_dir, **fields) -> dict:
     return TrainPart.of("toy-ddpm", network="mlp-tiny", **fields).config(data_dir).to_dict()
 
 
-def _kill_worker_after(checkpoints, step, killed):
-    """Waits for a committed checkpoint >= step, then SIGKILLs the training child's process group."""
-    deadline = time.time() + 180
+def _kill_worker_after(checkpoints, step, killed, index=None, timeout=180):
+    """Waits for a committed checkpoint >= step, then SIGKILLs the process group of a training
+    worker: any one, or the one whose TF_CONFIG task index is `index` (the others are left
+    running)."""
+    deadline = time.time() + timeout
     while time.time() < deadline and not killed:
         done = committed_steps(checkpoints)
         if done and done[-1] >= step:
             for child in psutil.Process().children(recursive=True):
-                if "diffusion_lib.training" in " ".join(child.cmdline()):
+                try:
+                    if "diffusion_lib.training" not in " ".join(child.cmdline()):
+                        continue
+                    task = json.loads(child.environ().get("TF_CONFIG", "{}")).get("task", {})
+                except (psutil.Error, ValueError):
+                    continue
+                if index is None or task.get("index") == index:
                     os.killpg(child.pid, signal.SIGKILL)
                     killed.append(done[-1])
                     return
@@ -143,27 +151,6 @@ def test_worker_environments_split_the_gpus_evenly():
         worker_environments(2, "0,1,2")
 
 
-def _kill_worker_index_after(checkpoints, step, index, killed):
-    """Waits for a committed checkpoint >= step, then SIGKILLs the process group of the training
-    worker whose TF_CONFIG task index is `index` (the other worker is left running)."""
-    deadline = time.time() + 240
-    while time.time() < deadline and not killed:
-        done = committed_steps(checkpoints)
-        if done and done[-1] >= step:
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    if "diffusion_lib.training" not in " ".join(child.cmdline()):
-                        continue
-                    task = json.loads(child.environ().get("TF_CONFIG", "{}")).get("task", {})
-                except (psutil.Error, ValueError):
-                    continue
-                if task.get("index") == index:
-                    os.killpg(child.pid, signal.SIGKILL)
-                    killed.append(done[-1])
-                    return
-        time.sleep(0.05)
-
-
 def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     prefect_server, data_dir, tmp_path
 ):
@@ -188,7 +175,7 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     state, killed = _train_with_a_kill(
         config,
         run_dir,
-        lambda checkpoints, killed: _kill_worker_index_after(checkpoints, 100, 1, killed),
+        lambda checkpoints, killed: _kill_worker_after(checkpoints, 100, killed, 1, 240),
         workers=2,
     )
     result = state.result()
