@@ -104,3 +104,73 @@ def optimal_eps_fn(diffusion, mean, std: float):
         return tf.sqrt(1.0 - abar) * (x_t - tf.sqrt(abar) * mu) / (abar * var + 1.0 - abar)
 
     return model
+
+
+class GaussianData:
+    """Data N(mean, cov) in d dimensions under a score SDE: every marginal is Gaussian,
+
+        x(t) ~ N(alpha(t) mean, C_t),   C_t = alpha(t)^2 cov + std(t)^2 I,
+
+    so the score -(C_t)^-1 (x - alpha mean), the density and the probability-flow ODE's map are
+    exact. With cov = U diag(l) U^T, C_t shares U and the ODE keeps each whitened coordinate
+    u_k^T (x - alpha mean) / sqrt(alpha^2 l_k + std^2) constant: the flow's exact solution.
+    """
+
+    def __init__(self, mean, cov):
+        mean = np.asarray(mean, np.float64)
+        cov = np.asarray(cov, np.float64)
+        if mean.ndim != 1 or cov.shape != (mean.size, mean.size):
+            raise ValueError(f"need mean [d] and cov [d, d], got {mean.shape} and {cov.shape}")
+        if not np.allclose(cov, cov.T):
+            raise ValueError("cov must be symmetric")
+        eigenvalues, basis = np.linalg.eigh(cov)
+        if np.any(eigenvalues < 0):
+            raise ValueError("cov must be positive semi-definite")
+        self.mean, self.cov, self.dim = mean, cov, mean.size
+        self._values, self._basis = eigenvalues, basis
+
+    def _spectrum(self, sde, t, dtype):
+        """alpha [B], std [B] and the marginal's eigenvalues [B, d] at times t [B]."""
+        alpha, std = sde.marginal(t, tf.float64)
+        values = tf.square(alpha)[:, None] * self._values[None, :] + tf.square(std)[:, None]
+        return tf.cast(alpha, dtype), tf.cast(std, dtype), tf.cast(values, dtype)
+
+    def _centered_rotated(self, x, alpha):
+        centered = x - alpha[:, None] * tf.constant(self.mean, x.dtype)[None, :]
+        return tf.matmul(centered, tf.constant(self._basis, x.dtype))
+
+    def score_fn(self, sde):
+        """score_fn(x, t): the exact score of p_t, for x [B, d] and t [B]."""
+
+        def score(x, t):
+            alpha, _, values = self._spectrum(sde, tf.cast(t, tf.float64), x.dtype)
+            rotated = self._centered_rotated(x, alpha) / values
+            return -tf.matmul(rotated, tf.constant(self._basis.T, x.dtype))
+
+        return score
+
+    def log_prob(self, sde, x, t) -> tf.Tensor:
+        """log p_t(x) [B] in nats (t a number or [B])."""
+        x = _checks.as_float_tensor(x, "x")
+        t = tf.broadcast_to(tf.cast(t, tf.float64), [tf.shape(x)[0]])
+        alpha, _, values = self._spectrum(sde, t, x.dtype)
+        rotated = self._centered_rotated(x, alpha)
+        return -0.5 * tf.reduce_sum(
+            tf.math.log(2.0 * math.pi * values) + tf.square(rotated) / values, axis=1
+        )
+
+    def flow(self, sde, x, s: float, t: float) -> tf.Tensor:
+        """The probability-flow ODE's exact solution: x(t) from x(s) = x."""
+        x = _checks.as_float_tensor(x, "x")
+        batch = tf.shape(x)[0]
+        a_s, _, v_s = self._spectrum(sde, tf.fill([batch], tf.constant(s, tf.float64)), x.dtype)
+        a_t, _, v_t = self._spectrum(sde, tf.fill([batch], tf.constant(t, tf.float64)), x.dtype)
+        whitened = self._centered_rotated(x, a_s) / tf.sqrt(v_s)
+        back = tf.matmul(whitened * tf.sqrt(v_t), tf.constant(self._basis.T, x.dtype))
+        return back + a_t[:, None] * tf.constant(self.mean, x.dtype)[None, :]
+
+    def sample(self, n: int, seed) -> np.ndarray:
+        """n exact samples [n, d] float64."""
+        rng = np.random.default_rng(seed)
+        root = self._basis * np.sqrt(self._values)[None, :]
+        return self.mean[None, :] + rng.standard_normal((n, self.dim)) @ root.T
