@@ -1,5 +1,6 @@
-"""Samplers: ancestral DDPM, DDIM, Langevin and annealed Langevin dynamics, and ancestral
-sampling of a noise-conditional score model (VE).
+"""Samplers: ancestral DDPM, DDIM, Langevin and annealed Langevin dynamics, ancestral
+sampling of a noise-conditional score model (VE), and the samplers of a score SDE
+(predictor-corrector, the probability-flow ODE, DPM-Solver++).
 
 Each takes the network as a plain callable (model(x_t, t) or score_fn(x[, sigma])), a stateless
 seed, and returns a `SampleResult`; `SAMPLERS` maps names to them, with each one's family and
@@ -24,6 +25,12 @@ from diffusion_lib.samplers.langevin import (
     langevin_dynamics,
     technique4_step_lr,
 )
+from diffusion_lib.samplers.probability_flow import dpm_solver_pp_sample, pf_ode_sample
+from diffusion_lib.samplers.sde import (
+    ancestral_sample,
+    euler_maruyama_sample,
+    reverse_diffusion_sample,
+)
 from diffusion_lib.samplers.spec import SamplerSpec
 from diffusion_lib.samplers.ve_ancestral import ve_ancestral_coefficients, ve_ancestral_sample
 
@@ -35,13 +42,18 @@ __all__ = [
     "SamplerInfo",
     "SamplerSpec",
     "Setting",
+    "ancestral_sample",
     "annealed_langevin_dynamics",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",
+    "dpm_solver_pp_sample",
+    "euler_maruyama_sample",
     "get_sampler",
     "langevin_dynamics",
+    "pf_ode_sample",
     "register_sampler",
+    "reverse_diffusion_sample",
     "technique4_step_lr",
     "ve_ancestral_coefficients",
     "ve_ancestral_sample",

@@ -10,6 +10,8 @@ settings a user may choose (each with its default and bounds; `SamplerSpec` vali
                   **settings), score_fn(x, sigma) with sigma [B] float;
                   anneals=False: fn(score_fn, x, *, seed, frames, strategy, **settings),
                   score_fn(x) at one fixed noise level
+    "sde"         fn(score_fn, sde, shape, *, x, seed, frames, strategy, **settings): score_fn(x, t)
+                  with continuous t [B] float, plus a `diffusion_lib.sde.SDE`
 
 Randomness is stateless: a sampler's `seed` (int or int [2]) is split into one seed for the
 starting noise and one per chain step, so the same seed gives the same samples, bit for bit.
@@ -59,6 +61,9 @@ class SampleResult:
     frames: tf.Tensor | None = None
     frame_steps: tuple[int, ...] = ()
     health: tuple[LevelHealth, ...] = ()
+    # Network calls per sample, for samplers whose count is not fixed by their settings (the
+    # adaptive ODE solver) or is worth reporting beside them; 0 where not reported.
+    evaluations: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +111,7 @@ class SamplerInfo:
 
 
 SAMPLERS: dict[str, SamplerInfo] = {}
-FAMILIES = ("diffusion", "score")
+FAMILIES = ("diffusion", "score", "sde")
 
 
 def register_sampler(
@@ -222,10 +227,13 @@ def run_chain(
     *,
     watch: Callable[[int, tf.Tensor], None] | None = None,
     watch_at: Collection[int] = (),
+    sample_of: Callable | None = None,
 ) -> SampleResult:
     """Applies x <- step(x, i, seed_i) for i = 0..num_steps-1, recording requested frames.
 
     `watch(k, x)` is called with the whole batch after step k for each k in `watch_at`.
+    The chain's state may be a tuple of tensors, each [B, ...] (a multistep solver carries its
+    previous predictions); `sample_of(state)` then picks the samples out of it.
 
     `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
     With a `strategy`, the batch is split evenly over its replicas and every step runs on all of
@@ -236,14 +244,18 @@ def run_chain(
     advance, gather = step, lambda v: v
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
-        batch = int(x.shape[0])
+        batch = int(tf.nest.flatten(x)[0].shape[0])
         if batch % replicas:
             raise ValueError(f"batch {batch} is not divisible by {replicas} replicas")
         part = batch // replicas
+        whole_state = x
         x = strategy.experimental_distribute_values_from_function(
-            lambda ctx: x[
-                ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
-            ]
+            lambda ctx: tf.nest.map_structure(
+                lambda v: v[
+                    ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
+                ],
+                whole_state,
+            )
         )
 
         def replica_step(x_r, i, seed):
@@ -252,6 +264,9 @@ def run_chain(
 
         advance = tf.function(lambda x_d, i, seed: strategy.run(replica_step, args=(x_d, i, seed)))
         gather = lambda v: tf.concat(strategy.experimental_local_results(v), axis=0)  # noqa: E731
+    if sample_of is not None:
+        inner = gather
+        gather = lambda v: inner(sample_of(v))  # noqa: E731
     recorded = [gather(x)] if 0 in wanted else []
     for i in range(num_steps):
         i_tensor = tf.constant(i, tf.int32)
