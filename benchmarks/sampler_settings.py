@@ -4,6 +4,7 @@
         --levels 100 232 --steps-per-level 3 5 [--no-denoise]        # a score (NCSN) run
     python benchmarks/sampler_settings.py RUN_DIR --ancestral-levels 100 200 --no-langevin
     python benchmarks/sampler_settings.py RUN_DIR --ddim-steps 20 50 --eta 0 1   # a DDPM run
+    python benchmarks/sampler_settings.py RUN_DIR --spec dpm_solver_pp:num_steps=10 --spec ddpm
 
 Score runs: for each number of levels L (geometric between the run's sigma_max and sigma_min: the network is
 conditioned on log sigma, so the sampler may use other levels than training drew from) and each
@@ -12,7 +13,9 @@ weights are scored like the evaluation stage scores them (the same feature class
 `n` held-out digits and seed, so FID is comparable with the run's eval/metrics.json and its
 floor). Prints one row per setting: network evaluations per sample, seconds, FID / floor,
 classifier score, smallest class share, the chain's worst RMS ratio. DDPM runs: DDIM with each
-number of steps and eta (x0 clipped to [-1, 1], as the pipeline samples).
+number of steps and eta (x0 clipped to [-1, 1], as the pipeline samples). `--spec` rows (any
+registered sampler the run can take, e.g. the score-SDE samplers on a DDPM or NCSN run, with
+settings as key=value) replace the default rows.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def main() -> None:
     )
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--eta", type=float, nargs="+", default=[0.0])
+    parser.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a sampler and its settings (JSON values), e.g. dpm_solver_pp:num_steps=10,order=3",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -109,6 +119,20 @@ def main() -> None:
         )
 
     # The evaluation stage draws n <= its batch of 500 as one chunk from seed [seed, 0]: so here.
+    for text in args.spec:
+        name, _, rest = text.partition(":")
+        settings = {}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            settings[key] = json.loads(value)
+        spec = SamplerSpec.of(name, **settings)
+        start = time.perf_counter()
+        out = draw(restored, spec, args.n, [args.seed, 0], data_rms=data_rms)
+        evals = out.evaluations or settings.get("num_steps", "-")
+        worst = max((h.ratio for h in out.health), default=float("nan"))
+        score(text, evals, time.perf_counter() - start, out.samples, worst)
+    if args.spec:
+        return
     if restored.objective.family == "diffusion":
         for steps in args.ddim_steps:
             for eta in args.eta:

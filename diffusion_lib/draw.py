@@ -8,7 +8,9 @@ sampling GIF all use.
 The sampler must serve the family the run's objective declares (`objective.family`, the
 registry's `SamplerInfo.family`): "diffusion" samplers get the objective's GaussianDiffusion,
 x0 clipped to [-1, 1] for images; annealing "score" samplers get its noise levels and start from
-N(0, sigma_1^2 I); plain Langevin runs at the objective's smallest level from N(0, I). Samples
+N(0, sigma_1^2 I); plain Langevin runs at the objective's smallest level from N(0, I). "sde"
+samplers get the objective's `sde_view`: the SDE it trains, or the one a DDPM (VP) or NCSN (VE)
+network is exactly a score model of, and start from that SDE's prior. Samples
 and frames come back in data units (uint8 images, points in the data's coordinates) through the
 run's `Normalizer`; chain health (annealing samplers) in model units.
 
@@ -57,6 +59,7 @@ class Drawn:
     samples: np.ndarray
     frames: np.ndarray | None = None
     health: tuple[LevelHealth, ...] = ()
+    evaluations: int = 0  # network calls per sample, where the sampler reports them
 
 
 def check_compatible(spec: SamplerSpec, objective) -> None:
@@ -64,6 +67,18 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
     family = getattr(type(objective), "family", None)
     if family is None:
         raise SamplerMismatch(f"objective {type(objective).__name__} declares no sampler family")
+    if spec.family == "sde" and family != "sde":
+        view = getattr(objective, "sde_view", None)
+        if view is None:
+            raise SamplerMismatch(
+                f"sampler {spec.name!r} needs a score SDE; {type(objective).__name__} is not the "
+                "discretisation of one"
+            )
+        try:
+            view(None)  # the SDE only: no network is called here
+        except ValueError as err:
+            raise SamplerMismatch(f"sampler {spec.name!r}: {err}") from None
+        return
     if spec.family != family:
         raise SamplerMismatch(
             f"sampler {spec.name!r} needs a {spec.family} model; this run trains a {family} "
@@ -108,6 +123,9 @@ def draw(
     if info.family == "diffusion":
         clip = (-1.0, 1.0) if restored.normalizer.is_image else None
         out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
+    elif info.family == "sde":
+        sde, score_fn = objective.sde_view(model)
+        out = info.fn(score_fn, sde, shape, **common)
     elif info.anneals:
         sigmas = objective.sigmas
         start = tf.random.stateless_normal(shape, seed) * float(sigmas[0])
@@ -122,7 +140,7 @@ def draw(
         chain = None if out.frames is None else to_data(out.frames.numpy()[:, :n])
     except ValueError as err:
         raise ValueError(f"checkpoint ckpt-{restored.step}: {err}") from None
-    return Drawn(samples, chain, tuple(out.health))
+    return Drawn(samples, chain, tuple(out.health), out.evaluations)
 
 
 def draw_chunk(

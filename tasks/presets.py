@@ -94,9 +94,10 @@ class Pipeline:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreVariant:
-    """What changes when a preset runs the score-based model: the training part, the sampler
-    (for evaluation and samples alike) and, optionally, the number of samples."""
+class ModelVariant:
+    """What changes when a preset runs another model than its DDPM (NCSN, a score SDE): the
+    training part, the sampler (for evaluation and samples alike) and, optionally, the number
+    of samples."""
 
     train: TrainPart
     sampler: SamplerSpec
@@ -199,13 +200,13 @@ PRESETS: dict[str, Pipeline] = {
 _NCSN_GPU = SamplerSpec.of("annealed_langevin", steps_per_level=5, step_lr=6.2e-6)
 # The score-based alternative (NCSN + annealed Langevin dynamics) of a preset: what changes
 # when a flow is run with model="ncsn". Presets without an entry have no score variant.
-SCORE_VARIANTS: dict[str, ScoreVariant] = {
+SCORE_VARIANTS: dict[str, ModelVariant] = {
     # toy-ncsn: 10 levels from 5 to 0.05 (gamma = 1.67); step_lr by NCSNv2's technique 4.
-    "tiny": ScoreVariant(
+    "tiny": ModelVariant(
         TrainPart.of("toy-ncsn"),
         SamplerSpec.of("annealed_langevin", steps_per_level=10, step_lr=4.8e-4),
     ),
-    "swiss-roll": ScoreVariant(
+    "swiss-roll": ModelVariant(
         TrainPart.of("toy-ncsn"),
         SamplerSpec.of("annealed_langevin", steps_per_level=100, step_lr=8.1e-5),
     ),
@@ -216,7 +217,7 @@ SCORE_VARIANTS: dict[str, ScoreVariant] = {
     # below 0.1, where denoising is trivial), and on that checkpoint annealed Langevin with 3
     # steps a level, at 3x the network calls, 21.0 and 4.90. The earlier preset (unet-small,
     # 1,200 steps, annealed Langevin on 128 samples) measured FID 25.3 and 4.39.
-    "mnist-cpu": ScoreVariant(
+    "mnist-cpu": ModelVariant(
         TrainPart.of(
             "mnist-ncsn",
             network="unet-cpu",
@@ -232,16 +233,69 @@ SCORE_VARIANTS: dict[str, ScoreVariant] = {
         SamplerSpec.of("ve_ancestral"),
     ),
     **{
-        name: ScoreVariant(
+        name: ModelVariant(
             TrainPart.of("mnist-ncsn", num_steps=50_000, checkpoint_every=5_000), _NCSN_GPU
         )
         for name in ("mnist", "fashion-mnist")
     },
 }
-MODELS = ("ddpm", "ncsn")
-# The samplers that can sample each model: those of the family its objective declares.
+_DPM_20 = SamplerSpec.of("dpm_solver_pp", num_steps=20)
+# The score-SDE variants (objective "sde"): DDPM's (VP) or NCSN's (VE) network, batch, learning
+# rate and steps in continuous time, sampled by DPM-Solver++ in 20 network calls.
+SDE_VARIANTS: dict[str, dict[str, ModelVariant]] = {
+    kind: {
+        "tiny": ModelVariant(
+            TrainPart.of(
+                f"toy-sde-{kind}",
+                network="mlp-small",
+                num_steps=600,
+                checkpoint_every=300,
+                log_every=50,
+                batch_size=128,
+            ),
+            _DPM_20,
+        ),
+        "swiss-roll": ModelVariant(TrainPart.of(f"toy-sde-{kind}"), _DPM_20),
+        "mnist-cpu": ModelVariant(
+            TrainPart.of(
+                f"mnist-sde-{kind}",
+                network="unet-cpu",
+                batch_size=64,
+                num_steps=1_900,
+                checkpoint_every=600,
+                log_every=50,
+                warmup_steps=100,
+                learning_rate=2e-3,
+                **({"sigma_min": 0.05} if kind == "ve" else {}),
+            ),
+            _DPM_20,
+        ),
+    }
+    for kind in ("vp", "ve")
+}
+# What a flow's `model` changes: its preset's variant (none for ddpm, the presets' own).
+MODEL_VARIANTS: dict[str, dict[str, ModelVariant]] = {
+    "ncsn": SCORE_VARIANTS,
+    "sde-vp": SDE_VARIANTS["vp"],
+    "sde-ve": SDE_VARIANTS["ve"],
+}
+MODELS = ("ddpm", "ncsn", "sde-vp", "sde-ve")
+OBJECTIVE_OF = {"ddpm": "ddpm", "ncsn": "ncsn", "sde-vp": "sde", "sde-ve": "sde"}
+
+
+def _serves(objective: type, family: str) -> bool:
+    """Whether samplers of `family` can sample a network trained with `objective`: its own
+    family, and the score-SDE samplers for objectives that discretise an SDE (`sde_view`)."""
+    return family == objective.family or (family == "sde" and hasattr(objective, "sde_view"))
+
+
+# The samplers that can sample each model.
 SAMPLERS_OF = {
-    model: tuple(name for name, info in SAMPLERS.items() if info.family == OBJECTIVES[model].family)
+    model: tuple(
+        name
+        for name, info in SAMPLERS.items()
+        if _serves(OBJECTIVES[OBJECTIVE_OF[model]], info.family)
+    )
     for model in MODELS
 }
 
@@ -261,13 +315,14 @@ def resolve(
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     plan = PRESETS[preset]
-    if model == "ncsn":
-        if preset not in SCORE_VARIANTS:
+    if model != "ddpm":
+        variants = MODEL_VARIANTS[model]
+        if preset not in variants:
             raise ValueError(
-                f"model: preset {preset!r} has no score-based variant; those that do: "
-                f"{sorted(SCORE_VARIANTS)}"
+                f"model: preset {preset!r} has no {model} variant; those that do: "
+                f"{sorted(variants)}"
             )
-        plan = SCORE_VARIANTS[preset].apply(plan)
+        plan = variants[preset].apply(plan)
     if sampler is not None and sampler not in SAMPLERS_OF[model]:
         raise ValueError(
             f"sampler: {sampler!r} cannot sample a {model} model; use one of {SAMPLERS_OF[model]}"

@@ -18,6 +18,7 @@ from typing import Any
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
 from diffusion_lib.networks.config import INPUT_SCALINGS, OUTPUT_SCALINGS, PRECISIONS
 from diffusion_lib.score_matching import PROJECTIONS
+from diffusion_lib.sde import SDES
 from diffusion_lib.training.objectives import OBJECTIVES
 
 OPTIMIZERS = ("adam", "adamw")
@@ -95,6 +96,16 @@ class TrainConfig:
     variance_reduction: bool = True
     score_output_scaling: str = "none"
     score_input_scaling: str = "none"
+    # objective="sde": the continuous-time SDE (`diffusion_lib.sde`: "vp", "subvp" or "ve"),
+    # trained by denoising score matching at t ~ U(sde_eps, 1). VP and sub-VP use beta_min /
+    # beta_max, VE sigma_min / sigma_max; num_timesteps is the length of its discrete chain
+    # (for the ancestral and reverse-diffusion samplers). likelihood_weighting weights each t by
+    # g(t)^2 instead of std(t)^2 (Song et al. 2021b: the loss then bounds the NLL).
+    sde: str = "vp"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sde_eps: float = 1e-5
+    likelihood_weighting: bool = False
     # Optimisation
     optimizer: str = "adam"
     learning_rate: float = 2e-4
@@ -189,6 +200,7 @@ class TrainConfig:
             "projection": PROJECTIONS,
             "score_output_scaling": OUTPUT_SCALINGS,
             "score_input_scaling": INPUT_SCALINGS,
+            "sde": tuple(SDES),
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -253,6 +265,10 @@ class TrainConfig:
                 "score_input_scaling",
                 f"{self.score_input_scaling!r} needs a noise-conditional objective (ncsn or dsm)",
             )
+        if not 0.0 < self.beta_min < self.beta_max:
+            fail("beta_min", f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        if not 0.0 < self.sde_eps < 0.5:
+            fail("sde_eps", f"must be in (0, 0.5), got {self.sde_eps}")
         for field, beta in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
             if not 0.0 <= beta < 1.0:
                 fail(field, f"must be in [0, 1), got {beta}")
@@ -320,6 +336,14 @@ def _presets() -> dict[str, TrainConfig]:
             checkpoint_every=50,
             log_every=10,
         ),
+        # Score SDEs (Song et al. 2021): VP with DDPM's betas (0.1 to 20 over t in [0, 1]), VE
+        # with NCSN's noise range.
+        "toy-sde-vp": toy.replace(objective="sde", sde="vp", num_timesteps=1000),
+        "toy-sde-ve": toy.replace(
+            objective="sde", sde="ve", sigma_max=5.0, sigma_min=0.01, num_timesteps=1000
+        ),
+        "mnist-sde-vp": mnist.replace(objective="sde", sde="vp"),
+        "mnist-sde-ve": mnist.replace(objective="sde", sde="ve", sigma_max=50.0, sigma_min=0.01),
         "mnist-ncsn": mnist.replace(
             objective="ncsn",
             sigma_max=50.0,

@@ -9,7 +9,10 @@ same noise however many replicas share the batch: results do not depend on the r
 Each declares the family of samplers its network serves (`family`, as in the sampler registry):
 "diffusion" objectives carry the `diffusion` (a GaussianDiffusion) their sampler needs, "score"
 objectives the noise levels `sigmas` [L] (decreasing) their network is conditioned on: NCSN's
-schedule, or the single level a DSM or SSM network was trained at.
+schedule, or the single level a DSM or SSM network was trained at; the "sde" objective its `sde`.
+Objectives whose network is exactly a score model of an SDE also serve the "sde" samplers:
+`sde_view(model)` returns (sde, score_fn) or raises ValueError saying why it cannot (DDPM: a
+linear beta schedule is VP's discretisation; NCSN: geometric levels are VE's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ from diffusion_lib.score_matching import (
     denoising_score_matching_loss,
     ncsn_loss,
     sliced_score_matching_loss,
+)
+from diffusion_lib.sde import (
+    VESDE,
+    make_sde,
+    score_from_diffusion_model,
+    score_from_sigma_model,
+    ve_sde_of,
+    vp_sde_of,
 )
 
 if TYPE_CHECKING:  # only a type here: the config imports OBJECTIVES to validate names
@@ -75,6 +86,10 @@ class DdpmObjective:
 
         return self.diffusion.training_losses(net, x, t, noise).loss
 
+    def sde_view(self, model):
+        sde = vp_sde_of(self.diffusion)
+        return sde, score_from_diffusion_model(model, self.diffusion, sde)
+
 
 @dataclasses.dataclass
 class NcsnObjective:
@@ -107,6 +122,10 @@ class NcsnObjective:
             levels=levels,
             noise=noise,
         )
+
+    def sde_view(self, model):
+        sde = ve_sde_of(self.sigmas)
+        return sde, score_from_sigma_model(model, sde)
 
 
 @dataclasses.dataclass
@@ -163,11 +182,79 @@ class SsmObjective:
         )
 
 
+# VP-type networks are conditioned on t scaled to DDPM's timestep range (score_sde's convention),
+# so the timestep embedding sees the values it was designed for.
+TIME_SCALE = 999.0
+
+
+@dataclasses.dataclass
+class SdeObjective:
+    """Denoising score matching over continuous time (Song et al. 2021, eq. 7): t ~ U(eps, 1),
+    x_t = alpha(t) x + std(t) z, and the per-example loss
+
+        mean over dims of lambda(t) (s(x_t, t) + z / std(t))^2,  lambda = std^2 (or g^2 with
+        likelihood weighting),
+
+    with the network read as a score: VP / sub-VP networks predict the noise (s = -out / std,
+    conditioned on 999 t); VE networks are NCSN's (conditioned on sigma(t), output / sigma)."""
+
+    config: TrainConfig
+    family: ClassVar[str] = "sde"
+
+    def __post_init__(self):
+        c = self.config
+        if c.sde == "ve":
+            params = {"sigma_min": c.sigma_min, "sigma_max": c.sigma_max}
+        else:
+            params = {"beta_min": c.beta_min, "beta_max": c.beta_max}
+        self.sde = make_sde(c.sde, num_steps=c.num_timesteps, **params)
+
+    def network_overrides(self) -> dict:
+        if isinstance(self.sde, VESDE):
+            return {"conditioning": "log_sigma", "output_scaling": "inverse_sigma"}
+        return {"conditioning": "timestep", "output_channels_factor": 1}
+
+    def score_fn(self, model, **call):
+        """score_fn(x, t) of the network (`call`: training / seed keywords of the model)."""
+        ve = isinstance(self.sde, VESDE)
+
+        def score(x, t):
+            _, std = self.sde.marginal(t, x.dtype)
+            if ve:
+                return model(x, std, **call)
+            out = tf.cast(model(x, TIME_SCALE * tf.cast(t, tf.float32), **call), x.dtype)
+            return -out / std[(...,) + (None,) * (x.shape.rank - 1)]
+
+        return score
+
+    def sde_view(self, model):
+        return self.sde, self.score_fn(model)
+
+    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+        t_seed, noise_seed, dropout_seed = _split(seed, 3)
+        eps = self.config.sde_eps
+        t = tf.random.stateless_uniform([global_batch], t_seed, eps, 1.0, dtype=tf.float64)
+        t = t[offset : offset + tf.shape(x)[0]]
+        noise = _global_normal(x, noise_seed, offset, global_batch)
+        drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
+        x_t = self.sde.perturb(x, t, noise)
+        score = self.score_fn(model, training=True, seed=drop)(x_t, tf.cast(t, x.dtype))
+        _, std = self.sde.marginal(t, x.dtype)
+        std = std[(...,) + (None,) * (x.shape.rank - 1)]
+        if self.config.likelihood_weighting:
+            g2 = tf.square(self.sde.diffusion(t, x.dtype))[(...,) + (None,) * (x.shape.rank - 1)]
+            per_element = g2 * tf.square(score + noise / std)
+        else:
+            per_element = tf.square(std * score + noise)
+        return tf.reduce_mean(tf.reshape(per_element, [tf.shape(x)[0], -1]), axis=1)
+
+
 OBJECTIVES = {
     "ddpm": DdpmObjective,
     "ncsn": NcsnObjective,
     "dsm": DsmObjective,
     "ssm": SsmObjective,
+    "sde": SdeObjective,
 }
 
 

@@ -14,7 +14,14 @@ import pytest
 import tensorflow as tf
 
 from diffusion_lib.data import DatasetSpec, open_dataset, prepare_dataset
-from diffusion_lib.draw import SamplerMismatch, draw, draw_chunk, draw_set, pool_health
+from diffusion_lib.draw import (
+    SamplerMismatch,
+    check_compatible,
+    draw,
+    draw_chunk,
+    draw_set,
+    pool_health,
+)
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
 from diffusion_lib.reports import render_run
 from diffusion_lib.run import Run
@@ -213,3 +220,27 @@ def test_a_remembered_annealed_chunk_serves_another_data_rms_with_its_own_health
     for mine, theirs in zip(again.health, first.health, strict=True):
         assert mine.expected_rms == pytest.approx(np.hypot(1.0, mine.sigma))
         assert theirs.expected_rms == pytest.approx(np.hypot(0.5, theirs.sigma))
+
+
+def test_ddpm_and_ncsn_runs_sample_with_the_sde_samplers_of_their_sdes(ddpm_run, ncsn_run):
+    """A DDPM run (linear schedule) is a VP score model, an NCSN run (geometric levels) a VE one:
+    the SDE samplers draw from both through `draw`, the adaptive solver reporting its network
+    calls (step-for-step agreement with DDPM's and NCSN's samplers: test_sde_samplers.py)."""
+    for run in (ddpm_run, ncsn_run):
+        restored = run.restore()
+        for spec in (SamplerSpec.of("dpm_solver_pp", num_steps=8), SamplerSpec.of("pf_ode")):
+            out = draw(restored, spec, 10, 3)
+            assert out.samples.shape == (10, 2) and np.all(np.isfinite(out.samples))
+            if spec.name == "pf_ode":
+                assert out.evaluations > 8
+    restored = ddpm_run.restore()
+    assert restored.objective.sde_view(None)[0].N == restored.objective.diffusion.num_timesteps
+
+
+def test_a_ddpm_whose_schedule_is_no_sdes_discretisation_is_refused_by_the_sde_samplers(
+    ddpm_run,
+):
+    restored = ddpm_run.restore()
+    objective = type(restored.objective)(restored.objective.config.replace(schedule="cosine"))
+    with pytest.raises(SamplerMismatch, match="not the VP SDE's discretisation"):
+        check_compatible(SamplerSpec.of("dpm_solver_pp"), objective)

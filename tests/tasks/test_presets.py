@@ -10,7 +10,16 @@ from diffusion_lib.samplers import SAMPLERS, SamplerSpec, technique4_step_lr
 from diffusion_lib.schedules import sigma_schedule
 from diffusion_lib.training.objectives import build_objective
 from flows.params import Model, Preset, Sampler
-from tasks.presets import MODELS, PRESETS, SAMPLERS_OF, SCORE_VARIANTS, TrainPart, resolve
+from tasks.presets import (
+    MODEL_VARIANTS,
+    MODELS,
+    OBJECTIVE_OF,
+    PRESETS,
+    SAMPLERS_OF,
+    SCORE_VARIANTS,
+    TrainPart,
+    resolve,
+)
 
 
 @pytest.mark.parametrize("preset", sorted(SCORE_VARIANTS))
@@ -26,16 +35,18 @@ def test_score_variants_step_by_technique_4(preset):
         assert sampler.get("step_lr") == pytest.approx(expected, rel=0.03), preset
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("model", MODELS)
+PAIRS = [(preset, "ddpm") for preset in sorted(PRESETS)] + [
+    (preset, model) for model, variants in MODEL_VARIANTS.items() for preset in sorted(variants)
+]
+
+
+@pytest.mark.parametrize(("preset", "model"), PAIRS)
 def test_every_preset_trains_and_samples_with_samplers_that_fit_it(preset, model):
-    """Each preset (and score variant) builds its training config, and evaluation and the
-    sample set share one sampler, of the family of the objective that config trains."""
-    if model == "ncsn" and preset not in SCORE_VARIANTS:
-        pytest.skip("no score variant")
+    """Each preset (and each model's variant of it) builds its training config, and evaluation
+    and the sample set share one sampler, one its objective serves."""
     plan = resolve(preset, model)
     config = plan.train.config("unused")
-    assert config.objective == model
+    assert config.objective == OBJECTIVE_OF[model]
     assert plan.eval.sampler == plan.samples.sampler
     check_compatible(plan.samples.sampler, build_objective(config))
 
@@ -44,9 +55,18 @@ def test_flow_choices_come_from_the_registries():
     assert set(typing.get_args(Preset)) == set(PRESETS)
     assert set(typing.get_args(Model)) == set(MODELS)
     assert set(typing.get_args(Sampler)) == set(SAMPLERS)
+    sde = {
+        "sde_euler_maruyama",
+        "sde_reverse_diffusion",
+        "sde_ancestral",
+        "pf_ode",
+        "dpm_solver_pp",
+    }
     assert {k: set(v) for k, v in SAMPLERS_OF.items()} == {
-        "ddpm": {"ddpm", "ddim"},
-        "ncsn": {"langevin", "annealed_langevin", "ve_ancestral"},
+        "ddpm": {"ddpm", "ddim"} | sde,
+        "ncsn": {"langevin", "annealed_langevin", "ve_ancestral"} | sde,
+        "sde-vp": sde,
+        "sde-ve": sde,
     }
 
 
@@ -67,7 +87,9 @@ def test_the_flows_flat_parameters_change_one_field_each():
     [
         ({"preset": "imagenet"}, "preset must be one of"),
         ({"preset": "tiny", "model": "vae"}, "model must be one of"),
-        ({"preset": "cifar10", "model": "ncsn"}, "has no score-based variant"),
+        ({"preset": "cifar10", "model": "ncsn"}, "has no ncsn variant"),
+        ({"preset": "cifar10", "model": "sde-ve"}, "has no sde-ve variant"),
+        ({"preset": "tiny", "model": "sde-vp", "sampler": "ddim"}, "cannot sample a sde-vp model"),
         ({"preset": "tiny", "model": "ncsn", "sampler": "ddim"}, "cannot sample a ncsn model"),
         ({"preset": "tiny", "steps": -5}, "num_steps"),
     ],
