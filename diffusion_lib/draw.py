@@ -10,7 +10,8 @@ registry's `SamplerInfo.family`): "diffusion" samplers get the objective's Gauss
 x0 clipped to [-1, 1] for images; annealing "score" samplers get its noise levels and start from
 N(0, sigma_1^2 I); plain Langevin runs at the objective's smallest level from N(0, I). "sde"
 samplers get the objective's `sde_view`: the SDE it trains, or the one a DDPM (VP) or NCSN (VE)
-network is exactly a score model of, and start from that SDE's prior. Samples
+network is exactly a score model of, and start from that SDE's prior; for images the score's
+estimate of x(0) is clipped to [-1, 1], as for "diffusion" samplers. Samples
 and frames come back in data units (uint8 images, points in the data's coordinates) through the
 run's `Normalizer`; chain health (annealing samplers) in model units.
 
@@ -37,6 +38,7 @@ import tensorflow as tf
 from diffusion_lib._checks import seed_tensor
 from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
 from diffusion_lib.samplers.base import Progress
+from diffusion_lib.sde import clip_data_prediction
 
 MEMO_BYTES = 256 * 2**20
 _memo: collections.OrderedDict = collections.OrderedDict()
@@ -125,6 +127,8 @@ def draw(
         out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
     elif info.family == "sde":
         sde, score_fn = objective.sde_view(model)
+        if restored.normalizer.is_image:
+            score_fn = clip_data_prediction(score_fn, sde, -1.0, 1.0)
         out = info.fn(score_fn, sde, shape, **common)
     elif info.anneals:
         sigmas = objective.sigmas

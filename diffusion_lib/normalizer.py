@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from diffusion_lib.sde_likelihood import dequantize
+
 KINDS = ("image", "points")
 _MIN_STD = 1e-12  # a constant dimension stays finite
 
@@ -53,6 +55,15 @@ class Normalizer:
         if self.is_image:
             return values.astype(dtype) / 127.5 - 1.0
         return ((values - self.mean) / self.std).astype(dtype, copy=False)
+
+    def dequantized(self, pixels, seed) -> tuple[np.ndarray, float]:
+        """8-bit images -> (x, log_abs_scale): uniformly dequantised points in model units,
+        x = 2 (k + u) / 256 - 1 with u ~ U[0, 1) from `seed`, and sum_d log |dx/dv| = D log 2
+        for the bits/dim of `sde_likelihood.bits_per_dim` (v = (k + u) / 256 in [0, 1))."""
+        if not self.is_image:
+            raise ValueError("dequantisation is for 8-bit images; these are points")
+        v = dequantize(pixels, seed)
+        return 2.0 * v - 1.0, float(np.prod(v.shape[1:]) * np.log(2.0))
 
     def to_model_tf(self):
         """The same map as a float32 TensorFlow function, for tf.data pipelines."""

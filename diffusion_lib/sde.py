@@ -344,3 +344,23 @@ def score_from_sigma_model(model, sde: VESDE):
         return model(x, std)
 
     return score_fn
+
+
+def clip_data_prediction(score_fn, sde: SDE, low: float, high: float):
+    """score_fn whose Tweedie estimate of x(0) is clipped to [low, high] (the score recomputed
+    from it: -(x - alpha clip(x0)) / std^2), as DDPM's and DDIM's samplers clip pred_x0 for
+    images. On the DDPM checkpoint of mnist-cpu, DPM-Solver++ at 20 steps: FID 40.1 without,
+    10.1 with (benchmarks/README.md)."""
+
+    def clipped(x, t):
+        score = _checks.call_network(score_fn, x, t)
+        alpha, std = sde.marginal(t, x.dtype)
+        rank = x.shape.rank
+        alpha, var = (
+            _checks.expand_to_rank(alpha, rank),
+            _checks.expand_to_rank(tf.square(std), rank),
+        )
+        x0 = tf.clip_by_value((x + var * score) / alpha, low, high)
+        return -(x - alpha * x0) / var
+
+    return clipped

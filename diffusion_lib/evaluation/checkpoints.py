@@ -34,6 +34,7 @@ from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_cl
 from diffusion_lib.normalizer import Normalizer
 from diffusion_lib.run import EVAL_DIR, METRICS_NAME, Run
 from diffusion_lib.samplers import SamplerSpec
+from diffusion_lib.sde_likelihood import bits_per_dim, ode_log_likelihood
 from diffusion_lib.training import TrainConfig
 from diffusion_lib.training.config import ARCHITECTURE_FIELDS
 
@@ -43,6 +44,7 @@ LOWER_IS_BETTER = {
     "sliced_wasserstein": True,
     "mmd": True,
     "bits_per_dim": True,
+    "ode_bits_per_dim": True,
     "precision": False,
     "recall": False,
     "classifier_score": False,
@@ -66,15 +68,24 @@ class EvalSpec:
     # Score only the newest k checkpoints (0: all). A score model's sampler costs hundreds of
     # network calls a sample: on a CPU budget the last checkpoint is where they pay.
     newest: int = 0
+    # Bits/dim of this many held-out images by the probability-flow ODE (Hutchinson, Rademacher
+    # probes from `seed`; uniform dequantisation), for runs that are a score SDE's model (an
+    # SDE run, a DDPM with a linear schedule, an NCSN): `ode_bits_per_dim`. 0: not computed.
+    ode_bpd_examples: int = 0
 
     def __post_init__(self):
-        if isinstance(self.newest, bool) or not isinstance(self.newest, int) or self.newest < 0:
-            raise ValueError(f"newest must be a non-negative integer, got {self.newest!r}")
+        for name in ("newest", "ode_bpd_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not isinstance(self.sampler, SamplerSpec):
             raise ValueError(f"sampler must be a SamplerSpec, got {self.sampler!r}")
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "sampler": self.sampler.to_dict()}
+        record = {**dataclasses.asdict(self), "sampler": self.sampler.to_dict()}
+        if not self.ode_bpd_examples:  # off: the settings' fingerprint of before it existed
+            del record["ode_bpd_examples"]
+        return record
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -237,6 +248,10 @@ def evaluate_checkpoints(
                     restored.model, subset, seed=spec.seed
                 )
                 values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
+            if spec.ode_bpd_examples:
+                values["ode_bits_per_dim"] = _ode_bits_per_dim(
+                    restored, test_real[: spec.ode_bpd_examples], spec.seed
+                )
         else:
             values = _point_metrics(test_real.astype(np.float64), drawn.samples, mixture)
         if health:
@@ -270,6 +285,23 @@ def evaluate_checkpoints(
     }
     atomic_write_bytes(out_path, json.dumps(report, indent=2).encode())
     return EvalReport(str(out_path), ordered, floors, best, best_metric)
+
+
+def _ode_bits_per_dim(restored, pixels, seed: int) -> float:
+    """Mean bits/dim of `pixels` by the probability-flow ODE of the run's score SDE."""
+    view = getattr(restored.objective, "sde_view", None)
+    if view is None:
+        raise ValueError(
+            f"ode_bpd_examples: {type(restored.objective).__name__} is no score SDE's model"
+        )
+    try:
+        sde, score_fn = view(restored.model)
+    except ValueError as err:
+        raise ValueError(f"ode_bpd_examples: {err}") from None
+    x, log_abs_scale = restored.normalizer.dequantized(pixels, seed)
+    likelihood = ode_log_likelihood(score_fn, sde, x.astype(np.float32), seed=seed)
+    dim = int(np.prod(x.shape[1:]))
+    return float(np.mean(bits_per_dim(likelihood.log_prob, dim, log_abs_scale)))
 
 
 def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:

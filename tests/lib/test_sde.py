@@ -10,11 +10,14 @@ import tensorflow as tf
 
 from diffusion_lib.analytic import GaussianData
 from diffusion_lib.diffusion import GaussianDiffusion
+from diffusion_lib.normalizer import IMAGES
 from diffusion_lib.schedules import beta_schedule, sigma_schedule
 from diffusion_lib.sde import (
     VESDE,
     VPSDE,
     SubVPSDE,
+    clip_data_prediction,
+    data_prediction,
     make_sde,
     sde_from_dict,
     ve_sde_of,
@@ -163,3 +166,24 @@ def test_bits_per_dim_and_dequantisation():
         dequantize(np.array([0.5]), seed=0)
     with pytest.raises(ValueError, match="divergence must be one of"):
         ode_log_likelihood(DATA.score_fn(VPSDE()), VPSDE(), np.zeros((1, 2)), divergence="trace")
+
+
+def test_clipping_the_data_prediction_bounds_it_and_leaves_inner_points_alone():
+    sde = VPSDE()
+    score = DATA.score_fn(sde)
+    clipped = clip_data_prediction(score, sde, -1.0, 1.0)
+    x = tf.constant([[0.2, -0.1], [30.0, -30.0]], tf.float64)
+    t = tf.constant([0.5, 0.5], tf.float64)
+    x0 = data_prediction(sde, clipped(x, t), x, t).numpy()
+    np.testing.assert_allclose(x0[1], [1.0, -1.0])
+    inner = data_prediction(sde, score(x, t), x, t).numpy()[0]
+    assert np.all(np.abs(inner) < 1)
+    np.testing.assert_allclose(clipped(x, t).numpy()[0], score(x, t).numpy()[0], rtol=1e-12)
+
+
+def test_images_dequantise_into_model_units_with_their_jacobian():
+    pixels = np.array([[[[0], [255]], [[128], [7]]]], np.uint8)
+    x, log_abs_scale = IMAGES.dequantized(pixels, seed=1)
+    assert x.shape == pixels.shape and np.all((x >= -1) & (x < 1))
+    np.testing.assert_array_equal(np.floor((x + 1) / 2 * 256), pixels)
+    assert log_abs_scale == pytest.approx(4 * math.log(2.0))

@@ -66,6 +66,12 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     assert [row["step"] for row in newest.rows] == [600] and newest.best_step == 600
     with pytest.raises(ValueError, match="newest"):
         EvalSpec(newest=-1)
+    with pytest.raises(ValueError, match="ode_bpd_examples"):
+        EvalSpec(ode_bpd_examples=1.5)
+    # Off, the ODE likelihood leaves the settings' fingerprint what it was before it existed, so
+    # finished evaluations are not scored again.
+    assert "ode_bpd_examples" not in EvalSpec().to_dict()
+    assert EvalSpec(ode_bpd_examples=8).to_dict()["ode_bpd_examples"] == 8
 
 
 def test_image_run_gets_every_metric(mnist_tiny_run, mnist, extractor):
@@ -73,7 +79,11 @@ def test_image_run_gets_every_metric(mnist_tiny_run, mnist, extractor):
     # (keyed by the training set's fingerprint: the same digits) is reused, not retrained.
     run, test = mnist_tiny_run, mnist_tiny_run / "data" / "test"
     spec = EvalSpec(
-        n=200, sampler=SamplerSpec.of("ddim", num_steps=5), bpd_examples=4, classifier_epochs=3
+        n=200,
+        sampler=SamplerSpec.of("ddim", num_steps=5),
+        bpd_examples=4,
+        classifier_epochs=3,
+        ode_bpd_examples=2,
     )
     report = evaluate_checkpoints(run, test_dir=test, cache_dir=mnist / "cache", spec=spec)
     metrics = report.rows[0]["metrics"]
@@ -86,6 +96,7 @@ def test_image_run_gets_every_metric(mnist_tiny_run, mnist, extractor):
         "classes_covered",
         "smallest_class_share",
         "bits_per_dim",
+        "ode_bits_per_dim",
     } <= set(metrics)
     # An untrained model is far from real digits; the real-vs-real floor is far lower.
     assert metrics["fid"]["value"] > 5 * report.floors["fid"]
@@ -94,6 +105,8 @@ def test_image_run_gets_every_metric(mnist_tiny_run, mnist, extractor):
     assert 0.0 <= metrics["smallest_class_share"]["value"] <= 0.1
     assert 0.05 < metrics["smallest_class_share"]["floor"] <= 0.1  # real digits: every class
     assert np.isfinite(metrics["bits_per_dim"]["value"]) and metrics["bits_per_dim"]["value"] > 0
+    # The same network's likelihood by the probability-flow ODE of the VP SDE it discretises.
+    assert 0 < metrics["ode_bits_per_dim"]["value"] < 100
     assert len(list((mnist / "cache").glob("reference-*.npz"))) == 1
     again = evaluate_checkpoints(run, test_dir=test, cache_dir=mnist / "cache", spec=spec)
     assert again.floors == report.floors and again.rows == report.rows
