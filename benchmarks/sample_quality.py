@@ -48,6 +48,8 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         },
     ),
     "ncsn-default": ("mnist-cpu", "ncsn", "the preset as it is", {}),
+    "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
+    "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
     "tiny-default": ("tiny", "ddpm", "the preset as it is", {}),
     "tiny-before": (
         "tiny",

@@ -52,7 +52,7 @@ def render_run(
     sampler: SamplerSpec,
 ) -> RunRenders:
     """Writes grid.png, sampling.gif, loss.png (if the run logged metrics) and, for 2-D score
-    runs, score_field.png into `out_dir`. The GIF's chain is drawn by `sampler` (the sample
+    and score-SDE runs, score_field.png into `out_dir` (SDE runs: with probability-flow paths). The GIF's chain is drawn by `sampler` (the sample
     set's), from seed 0, 64 images or 1,000 points."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +77,8 @@ def render_run(
         render.points_animation(chain, out / "sampling.gif")
         if restored.objective.family == "score":
             score_field = _score_field(restored, run.dataset, chain, out / "score_field.png")
+        elif restored.objective.family == "sde":
+            score_field = _flow_field(restored, run.dataset, out / "score_field.png")
     metrics = run.training_log
     loss_curve = render.loss_curve_png(metrics, out / "loss.png") if metrics.is_file() else None
     return RunRenders(
@@ -97,3 +99,19 @@ def _score_field(restored, data, chain, path) -> pathlib.Path:
         return normalizer.score_to_data(restored.model(tf.constant(z, tf.float32), sigma).numpy())
 
     return render.score_field_png(score_fn, points, path, trajectories=chain[:, :20])
+
+
+def _flow_field(restored, data, path) -> pathlib.Path:
+    """A score-SDE run's learned score at its smallest time, in data coordinates, with 20 paths
+    of its probability-flow ODE from the prior to the data (adaptive solver, 41 frames)."""
+    sde, score = restored.objective.sde_view(restored.model)
+    t = sde.default_eps
+    paths = draw(restored, SamplerSpec.of("pf_ode"), 20, 1, frames=41).frames
+    points = data.read(0, min(len(data), 2000)).values
+    normalizer = restored.normalizer
+
+    def score_fn(x):
+        z = tf.constant(normalizer.to_model(np.asarray(x, np.float32)), tf.float32)
+        return normalizer.score_to_data(score(z, tf.fill([len(x)], t)).numpy())
+
+    return render.score_field_png(score_fn, points, path, trajectories=paths)
