@@ -8,6 +8,7 @@ from diffusion_lib.data import open_dataset
 from diffusion_lib.reports import GIF_FRAMES, render_run
 from diffusion_lib.sample_sets import generate_samples
 from diffusion_lib.samplers import SamplerSpec
+from diffusion_lib.training import config_preset, train
 
 SAMPLER = SamplerSpec.of("ddim", num_steps=5)
 
@@ -39,3 +40,24 @@ def test_a_two_dimensional_diffusion_run_has_no_score_field(toy_ddpm_run, tmp_pa
     )
     assert renders.step == 100 and renders.score_field is None
     assert set(renders.paths()) == {"grid.png", "sampling.gif", "loss.png"}
+
+
+def test_a_two_dimensional_sde_run_draws_its_score_field_with_probability_flow_paths(
+    toy_ddpm_run, tmp_path
+):
+    """A score-SDE run (30 steps of toy-sde-vp on the shared moons): its render holds the
+    score field at the smallest time, with 20 paths of its probability-flow ODE on it."""
+    config = config_preset(
+        "toy-sde-vp",
+        data_dir=str(toy_ddpm_run / "data" / "train"),
+        network="mlp-tiny",
+        num_steps=30,
+        checkpoint_every=30,
+        log_every=10,
+    )
+    train(config, tmp_path / "run")
+    dpm = SamplerSpec.of("dpm_solver_pp", num_steps=5)
+    generate_samples(tmp_path / "run", tmp_path / "samples", n=100, sampler=dpm)
+    renders = render_run(tmp_path / "run", tmp_path / "samples", tmp_path / "a", sampler=dpm)
+    assert set(renders.paths()) == {"grid.png", "sampling.gif", "loss.png", "score_field.png"}
+    assert iio.imread(renders.score_field).shape == (480, 480, 3)
