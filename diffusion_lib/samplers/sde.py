@@ -277,39 +277,10 @@ def denoise_result(
 _PREDICTOR_SETTINGS = {**_CORRECTOR, "denoise": Setting(False)}
 
 
-@register_sampler(
-    "sde_euler_maruyama",
-    family="sde",
-    settings={"num_steps": Setting(1000, low=1), "eps": _EPS, **_PREDICTOR_SETTINGS},
-)
-def euler_maruyama_sample(
-    score_fn: ScoreFn,
-    sde: SDE,
-    shape: Sequence[int] | None = None,
-    *,
-    x=None,
-    seed,
-    num_steps: int = 1000,
-    eps: float = 0.0,
-    corrector_steps: int = 0,
-    snr: float = 0.16,
-    denoise: bool = False,
-    frames: Frames = None,
-    progress: Progress | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-    dtype: tf.DType = tf.float32,
-) -> SampleResult:
-    """The reverse SDE by Euler-Maruyama from x(T) ~ prior (or `x`) to t = eps (0: the SDE's
-    default); with corrector_steps > 0, predictor-corrector sampling."""
-    tables = euler_maruyama_tables(sde, _checks.positive_int(num_steps, "num_steps"), eps)
-    return _run_predictor(
-        tables, score_fn, sde, shape, x=x, seed=seed, frames=frames, progress=progress,
-        strategy=strategy, dtype=dtype, corrector_steps=corrector_steps, snr=snr,
-        denoise_last=denoise,
-    )  # fmt: skip
+def _predictor_sampler(tables_of: Callable[..., PredictorTables], doc: str):
+    """A registered sampler's function: the predictor whose tables `tables_of(sde, **grid)`
+    builds from the sampler's own grid settings, with the Langevin corrector and `denoise`."""
 
-
-def _discrete(kind: str):
     def sample(
         score_fn: ScoreFn,
         sde: SDE,
@@ -317,7 +288,6 @@ def _discrete(kind: str):
         *,
         x=None,
         seed,
-        num_steps: int = 0,
         corrector_steps: int = 0,
         snr: float = 0.16,
         denoise: bool = False,
@@ -325,26 +295,41 @@ def _discrete(kind: str):
         progress: Progress | None = None,
         strategy: tf.distribute.Strategy | None = None,
         dtype: tf.DType = tf.float32,
+        **grid,
     ) -> SampleResult:
-        tables = discrete_tables(sde, num_steps, kind)
         return _run_predictor(
-            tables, score_fn, sde, shape, x=x, seed=seed, frames=frames, progress=progress,
-            strategy=strategy, dtype=dtype, corrector_steps=corrector_steps, snr=snr,
-            denoise_last=denoise,
+            tables_of(sde, **grid), score_fn, sde, shape, x=x, seed=seed, frames=frames,
+            progress=progress, strategy=strategy, dtype=dtype, corrector_steps=corrector_steps,
+            snr=snr, denoise_last=denoise,
         )  # fmt: skip
 
-    sample.__name__ = f"{kind}_sample"
-    sample.__doc__ = (
-        f"The {kind.replace('_', ' ')} predictor over `num_steps` levels of the SDE's discrete "
-        "chain (0: all N); with corrector_steps > 0, predictor-corrector sampling."
-    )
+    sample.__doc__ = doc
     return sample
 
 
-_DISCRETE_SETTINGS = {"num_steps": Setting(0, low=0), **_PREDICTOR_SETTINGS}
-ancestral_sample = register_sampler("sde_ancestral", family="sde", settings=_DISCRETE_SETTINGS)(
-    _discrete("ancestral")
+def _euler_maruyama_grid(sde: SDE, num_steps: int = 1000, eps: float = 0.0) -> PredictorTables:
+    return euler_maruyama_tables(sde, _checks.positive_int(num_steps, "num_steps"), eps)
+
+
+euler_maruyama_sample = register_sampler(
+    "sde_euler_maruyama",
+    family="sde",
+    settings={"num_steps": Setting(1000, low=1), "eps": _EPS, **_PREDICTOR_SETTINGS},
+)(
+    _predictor_sampler(
+        _euler_maruyama_grid,
+        "The reverse SDE by Euler-Maruyama from x(T) ~ prior (or `x`) to t = eps (0: the SDE's "
+        "default) in `num_steps`; with corrector_steps > 0, predictor-corrector sampling.",
+    )
 )
-reverse_diffusion_sample = register_sampler(
-    "sde_reverse_diffusion", family="sde", settings=_DISCRETE_SETTINGS
-)(_discrete("reverse_diffusion"))
+_DISCRETE_SETTINGS = {"num_steps": Setting(0, low=0), **_PREDICTOR_SETTINGS}
+ancestral_sample, reverse_diffusion_sample = (
+    register_sampler(f"sde_{kind}", family="sde", settings=_DISCRETE_SETTINGS)(
+        _predictor_sampler(
+            lambda sde, num_steps=0, kind=kind: discrete_tables(sde, num_steps, kind),
+            f"The {kind.replace('_', ' ')} predictor over `num_steps` levels of the SDE's "
+            "discrete chain (0: all N); with corrector_steps > 0, predictor-corrector sampling.",
+        )
+    )
+    for kind in ("ancestral", "reverse_diffusion")
+)
