@@ -3,21 +3,34 @@ test set, each metric beside its real-versus-real floor."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow
 
-from diffusion_lib.run import Run
+from diffusion_lib.run import METRICS_NAME, Run
 from diffusion_lib.run_lock import writing
-from flows.params import Model, Preset, RunName
+from diffusion_lib.samplers import SamplerSpec
+from flows.params import Model, Preset, RunName, Sampler
 from tasks.evaluate import score_checkpoints
 from tasks.presets import resolve
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    preset: Preset, run_name: RunName, output_root: str = "runs", model: Model = "ddpm"
+    preset: Preset,
+    run_name: RunName,
+    output_root: str = "runs",
+    model: Model = "ddpm",
+    sampler: Sampler | None = None,
 ) -> dict:
-    """Returns {"best_step", "best_metric", "metrics_path"}."""
-    plan = resolve(preset, model)
+    """Returns {"best_step", "best_metric", "metrics_path"}. With `sampler` (one the model
+    serves, at its default settings) the checkpoints are scored by it instead of the preset's,
+    into eval/metrics-<sampler>.json beside the run's own eval/metrics.json."""
+    plan = resolve(preset, model, sampler=sampler)
+    spec, report = plan.eval, METRICS_NAME
+    if sampler is not None:
+        spec = dataclasses.replace(spec, sampler=SamplerSpec.of(sampler))
+        report = f"metrics-{sampler}.json"
     run = Run.at(output_root, run_name)
     with writing(run.path):
-        return score_checkpoints(str(run.path), str(run.data_dir("test")), plan.eval)
+        return score_checkpoints(str(run.path), str(run.data_dir("test")), spec, report)

@@ -14,6 +14,7 @@ from prefect.artifacts import (
 )
 
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
+from diffusion_lib.run import METRICS_NAME
 from tasks.progress import Eta, show_progress
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
@@ -119,11 +120,15 @@ def metrics_table(rows: list, best_step: int | None) -> list[dict]:
 
 
 @task(retries=2, retry_delay_seconds=10)
-def score_checkpoints(run_dir: str, test_dir: str, spec: EvalSpec) -> dict:
+def score_checkpoints(
+    run_dir: str, test_dir: str, spec: EvalSpec, report_name: str = METRICS_NAME
+) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table; an
     `evaluation-progress` artifact (with an ETA) and a log line every 10% follow the sampling."""
     progress = SamplingProgress(pathlib.Path(run_dir).name)
-    report = evaluate_checkpoints(run_dir, test_dir=test_dir, spec=spec, progress=progress)
+    report = evaluate_checkpoints(
+        run_dir, test_dir=test_dir, spec=spec, progress=progress, report_name=report_name
+    )
     progress.finish()
     log_chain_health(report.rows)
     create_table_artifact(

@@ -168,9 +168,13 @@ def evaluate_checkpoints(
     cache_dir: str | pathlib.Path | None = None,
     spec: EvalSpec = EvalSpec(),
     progress: Callable[[float], None] | None = None,
+    report_name: str = METRICS_NAME,
 ) -> EvalReport:
     """Scores the run's checkpoints (see EvalSpec); `progress(f)` follows the share of the
-    sampling done, 0 to 1, through each checkpoint's chains."""
+    sampling done, 0 to 1, through each checkpoint's chains. The report goes to
+    eval/`report_name` (another name keeps another sampler's scores beside the run's own)."""
+    if pathlib.Path(report_name).name != report_name or not report_name.endswith(".json"):
+        raise ValueError(f"report_name must be a file name ending in .json, got {report_name!r}")
     run = Run(run_dir)
     steps = run.steps()
     if not steps:
@@ -184,7 +188,7 @@ def evaluate_checkpoints(
         )
     images = train.kind == "image"
     best_metric = spec.best_metric or ("fid" if images else "sliced_wasserstein")
-    out_path = run.metrics_path
+    out_path = run.eval_dir / report_name
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if previous.get("settings") != spec.fingerprint():
         previous = {}

@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from flows.evaluate import evaluate_flow
 from flows.train_and_sample import train_and_sample
 from tests.prefect_reads import artifacts_of
 
@@ -150,6 +151,23 @@ def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     assert others == {k: v for k, v in before.items() if k != shard.name}
 
 
+def test_evaluation_scores_another_sampler_beside_the_runs_own_report(tiny_run):
+    """The evaluate flow with `sampler`: the DDPM run scored by DPM-Solver++ (the VP SDE's
+    sampler) into eval/metrics-dpm_solver_pp.json; the run's own report is left as it was."""
+    root, state = tiny_run
+    assert state.is_completed(), state.message
+    own = root / "r1" / "eval" / "metrics.json"
+    before = own.read_bytes()
+    result = evaluate_flow(
+        preset="tiny", run_name="r1", output_root=str(root), sampler="dpm_solver_pp"
+    )
+    report = json.loads(pathlib.Path(result["metrics_path"]).read_text())
+    assert pathlib.Path(result["metrics_path"]).name == "metrics-dpm_solver_pp.json"
+    assert report["spec"]["sampler"]["name"] == "dpm_solver_pp"
+    assert report["rows"][-1]["metrics"]["sliced_wasserstein"]["value"] > 0
+    assert own.read_bytes() == before
+
+
 def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_path):
     # 300 of the variant's 5,000 steps: what is checked here is the plumbing, not the quality.
     first = train_and_sample(
@@ -246,7 +264,9 @@ def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
     import inspect
     import re
 
+    from diffusion_lib.samplers import SAMPLERS
     from flows.train_and_sample import main
+    from tasks.presets import MODELS
 
     names = list(inspect.signature(train_and_sample.fn).parameters)
     with pytest.raises(SystemExit):
@@ -256,7 +276,8 @@ def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     paragraph = readme[readme.index("Flow parameters are flat") :].split("\n\n")[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph.split("Bad values")[0])
-    assert set(listed) - {"ddpm", "ddim", "ncsn", "annealed_langevin", "ve_ancestral"} == set(names)
+    values = set(SAMPLERS) | set(MODELS)  # the choices it names beside the parameters
+    assert set(listed) - values == set(names)
 
 
 def _storm_processes(marker: str) -> list:
