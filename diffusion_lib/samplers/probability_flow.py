@@ -51,7 +51,7 @@ from diffusion_lib.samplers.base import (
     register_sampler,
     run_chain,
 )
-from diffusion_lib.samplers.sde import ScoreFn, _eps, _start, denoise_result
+from diffusion_lib.samplers.sde import ScoreFn, _eps, _start, batch_mapper, denoise_result
 from diffusion_lib.sde import SDE, data_prediction
 
 # The adaptive solver has no fixed chain: frames are taken at FRAME_SLICES + 1 times evenly
@@ -189,22 +189,8 @@ def probability_flow_fn(score_fn: ScoreFn, sde: SDE, strategy=None):
             score_fn, x_r, tf.fill([tf.shape(x_r)[0]], t), probability_flow=True
         )
 
-    if strategy is None:
-        return lambda t, state: (drift(state[0], t),)
-    replicas = strategy.num_replicas_in_sync
-
-    def fun(t, state):
-        x = state[0]
-        part = int(x.shape[0]) // replicas
-        values = strategy.experimental_distribute_values_from_function(
-            lambda ctx: x[
-                ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
-            ]
-        )
-        out = strategy.run(drift, args=(values, t))
-        return (tf.concat(strategy.experimental_local_results(out), axis=0),)
-
-    return fun
+    mapped = batch_mapper(drift, strategy)
+    return lambda t, state: (mapped(state[0], t),)
 
 
 @register_sampler(
@@ -236,10 +222,6 @@ def pf_ode_sample(
     """The probability-flow ODE from x(T) ~ prior (or `x`) to eps by Dormand-Prince 5(4) at
     tolerances rtol / atol; `evaluations` reports the network calls it took."""
     x, _ = _start(sde, x, shape, seed, dtype)
-    if strategy is not None and int(x.shape[0]) % strategy.num_replicas_in_sync:
-        raise ValueError(
-            f"batch {int(x.shape[0])} is not divisible by {strategy.num_replicas_in_sync} replicas"
-        )
     end = _eps(sde, eps)
     wanted = frame_indices(frames, FRAME_SLICES)
     stop_times = {

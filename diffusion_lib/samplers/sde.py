@@ -215,28 +215,35 @@ def _start(sde: SDE, x, shape, seed, dtype) -> tuple[tf.Tensor, tf.Tensor]:
 def denoise(score_fn: ScoreFn, sde: SDE, x: tf.Tensor, t: float, strategy=None) -> tf.Tensor:
     """Tweedie's formula at time t: E[x(0) | x(t) = x] = (x + std(t)^2 s(x, t)) / alpha(t)."""
 
+    @tf.function
     def one(x_r):
         tt = tf.fill([tf.shape(x_r)[0]], tf.constant(t, x_r.dtype))
         return data_prediction(sde, _checks.call_network(score_fn, x_r, tt), x_r, tt)
 
-    return map_batch(one, x, strategy)
+    return batch_mapper(one, strategy)(x)
 
 
-def map_batch(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, strategy=None) -> tf.Tensor:
-    """fn over the batch, split evenly over a strategy's replicas and gathered back in order."""
+def batch_mapper(fn: Callable[..., tf.Tensor], strategy=None) -> Callable[..., tf.Tensor]:
+    """x, *args -> fn(x, *args) with the batch x split evenly over a strategy's replicas and
+    gathered back in order (fn itself without one). fn should be a `tf.function`: the mapper
+    is made once and called at every step of a solver, so fn traces once."""
     if strategy is None:
-        return fn(x)
+        return fn
     replicas = strategy.num_replicas_in_sync
-    part = int(x.shape[0]) // replicas
-    if part * replicas != int(x.shape[0]):
-        raise ValueError(f"batch {int(x.shape[0])} is not divisible by {replicas} replicas")
-    values = strategy.experimental_distribute_values_from_function(
-        lambda ctx: x[
-            ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
-        ]
-    )
-    out = strategy.run(tf.function(fn), args=(values,))
-    return tf.concat(strategy.experimental_local_results(out), axis=0)
+
+    def mapped(x, *args):
+        part = int(x.shape[0]) // replicas
+        if part * replicas != int(x.shape[0]):
+            raise ValueError(f"batch {int(x.shape[0])} is not divisible by {replicas} replicas")
+        values = strategy.experimental_distribute_values_from_function(
+            lambda ctx: x[
+                ctx.replica_id_in_sync_group * part : (ctx.replica_id_in_sync_group + 1) * part
+            ]
+        )
+        out = strategy.run(fn, args=(values, *args))
+        return tf.concat(strategy.experimental_local_results(out), axis=0)
+
+    return mapped
 
 
 def _run_predictor(
