@@ -84,8 +84,9 @@ class SDE(abc.ABC):
 
     @abc.abstractmethod
     def discrete_chain(self) -> dict[str, np.ndarray]:
-        """The N-step discrete process this SDE is the limit of (float64 tables, index i = 0..N-1
-        at times t_i = i / (N - 1) * T): "betas" for VP types, "sigmas" (increasing) for VE."""
+        """The N-step discrete process this SDE is the limit of (float64 tables over levels
+        i = 0..N-1, the time of each given by `discrete_times`): "betas" for VP types, "sigmas"
+        (increasing) for VE."""
 
     # ---- public API ----
     def drift(self, x, t) -> tf.Tensor:
@@ -280,6 +281,18 @@ def marginal_score_fn(sde: SDE, *, eps_fn=None, x0_fn=None):
 # ---- discrete models read as score models of the SDE they discretise ----
 
 
+def discrete_times(sde: SDE) -> np.ndarray:
+    """t_i for each level i of the discrete chain: the time at which the SDE's marginal matches
+    the level's (VE: sigma(t_i) = sigma_i, so t_i = i / (N - 1); VP: exp(-B(t_i)) = abar_i)."""
+    chain = sde.discrete_chain()
+    if "sigmas" in chain:
+        return np.log(chain["sigmas"] / sde.sigma_min) / np.log(sde.sigma_max / sde.sigma_min)
+    log_abar = np.cumsum(np.log1p(-chain["betas"]))
+    # B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 = -log abar, solved for t >= 0.
+    a, b = 0.5 * (sde.beta_max - sde.beta_min), sde.beta_min
+    return (-b + np.sqrt(b * b - 4 * a * log_abar)) / (2 * a)
+
+
 def vp_sde_of(diffusion) -> VPSDE:
     """The VP SDE whose N-step discretisation is `diffusion`'s beta schedule (DDPM's linear
     schedule: beta_min = T beta_1, beta_max = T beta_T), or ValueError when there is none."""
@@ -320,7 +333,7 @@ def _nearest_level(table: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
 
 def score_from_diffusion_model(model, diffusion, sde: VPSDE | None = None):
     """score_fn(x, t) of a DDPM's network (any mean type): at the discrete level i whose abar_i
-    matches the SDE's alpha(t)^2 (exact at the chain's own times, `samplers.sde.discrete_times`),
+    matches the SDE's alpha(t)^2 (exact at the chain's own times, `discrete_times`),
     score = -eps_theta(x, i) / sqrt(1 - abar_i)."""
     sde = sde or vp_sde_of(diffusion)
     neg_log_abar = tf.constant(-np.log(np.asarray(diffusion.alphas_cumprod, np.float64)))

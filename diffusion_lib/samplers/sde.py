@@ -54,7 +54,7 @@ from diffusion_lib.samplers.base import (
     run_chain,
     split_seed,
 )
-from diffusion_lib.sde import SDE, VESDE, SubVPSDE, data_prediction
+from diffusion_lib.sde import SDE, VESDE, SubVPSDE, data_prediction, discrete_times
 
 ScoreFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -107,18 +107,6 @@ def chain_levels(sde: SDE, num_steps: int) -> np.ndarray:
     if not 1 <= num_steps <= n:
         raise ValueError(f"num_steps must be in [1, {n}] (or 0 for all), got {num_steps}")
     return np.unique(np.round(np.linspace(0, n - 1, num_steps)).astype(np.int64))[::-1]
-
-
-def discrete_times(sde: SDE) -> np.ndarray:
-    """t_i for each level i of the discrete chain: the time at which the SDE's marginal matches
-    the level's (VE: sigma(t_i) = sigma_i, so t_i = i / (N - 1); VP: exp(-B(t_i)) = abar_i)."""
-    chain = sde.discrete_chain()
-    if "sigmas" in chain:
-        return np.log(chain["sigmas"] / sde.sigma_min) / np.log(sde.sigma_max / sde.sigma_min)
-    log_abar = np.cumsum(np.log1p(-chain["betas"]))
-    # B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 = -log abar, solved for t >= 0.
-    a, b = 0.5 * (sde.beta_max - sde.beta_min), sde.beta_min
-    return (-b + np.sqrt(b * b - 4 * a * log_abar)) / (2 * a)
 
 
 def discrete_tables(sde: SDE, num_steps: int, kind: str) -> PredictorTables:

@@ -29,13 +29,14 @@ from diffusion_lib.samplers import (
 )
 from diffusion_lib.samplers.base import run_chain
 from diffusion_lib.samplers.probability_flow import dpm_solver_tables, dpm_solver_times
-from diffusion_lib.samplers.sde import PredictorTables, chain_levels, discrete_times, pc_step
+from diffusion_lib.samplers.sde import PredictorTables, chain_levels, pc_step
 from diffusion_lib.schedules import beta_schedule, sigma_schedule
 from diffusion_lib.sde import (
     VESDE,
     VPSDE,
     SubVPSDE,
     data_prediction,
+    discrete_times,
     score_from_diffusion_model,
     score_from_sigma_model,
     ve_sde_of,
