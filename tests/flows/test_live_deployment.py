@@ -3,7 +3,7 @@ taken from README.md itself, so the README cannot drift from what works.
 
 Changed from the README, and only this: the port (a free one, not 4200), the run's preset
 (`tiny`, not `mnist-cpu`), its output root and run name (a temporary directory) and the worker's
-log file. The GPU block contributes the lines that need no Docker or cluster (its pool and its
+and the run's log files. The GPU block contributes the lines that need no Docker or cluster (its pool and its
 deployment). Between the deploy block and the stop block the script waits while this test reads
 back, through the API, what each deployment stores and what the run produced.
 
@@ -80,6 +80,7 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
             f"--param preset=tiny --param output_root={runs} --param run_name=live",
         )
         .replace("> worker.log", f"> {tmp_path / 'worker.log'}")
+        .replace("run.log", str(tmp_path / "run.log"))
     )
     assert run.count(str(port)) == 2 and str(runs) in run and str(tmp_path) in run.split("nohup")[1]
     ready, go = tmp_path / "ready", tmp_path / "go"
