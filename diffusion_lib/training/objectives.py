@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import tensorflow as tf
 
+from diffusion_lib._checks import expand_to_rank
 from diffusion_lib.diffusion import GaussianDiffusion
 from diffusion_lib.schedules import beta_schedule, sigma_schedule
 from diffusion_lib.score_matching import (
@@ -223,7 +224,7 @@ class SdeObjective:
             if ve:
                 return model(x, std, **call)
             out = tf.cast(model(x, TIME_SCALE * tf.cast(t, tf.float32), **call), x.dtype)
-            return -out / std[(...,) + (None,) * (x.shape.rank - 1)]
+            return -out / expand_to_rank(std, x.shape.rank)
 
         return score
 
@@ -240,9 +241,9 @@ class SdeObjective:
         x_t = self.sde.perturb(x, t, noise)
         score = self.score_fn(model, training=True, seed=drop)(x_t, tf.cast(t, x.dtype))
         _, std = self.sde.marginal(t, x.dtype)
-        std = std[(...,) + (None,) * (x.shape.rank - 1)]
+        std = expand_to_rank(std, x.shape.rank)
         if self.config.likelihood_weighting:
-            g2 = tf.square(self.sde.diffusion(t, x.dtype))[(...,) + (None,) * (x.shape.rank - 1)]
+            g2 = expand_to_rank(tf.square(self.sde.diffusion(t, x.dtype)), x.shape.rank)
             per_element = g2 * tf.square(score + noise / std)
         else:
             per_element = tf.square(std * score + noise)
