@@ -133,3 +133,42 @@ def sigma_schedule(sigma_max: float, sigma_min: float, num_levels: int) -> np.nd
     return np.exp(
         np.linspace(math.log(sigma_max), math.log(sigma_min), num_levels, dtype=np.float64)
     )
+
+
+LEVEL_SAMPLINGS = ("uniform", "log_normal")
+
+
+def level_log_probs(sigmas, kind: str, log_mean: float = -1.2, log_std: float = 1.2) -> np.ndarray:
+    """Log-probabilities [L] (normalised, float64) with which training draws each noise level.
+
+    sigmas: each level's noise std in model units, any order (NCSN's levels; a DDPM timestep's
+    sqrt((1 - abar_t) / abar_t), the std of x_t / sqrt(abar_t) around x_0).
+    "uniform": every level alike (DDPM's and NCSN's draw). "log_normal": log sigma as close to
+    N(log_mean, log_std^2) as the discrete levels allow (Karras et al. 2022, "EDM", p_train with
+    P_mean -1.2, P_std 1.2 for data in [-1, 1]): level i gets the normal density at log sigma_i
+    times the width of its cell in log sigma (halfway to each neighbour; the ends one-sided), so
+    an uneven grid is not over-drawn where its levels crowd (DDPM's timesteps crowd at large
+    sigma, where log sigma moves slowly).
+    """
+    sigmas = np.asarray(sigmas, np.float64)
+    if sigmas.ndim != 1 or sigmas.size == 0 or not np.all(sigmas > 0):
+        raise ValueError(f"sigmas must be a non-empty vector of positive values, got {sigmas!r}")
+    if kind == "uniform":
+        return np.full(sigmas.size, -math.log(sigmas.size))
+    if kind != "log_normal":
+        raise ValueError(f"kind must be one of {LEVEL_SAMPLINGS}, got {kind!r}")
+    log_std = _checks.positive_number(log_std, "log_std")
+    log_sigma = np.log(sigmas)
+    order = np.argsort(log_sigma)
+    ordered = log_sigma[order]
+    if sigmas.size == 1:
+        return np.zeros(1)
+    gaps = np.diff(ordered)
+    widths = np.empty_like(ordered)
+    widths[0], widths[-1] = gaps[0] / 2, gaps[-1] / 2
+    widths[1:-1] = (gaps[:-1] + gaps[1:]) / 2
+    if np.any(widths <= 0):
+        raise ValueError("sigmas must be distinct")
+    log_p = np.empty_like(ordered)
+    log_p[order] = -0.5 * ((ordered - log_mean) / log_std) ** 2 + np.log(widths)
+    return log_p - np.logaddexp.reduce(log_p)

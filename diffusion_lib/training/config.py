@@ -17,6 +17,7 @@ from typing import Any
 
 from diffusion_lib.diffusion import LossType, LossWeighting, ModelMeanType, ModelVarType
 from diffusion_lib.networks.config import INPUT_SCALINGS, OUTPUT_SCALINGS, PRECISIONS
+from diffusion_lib.schedules import LEVEL_SAMPLINGS
 from diffusion_lib.score_matching import PROJECTIONS
 from diffusion_lib.sde import SDES
 from diffusion_lib.training.objectives import OBJECTIVES
@@ -96,6 +97,13 @@ class TrainConfig:
     variance_reduction: bool = True
     score_output_scaling: str = "none"
     score_input_scaling: str = "none"
+    # Which noise levels training draws (objectives "ddpm" and "ncsn"; `schedules.
+    # level_log_probs`): "uniform" over the timesteps / levels, or "log_normal": log sigma close
+    # to N(noise_log_mean, noise_log_std^2) (EDM's p_train), sigma being a level's noise std in
+    # model units (a DDPM timestep's sqrt((1 - abar_t) / abar_t)).
+    noise_sampling: str = "uniform"
+    noise_log_mean: float = -1.2
+    noise_log_std: float = 1.2
     # objective="sde": the continuous-time SDE (`diffusion_lib.sde`: "vp", "subvp" or "ve"),
     # trained by denoising score matching at t ~ U(sde_eps, 1). VP and sub-VP use beta_min /
     # beta_max, VE sigma_min / sigma_max; num_timesteps is the length of its discrete chain
@@ -201,6 +209,7 @@ class TrainConfig:
             "score_output_scaling": OUTPUT_SCALINGS,
             "score_input_scaling": INPUT_SCALINGS,
             "sde": tuple(SDES),
+            "noise_sampling": LEVEL_SAMPLINGS,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -220,6 +229,7 @@ class TrainConfig:
             "num_projections",
             "shuffle_window",
             "min_snr_gamma",
+            "noise_log_std",
         ):
             positive(field)
         for field in (
@@ -265,6 +275,18 @@ class TrainConfig:
                 "score_input_scaling",
                 f"{self.score_input_scaling!r} needs a noise-conditional objective (ncsn or dsm)",
             )
+        if self.noise_sampling != "uniform":
+            if self.objective not in ("ddpm", "ncsn"):
+                fail(
+                    "noise_sampling",
+                    f"{self.noise_sampling!r} needs objective 'ddpm' or 'ncsn' (they draw from "
+                    f"discrete levels), got {self.objective!r}",
+                )
+            if self.antithetic:
+                fail(
+                    "antithetic",
+                    f"mirrors uniform timesteps; noise_sampling is {self.noise_sampling!r}",
+                )
         if not 0.0 < self.beta_min < self.beta_max:
             fail("beta_min", f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
         if not 0.0 < self.sde_eps < 0.5:

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from diffusion_lib._checks import expand_to_rank
 from diffusion_lib.diffusion import GaussianDiffusion
-from diffusion_lib.schedules import beta_schedule, sigma_schedule
+from diffusion_lib.schedules import beta_schedule, level_log_probs, sigma_schedule
 from diffusion_lib.score_matching import (
     denoising_score_matching_loss,
     ncsn_loss,
@@ -48,6 +48,25 @@ def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num=n))
 
 
+def _level_sampler(config: TrainConfig, sigmas):
+    """draw(global_batch, seed) -> level indices [global_batch] int32 by `config.noise_sampling`
+    over the levels with noise stds `sigmas`, or None for the uniform draw (which each objective
+    makes as it always has, so its runs stay bit-identical)."""
+    if config.noise_sampling == "uniform":
+        return None
+    logits = tf.constant(
+        level_log_probs(sigmas, config.noise_sampling, config.noise_log_mean, config.noise_log_std)[
+            None
+        ],
+        tf.float32,
+    )
+
+    def draw(global_batch, seed):
+        return tf.random.stateless_categorical(logits, global_batch, seed, dtype=tf.int32)[0]
+
+    return draw
+
+
 def _global_normal(x: tf.Tensor, seed, offset, global_batch) -> tf.Tensor:
     shape = tf.concat([[global_batch], tf.shape(x)[1:]], axis=0)
     return tf.random.stateless_normal(shape, seed, dtype=x.dtype)[offset : offset + tf.shape(x)[0]]
@@ -68,6 +87,8 @@ class DdpmObjective:
             loss_weighting=c.loss_weighting,
             min_snr_gamma=c.min_snr_gamma,
         )
+        abar = self.diffusion.alphas_cumprod
+        self._draw_levels = _level_sampler(c, np.sqrt((1.0 - abar) / abar))
 
     def network_overrides(self) -> dict:
         return {
@@ -77,7 +98,12 @@ class DdpmObjective:
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         t_seed, noise_seed, dropout_seed = _split(seed, 3)
-        t = self.diffusion.sample_timesteps(global_batch, t_seed, antithetic=self.config.antithetic)
+        if self._draw_levels is None:
+            t = self.diffusion.sample_timesteps(
+                global_batch, t_seed, antithetic=self.config.antithetic
+            )
+        else:
+            t = self._draw_levels(global_batch, t_seed)
         t = t[offset : offset + tf.shape(x)[0]]
         noise = _global_normal(x, noise_seed, offset, global_batch)
         drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
@@ -100,6 +126,7 @@ class NcsnObjective:
     def __post_init__(self):
         c = self.config
         self.sigmas = sigma_schedule(c.sigma_max, c.sigma_min, c.num_levels)
+        self._draw_levels = _level_sampler(c, self.sigmas)
 
     def network_overrides(self) -> dict:
         return {
@@ -110,9 +137,12 @@ class NcsnObjective:
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         level_seed, noise_seed, dropout_seed = _split(seed, 3)
-        levels = tf.random.stateless_uniform(
-            [global_batch], level_seed, 0, self.sigmas.size, dtype=tf.int32
-        )
+        if self._draw_levels is None:
+            levels = tf.random.stateless_uniform(
+                [global_batch], level_seed, 0, self.sigmas.size, dtype=tf.int32
+            )
+        else:
+            levels = self._draw_levels(global_batch, level_seed)
         levels = levels[offset : offset + tf.shape(x)[0]]
         noise = _global_normal(x, noise_seed, offset, global_batch)
         drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)

@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from diffusion_lib.schedules import BETA_SCHEDULES, beta_schedule, sigma_schedule
+from diffusion_lib.schedules import (
+    BETA_SCHEDULES,
+    beta_schedule,
+    level_log_probs,
+    sigma_schedule,
+)
 
 
 def test_linear_endpoints_and_spacing():
@@ -103,3 +108,49 @@ def test_sigma_schedule_is_geometric():
 def test_sigma_schedule_bad_arguments(args, name):
     with pytest.raises(ValueError, match=name):
         sigma_schedule(*args)
+
+
+def test_log_normal_level_draw_has_the_target_moments_on_a_fine_grid():
+    """On a wide, fine geometric grid the discrete draw is the log-normal itself: the mean and
+    std of log sigma are the targets."""
+    sigmas = sigma_schedule(math.exp(10.0), math.exp(-10.0), 2_001)
+    p = np.exp(level_log_probs(sigmas, "log_normal", -1.2, 0.7))
+    log_sigma = np.log(sigmas)
+    mean = float(p @ log_sigma)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert mean == pytest.approx(-1.2, abs=1e-6)
+    assert math.sqrt(p @ (log_sigma - mean) ** 2) == pytest.approx(0.7, abs=1e-3)
+    uniform = np.exp(level_log_probs(sigmas, "uniform"))
+    assert np.allclose(uniform, 1 / 2_001)
+
+
+def test_log_normal_level_draw_corrects_for_an_uneven_grid():
+    """DDPM's timesteps are uneven in log sigma (10 of 1,000 below sigma 0.03, hundreds above 3):
+    weighting by each level's cell width keeps the draw's distribution function within 0.01 of
+    the normal one; the density alone (no widths) puts 0.22 below the median, not 0.5."""
+    betas = beta_schedule("linear", 1000, 1e-4, 0.02)
+    abar = np.cumprod(1.0 - betas)
+    sigmas = np.sqrt((1.0 - abar) / abar)
+    p = np.exp(level_log_probs(sigmas, "log_normal", -1.2, 1.2))
+    log_sigma = np.log(sigmas)  # increasing with t
+    unweighted = np.exp(-0.5 * ((log_sigma + 1.2) / 1.2) ** 2)
+    unweighted /= unweighted.sum()
+    for z in (-2.0, -1.0, 0.0, 1.0, 2.0):
+        below = log_sigma <= -1.2 + 1.2 * z
+        normal_cdf = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+        assert p[below].sum() == pytest.approx(normal_cdf, abs=0.01), z
+    assert abs(unweighted[log_sigma <= -1.2].sum() - 0.5) > 0.25
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([1.0, 2.0], "beta"), "kind"),
+        (([1.0, -2.0], "uniform"), "sigmas"),
+        (([1.0, 1.0], "log_normal"), "distinct"),
+        (([1.0, 2.0], "log_normal", 0.0, 0.0), "log_std"),
+    ],
+)
+def test_level_log_probs_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        level_log_probs(*args)

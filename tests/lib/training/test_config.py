@@ -28,6 +28,10 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"lr_schedule": "cosine", "warmup_steps": 100, "decay_steps": 100}, "decay_steps"),
         ({"final_lr_fraction": 1.5}, "final_lr_fraction"),
+        ({"noise_sampling": "beta"}, "noise_sampling"),
+        ({"noise_sampling": "log_normal", "objective": "sde"}, "noise_sampling"),
+        ({"noise_sampling": "log_normal", "antithetic": True}, "antithetic"),
+        ({"noise_log_std": 0.0}, "noise_log_std"),
     ],
 )
 def test_impossible_values_name_the_field(changes, field):
