@@ -253,9 +253,12 @@ def _run_predictor(
     x, chain_seed = _start(sde, x, shape, seed, dtype)
     step = pc_step(score_fn, tables, corrector_steps, snr)
     result = run_chain(step, x, len(tables.times), chain_seed, frames, progress, strategy)
+    # Network calls per sample: the predictor's one a step and the corrector's, and Tweedie's.
+    calls = len(tables.times) * (1 + corrector_steps)
     if not denoise_last:
-        return result
-    return denoise_result(result, score_fn, sde, tables.final_time, strategy, len(tables.times))
+        return dataclasses.replace(result, evaluations=calls)
+    result = denoise_result(result, score_fn, sde, tables.final_time, strategy, len(tables.times))
+    return dataclasses.replace(result, evaluations=calls + 1)
 
 
 def denoise_result(

@@ -266,3 +266,28 @@ def test_deterministic_samplers_give_the_same_batch_under_a_strategy():
         for _ in range(2)
     ]
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize(
+    ("sampler", "corrector_steps", "denoise"),
+    [
+        (ancestral_sample, 0, False),
+        (reverse_diffusion_sample, 1, True),
+        (euler_maruyama_sample, 2, False),
+    ],
+)
+def test_predictor_samplers_report_the_network_calls_they_make(sampler, corrector_steps, denoise):
+    """`evaluations` is the number of score calls per sample, counted inside the graph: one per
+    predictor step, `corrector_steps` more per step, and one for Tweedie's denoising."""
+    sde = VPSDE(num_steps=200)
+    score = DATA.score_fn(sde)
+    calls = tf.Variable(0, dtype=tf.int64)
+
+    def counted(x, t):
+        calls.assign_add(1)
+        return score(x, t)
+
+    out = sampler(
+        counted, sde, (4, 2), seed=0, num_steps=10, corrector_steps=corrector_steps, denoise=denoise
+    )
+    assert out.evaluations == int(calls.numpy()) == 10 * (1 + corrector_steps) + denoise
