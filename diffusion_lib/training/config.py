@@ -100,7 +100,11 @@ class TrainConfig:
     # Which noise levels training draws (objectives "ddpm" and "ncsn"; `schedules.
     # level_log_probs`): "uniform" over the timesteps / levels, or "log_normal": log sigma close
     # to N(noise_log_mean, noise_log_std^2) (EDM's p_train), sigma being a level's noise std in
-    # model units (a DDPM timestep's sqrt((1 - abar_t) / abar_t)).
+    # model units (a DDPM timestep's sqrt((1 - abar_t) / abar_t)). Measured on mnist-cpu's
+    # 1,900-step jobs with EDM's -1.2 / 1.2, it is far worse there (DDPM FID 12.7 against 6.04,
+    # NCSN 44.5 against 11.2): both draw 2% of their levels above sigma 3.4 (DDPM: t > 500),
+    # where the samplers spend 39-50% of their steps, and a short run does not learn that
+    # range from so few draws.
     noise_sampling: str = "uniform"
     noise_log_mean: float = -1.2
     noise_log_std: float = 1.2
