@@ -158,11 +158,11 @@ def level_log_probs(sigmas, kind: str, log_mean: float = -1.2, log_std: float = 
     if kind != "log_normal":
         raise ValueError(f"kind must be one of {LEVEL_SAMPLINGS}, got {kind!r}")
     log_std = _checks.positive_number(log_std, "log_std")
+    if sigmas.size == 1:
+        return np.zeros(1)
     log_sigma = np.log(sigmas)
     order = np.argsort(log_sigma)
     ordered = log_sigma[order]
-    if sigmas.size == 1:
-        return np.zeros(1)
     gaps = np.diff(ordered)
     widths = np.empty_like(ordered)
     widths[0], widths[-1] = gaps[0] / 2, gaps[-1] / 2

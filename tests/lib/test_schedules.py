@@ -125,7 +125,7 @@ def test_log_normal_level_draw_has_the_target_moments_on_a_fine_grid():
 
 
 def test_log_normal_level_draw_corrects_for_an_uneven_grid():
-    """DDPM's timesteps are uneven in log sigma (10 of 1,000 below sigma 0.03, hundreds above 3):
+    """DDPM's timesteps are uneven in log sigma (6 of 1,000 below sigma 0.03, 525 above 3):
     weighting by each level's cell width keeps the draw's distribution function within 0.01 of
     the normal one; the density alone (no widths) puts 0.22 below the median, not 0.5."""
     betas = beta_schedule("linear", 1000, 1e-4, 0.02)
