@@ -48,12 +48,12 @@ def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num=n))
 
 
-def _level_sampler(config: TrainConfig, sigmas):
+def _level_sampler(config: TrainConfig, sigmas, uniform):
     """draw(global_batch, seed) -> level indices [global_batch] int32 by `config.noise_sampling`
-    over the levels with noise stds `sigmas`, or None for the uniform draw (which each objective
-    makes as it always has, so its runs stay bit-identical)."""
+    over the levels with noise stds `sigmas`: for "uniform" the objective's own `uniform` draw
+    (as it always was, so its runs stay bit-identical)."""
     if config.noise_sampling == "uniform":
-        return None
+        return uniform
     logits = tf.constant(
         level_log_probs(sigmas, config.noise_sampling, config.noise_log_mean, config.noise_log_std)[
             None
@@ -88,7 +88,11 @@ class DdpmObjective:
             min_snr_gamma=c.min_snr_gamma,
         )
         abar = self.diffusion.alphas_cumprod
-        self._draw_levels = _level_sampler(c, np.sqrt((1.0 - abar) / abar))
+        self._draw_levels = _level_sampler(
+            c,
+            np.sqrt((1.0 - abar) / abar),
+            lambda n, seed: self.diffusion.sample_timesteps(n, seed, antithetic=c.antithetic),
+        )
 
     def network_overrides(self) -> dict:
         return {
@@ -98,12 +102,7 @@ class DdpmObjective:
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         t_seed, noise_seed, dropout_seed = _split(seed, 3)
-        if self._draw_levels is None:
-            t = self.diffusion.sample_timesteps(
-                global_batch, t_seed, antithetic=self.config.antithetic
-            )
-        else:
-            t = self._draw_levels(global_batch, t_seed)
+        t = self._draw_levels(global_batch, t_seed)
         t = t[offset : offset + tf.shape(x)[0]]
         noise = _global_normal(x, noise_seed, offset, global_batch)
         drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
@@ -126,7 +125,13 @@ class NcsnObjective:
     def __post_init__(self):
         c = self.config
         self.sigmas = sigma_schedule(c.sigma_max, c.sigma_min, c.num_levels)
-        self._draw_levels = _level_sampler(c, self.sigmas)
+        self._draw_levels = _level_sampler(
+            c,
+            self.sigmas,
+            lambda n, seed: tf.random.stateless_uniform(
+                [n], seed, 0, self.sigmas.size, dtype=tf.int32
+            ),
+        )
 
     def network_overrides(self) -> dict:
         return {
@@ -137,12 +142,7 @@ class NcsnObjective:
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         level_seed, noise_seed, dropout_seed = _split(seed, 3)
-        if self._draw_levels is None:
-            levels = tf.random.stateless_uniform(
-                [global_batch], level_seed, 0, self.sigmas.size, dtype=tf.int32
-            )
-        else:
-            levels = self._draw_levels(global_batch, level_seed)
+        levels = self._draw_levels(global_batch, level_seed)
         levels = levels[offset : offset + tf.shape(x)[0]]
         noise = _global_normal(x, noise_seed, offset, global_batch)
         drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)

@@ -110,14 +110,20 @@ def test_sde_objective_loss_with_the_exact_score_is_its_closed_form(sde):
 def test_log_normal_noise_sampling_draws_log_sigma_as_configured(objective):
     """The objective's draw of levels: log sigma (a DDPM timestep's sqrt((1 - abar) / abar))
     has the configured mean within 4 standard errors over 20,000 draws; the default draw stays
-    the uniform one (no level sampler, so existing runs are bit-identical)."""
+    the uniform one, value for value (so existing runs are bit-identical)."""
     config = config_preset(
         "mnist-ddpm" if objective == "ddpm" else "mnist-ncsn",
         num_levels=100,
         sigma_max=50.0,
         sigma_min=0.005,
     )
-    assert build_objective(config)._draw_levels is None
+    seed = tf.constant([3, 4], tf.int64)
+    default = build_objective(config)._draw_levels(64, seed).numpy()
+    if objective == "ddpm":
+        uniform = tf.random.stateless_uniform([64], seed, minval=0, maxval=1000, dtype=tf.int32)
+    else:
+        uniform = tf.random.stateless_uniform([64], seed, 0, 100, dtype=tf.int32)
+    np.testing.assert_array_equal(default, uniform.numpy())
     built = build_objective(
         config.replace(noise_sampling="log_normal", noise_log_mean=-0.5, noise_log_std=0.8)
     )
@@ -126,7 +132,7 @@ def test_log_normal_noise_sampling_draws_log_sigma_as_configured(objective):
         sigmas = np.sqrt((1.0 - abar) / abar)
     else:
         sigmas = built.sigmas
-    levels = built._draw_levels(20_000, tf.constant([3, 4], tf.int64)).numpy()
+    levels = built._draw_levels(20_000, seed).numpy()
     assert levels.min() >= 0 and levels.max() < sigmas.size
     log_sigma = np.log(sigmas[levels])
     standard_error = log_sigma.std() / np.sqrt(levels.size)
