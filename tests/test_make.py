@@ -20,10 +20,13 @@ from tests.local_servers import free_port, healthy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("make") is None or shutil.which("git") is None or not (ROOT / ".git").exists(),
-    reason="needs make, git and a git checkout of the project",
-)
+pytestmark = [
+    pytest.mark.cost(175),
+    pytest.mark.skipif(
+        shutil.which("make") is None or shutil.which("git") is None or not (ROOT / ".git").exists(),
+        reason="needs make, git and a git checkout of the project",
+    ),
+]
 
 
 def _make(clone: pathlib.Path, env: dict, *args: str, timeout: float = 600) -> str:

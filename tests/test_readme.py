@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.cost(16)
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from flows.console import NVIDIA_DRIVER, noise_patterns
+
+pytestmark = pytest.mark.cost(40)
 
 NOISE = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

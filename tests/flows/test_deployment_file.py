@@ -8,7 +8,10 @@ import importlib
 import json
 import pathlib
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.cost(20)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -38,6 +38,8 @@ README = ROOT / "README.md"
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
+
+pytestmark = pytest.mark.cost(105)
 INSTALL = "apt-get update && apt-get install -y chromium (as root), and pip install playwright"
 
 

@@ -22,6 +22,8 @@ from flows.evaluate import evaluate_flow
 from flows.train_and_sample import train_and_sample
 from tests.prefect_reads import artifacts_of
 
+pytestmark = pytest.mark.cost(250)
+
 
 @pytest.fixture(scope="module")
 def tiny_run(prefect_server, tmp_path_factory):

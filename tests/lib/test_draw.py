@@ -34,6 +34,8 @@ from diffusion_lib.samplers import (
 )
 from diffusion_lib.training import config_preset, train
 
+pytestmark = pytest.mark.cost(30)
+
 
 def _train(data_dir, run_dir, preset, **overrides):
     config = config_preset(

@@ -2,6 +2,7 @@
 and the run, and the same bytes when rendered again."""
 
 import imageio.v3 as iio
+import pytest
 
 from diffusion_lib import render
 from diffusion_lib.data import open_dataset
@@ -9,6 +10,8 @@ from diffusion_lib.reports import GIF_FRAMES, render_run
 from diffusion_lib.sample_sets import generate_samples
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import config_preset, train
+
+pytestmark = pytest.mark.cost(16)
 
 SAMPLER = SamplerSpec.of("ddim", num_steps=5)
 

@@ -3,11 +3,14 @@ write is the library's `prepare_dataset` byte for byte, and a second run rewrite
 
 import json
 
+import pytest
 from prefect import flow
 from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from tasks.data import finalize_shards, plan_shards, prepare_shards
+
+pytestmark = pytest.mark.cost(25)
 
 SPEC = DatasetSpec.create("moons", n=1_000, rows_per_shard=300)
 

@@ -16,6 +16,8 @@ from diffusion_lib.training import committed_steps
 from tasks.presets import TrainPart
 from tasks.train import TrainingFailed, train_model, worker_environments
 
+pytestmark = pytest.mark.cost(110)
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -15,6 +15,8 @@ from diffusion_lib.evaluation import checkpoints as evaluation_checkpoints
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import config_preset, train
 
+pytestmark = pytest.mark.cost(50)
+
 DDPM = SamplerSpec.of("ddpm")
 
 

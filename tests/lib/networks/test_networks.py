@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from diffusion_lib.networks import build_network, preset
 
+pytestmark = pytest.mark.cost(30)
+
 
 @pytest.mark.parametrize(
     ("shape", "mults"),

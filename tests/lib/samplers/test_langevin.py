@@ -20,6 +20,8 @@ from tests.lib.samplers.gaussian_chains import (
     assert_moments,
 )
 
+pytestmark = pytest.mark.cost(15)
+
 
 def test_langevin_reaches_the_exact_stationary_law_of_its_discretisation():
     """For a Gaussian target N(m, s^2) the unadjusted chain x' = x + h/2 s(x) + sqrt(h) z is

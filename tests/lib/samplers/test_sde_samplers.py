@@ -43,6 +43,8 @@ from diffusion_lib.sde import (
     vp_sde_of,
 )
 
+pytestmark = pytest.mark.cost(30)
+
 DATA = GaussianData([1.0, -0.5], [[0.5, 0.2], [0.2, 0.3]])
 VE = VESDE(sigma_min=0.01, sigma_max=10.0)
 N = 4000

@@ -18,6 +18,8 @@ from diffusion_lib.training import (
 )
 from diffusion_lib.training.checkpoints import CheckpointStore
 
+pytestmark = pytest.mark.cost(30)
+
 
 def test_checkpoints_keep_the_last_n_and_every_kth(eight, tmp_path):
     config = config_preset(

@@ -25,6 +25,8 @@ from diffusion_lib.training import (
     train,
 )
 
+pytestmark = pytest.mark.cost(100)
+
 # The engine's image tests train a one-level U-Net without attention: what they check is the
 # step (replicas, precision, XLA), not the network (tests/lib/networks), and it traces in about
 # half the time of unet-tiny (measured: 16.6 against 27.9 s for the two-replica test's runs).

@@ -16,6 +16,8 @@ from diffusion_lib.training import (
 )
 from diffusion_lib.training.objectives import TIME_SCALE, build_objective
 
+pytestmark = pytest.mark.cost(15)
+
 
 @pytest.mark.parametrize("objective", ["ncsn", "dsm", "ssm"])
 def test_score_objectives_train(eight, tmp_path, objective):

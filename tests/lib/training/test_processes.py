@@ -14,6 +14,8 @@ import tensorflow as tf
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps, config_preset
 
+pytestmark = pytest.mark.cost(75)
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
