@@ -68,14 +68,17 @@ deploy-local: venv ## the README's local Deploy path in the background: server, 
 	@set -e; \
 	export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_SERVER_API_PORT=$(PORT) \
 		PREFECT_SERVER_ANALYTICS_ENABLED=false; \
-	if [ -f $(LOCAL_DEPLOY)/worker.pid ] && kill -0 "$$(cat $(LOCAL_DEPLOY)/worker.pid)" 2>/dev/null; then \
-		echo "==> a worker from an earlier deploy-local is running (pid $$(cat $(LOCAL_DEPLOY)/worker.pid)): make deploy-stop first"; \
-		exit 1; \
-	fi; \
-	echo "==> Prefect server on port $(PORT)"; \
-	prefect server start --background --port $(PORT) > $(LOCAL_DEPLOY)/server.out 2>&1 \
-		|| { cat $(LOCAL_DEPLOY)/server.out; exit 1; }; \
-	prefect server status --wait --timeout 120 > /dev/null; \
+	for what in server worker; do \
+		if [ -f $(LOCAL_DEPLOY)/$$what.pid ] && kill -0 "$$(cat $(LOCAL_DEPLOY)/$$what.pid)" 2>/dev/null; then \
+			echo "==> a $$what from an earlier deploy-local is running (pid $$(cat $(LOCAL_DEPLOY)/$$what.pid)): make deploy-stop first"; \
+			exit 1; \
+		fi; \
+	done; \
+	echo "==> Prefect server on port $(PORT) (log $(LOCAL_DEPLOY)/server.log)"; \
+	setsid nohup prefect server start --port $(PORT) > $(LOCAL_DEPLOY)/server.log 2>&1 & \
+	echo $$! > $(LOCAL_DEPLOY)/server.pid; \
+	prefect server status --wait --timeout 120 > /dev/null \
+		|| { tail -n 40 $(LOCAL_DEPLOY)/server.log; exit 1; }; \
 	echo "==> work pool diffusion-process"; \
 	prefect work-pool create diffusion-process --type process --overwrite > /dev/null; \
 	echo "==> deployments train-and-sample/default and train-and-sample/nightly"; \
@@ -91,18 +94,18 @@ deploy-local: venv ## the README's local Deploy path in the background: server, 
 	echo "Stop it all with: make deploy-stop$(if $(filter-out 4200,$(PORT)), PORT=$(PORT))"
 
 deploy-stop: ## stop what deploy-local started (worker, then server)
-	@export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_SERVER_API_PORT=$(PORT); \
-	if [ -f $(LOCAL_DEPLOY)/worker.pid ]; then \
-		pid=$$(cat $(LOCAL_DEPLOY)/worker.pid); \
+	@for what in worker server; do \
+		file=$(LOCAL_DEPLOY)/$$what.pid; \
+		[ -f $$file ] || continue; \
+		pid=$$(cat $$file); \
 		if kill -0 $$pid 2>/dev/null; then \
 			kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid; \
 			for _ in $$(seq 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
 			kill -0 $$pid 2>/dev/null && kill -KILL -- -$$pid 2>/dev/null; \
-			echo "==> worker $$pid stopped"; \
+			echo "==> $$what $$pid stopped"; \
 		fi; \
-		rm -f $(LOCAL_DEPLOY)/worker.pid; \
-	fi; \
-	$(VPY) -m prefect server stop 2>&1 | sed 's/^/==> /'
+		rm -f $$file; \
+	done
 
 clean-venv: ## remove .venv (the next make builds it again)
 	rm -rf $(VENV)
