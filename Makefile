@@ -93,16 +93,21 @@ deploy-local: venv ## the README's local Deploy path in the background: server, 
 	echo "  prefect deployment run train-and-sample/default --param preset=mnist-cpu --watch"; \
 	echo "Stop it all with: make deploy-stop$(if $(filter-out 4200,$(PORT)), PORT=$(PORT))"
 
-deploy-stop: ## stop what deploy-local started (worker, then server)
+# Recipes run in /bin/sh (dash on Debian), whose kill takes -PGID but not '-- -PGID'.
+deploy-stop: ## stop what deploy-local started (worker, then server; SIGKILL after 10 s)
 	@for what in worker server; do \
 		file=$(LOCAL_DEPLOY)/$$what.pid; \
 		[ -f $$file ] || continue; \
 		pid=$$(cat $$file); \
 		if kill -0 $$pid 2>/dev/null; then \
-			kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid; \
-			for _ in $$(seq 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
-			kill -0 $$pid 2>/dev/null && kill -KILL -- -$$pid 2>/dev/null; \
-			echo "==> $$what $$pid stopped"; \
+			kill -TERM -$$pid 2>/dev/null || kill -TERM $$pid; \
+			for _ in $$(seq 20); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+			if kill -0 $$pid 2>/dev/null; then \
+				kill -KILL -$$pid 2>/dev/null || kill -KILL $$pid; \
+				echo "==> $$what $$pid killed (still up 10 s after SIGTERM)"; \
+			else \
+				echo "==> $$what $$pid stopped"; \
+			fi; \
 		fi; \
 		rm -f $$file; \
 	done

@@ -138,6 +138,9 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
         while healthy(api) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not healthy(api), (tmp_path / "server.log").read_text()[-3000:]
+        while _group(shell.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group(shell.pid), f"the stop block left {_group(shell.pid)} running"
         if browser is not None:
             (pytest.fail if os.environ.get("CI") else pytest.skip)(browser)
     finally:
@@ -149,6 +152,20 @@ def test_the_readme_deploy_section_runs_as_written(tmp_path):
             os.killpg(shell.pid, signal.SIGKILL)  # a server or worker left by a failed step
         except ProcessLookupError:
             pass
+
+
+def _group(pgid: int) -> list[str]:
+    """The command lines of the live processes in process group `pgid` (zombies are gone)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(" ".join(proc.info["cmdline"] or ())[:120])
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
 
 
 def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> tuple:
