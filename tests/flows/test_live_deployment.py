@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from tests.local_servers import free_port, healthy
+from tests.local_servers import free_port, healthy, processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -158,14 +158,9 @@ def _group(pgid: int) -> list[str]:
     """The command lines of the live processes in process group `pgid` (zombies are gone)."""
     import psutil
 
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(" ".join(proc.info["cmdline"] or ())[:120])
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return found
+    return processes(
+        lambda proc: os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE
+    )
 
 
 def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> tuple:

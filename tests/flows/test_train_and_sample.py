@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 
 from flows.evaluate import evaluate_flow
 from flows.train_and_sample import train_and_sample
+from tests.local_servers import processes
 from tests.prefect_reads import artifacts_of
 
 pytestmark = pytest.mark.cost(250)
@@ -282,17 +283,8 @@ def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
     assert set(listed) - values == set(names)
 
 
-def _storm_processes(marker: str) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or ()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+def _storm_processes(marker: str) -> list[str]:
+    return processes(lambda proc: marker in " ".join(proc.info["cmdline"] or ()))
 
 
 def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_run(
