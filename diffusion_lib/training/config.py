@@ -24,7 +24,7 @@ from diffusion_lib.training.objectives import OBJECTIVES
 
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "cooldown")
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
@@ -122,12 +122,15 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 2e-4
     warmup_steps: int = 0
-    # "constant" after warm-up, or "cosine": down to final_lr_fraction * learning_rate at
+    # "constant" after warm-up; "cosine": down to final_lr_fraction * learning_rate at
     # decay_steps (a step count of its own, not num_steps, so extending a run on resume does not
-    # rewrite the schedule of the steps already taken).
+    # rewrite the schedule of the steps already taken); "cooldown" (warmup-stable-decay):
+    # constant, then linear down to final_lr_fraction * learning_rate over the last
+    # cooldown_steps before decay_steps.
     lr_schedule: str = "constant"
     decay_steps: int = 0
     final_lr_fraction: float = 0.0
+    cooldown_steps: int = 0
     weight_decay: float = 0.0
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -243,6 +246,7 @@ class TrainConfig:
             "keep_every",
             "seed",
             "decay_steps",
+            "cooldown_steps",
         ):
             positive(field, allow_zero=True)
         if self.lr_schedule == "cosine" and self.decay_steps <= self.warmup_steps:
@@ -250,6 +254,19 @@ class TrainConfig:
                 "decay_steps",
                 f"a cosine schedule needs decay_steps > warmup_steps ({self.warmup_steps}), "
                 f"got {self.decay_steps}",
+            )
+        if self.lr_schedule == "cooldown" and not (
+            0 < self.cooldown_steps <= self.decay_steps - self.warmup_steps
+        ):
+            fail(
+                "cooldown_steps",
+                "a cooldown schedule needs 0 < cooldown_steps <= decay_steps - warmup_steps "
+                f"({self.decay_steps} - {self.warmup_steps}), got {self.cooldown_steps}",
+            )
+        if self.cooldown_steps and self.lr_schedule != "cooldown":
+            fail(
+                "cooldown_steps",
+                f"only the cooldown schedule uses it; lr_schedule is {self.lr_schedule!r}",
             )
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             fail("final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}")

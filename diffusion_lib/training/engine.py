@@ -77,7 +77,9 @@ class TrainResult:
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to `peak` over `warmup_steps` (DDPM: 5,000 steps), then constant,
     or with decay="cosine" a half cosine from `peak` at the warm-up's end to
-    `final_fraction * peak` at `decay_steps`, and that value after."""
+    `final_fraction * peak` at `decay_steps`, and that value after; or with decay="cooldown"
+    constant until `decay_steps - cooldown_steps`, then linear down to `final_fraction * peak`
+    at `decay_steps` (warmup-stable-decay), and that value after."""
 
     def __init__(
         self,
@@ -86,10 +88,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         decay: str = "constant",
         decay_steps: int = 0,
         final_fraction: float = 0.0,
+        cooldown_steps: int = 0,
     ):
         self.peak, self.warmup_steps = float(peak), int(warmup_steps)
         self.decay, self.decay_steps = decay, int(decay_steps)
         self.final_fraction = float(final_fraction)
+        self.cooldown_steps = int(cooldown_steps)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -101,6 +105,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             done = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
             cosine = 0.5 * (1.0 + tf.cos(math.pi * done))
             fraction *= self.final_fraction + (1.0 - self.final_fraction) * cosine
+        elif self.decay == "cooldown":
+            start = float(self.decay_steps - self.cooldown_steps)
+            done = tf.clip_by_value((step - start) / float(max(self.cooldown_steps, 1)), 0.0, 1.0)
+            fraction *= 1.0 - (1.0 - self.final_fraction) * done
         return self.peak * fraction
 
     def get_config(self):
@@ -110,6 +118,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "decay": self.decay,
             "decay_steps": self.decay_steps,
             "final_fraction": self.final_fraction,
+            "cooldown_steps": self.cooldown_steps,
         }
 
     @classmethod
@@ -120,6 +129,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             config.lr_schedule,
             config.decay_steps,
             config.final_lr_fraction,
+            config.cooldown_steps,
         )
 
 

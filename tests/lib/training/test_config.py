@@ -28,6 +28,17 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"lr_schedule": "cosine", "warmup_steps": 100, "decay_steps": 100}, "decay_steps"),
         ({"final_lr_fraction": 1.5}, "final_lr_fraction"),
+        ({"lr_schedule": "cooldown", "decay_steps": 100}, "cooldown_steps"),
+        (
+            {
+                "lr_schedule": "cooldown",
+                "warmup_steps": 50,
+                "decay_steps": 100,
+                "cooldown_steps": 60,
+            },
+            "cooldown_steps",
+        ),
+        ({"decay_steps": 100, "cooldown_steps": 10}, "cooldown_steps"),
         ({"noise_sampling": "beta"}, "noise_sampling"),
         ({"noise_sampling": "log_normal", "objective": "sde"}, "noise_sampling"),
         ({"noise_sampling": "log_normal", "antithetic": True}, "antithetic"),
@@ -94,3 +105,31 @@ def test_cosine_learning_rate_schedule_by_its_formula():
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
     constant = WarmupSchedule.of(TrainConfig(learning_rate=1e-3, warmup_steps=100))
     assert float(constant(5_000)) == pytest.approx(1e-3)
+
+
+def test_cooldown_learning_rate_schedule_by_its_formula():
+    """Warm-up-stable-decay: warm-up to the peak, flat, then peak * (1 - (1 - f) u) with u the
+    share of the last cooldown_steps before decay_steps done; flat at f * peak after."""
+    from diffusion_lib.training.engine import WarmupSchedule
+
+    config = TrainConfig(
+        learning_rate=1e-3,
+        warmup_steps=100,
+        lr_schedule="cooldown",
+        decay_steps=2_000,
+        cooldown_steps=400,
+        final_lr_fraction=0.1,
+    )
+    schedule = WarmupSchedule.of(config)
+    for step, expected in (
+        (49, 5e-4),
+        (100, 1e-3),
+        (1_600, 1e-3),
+        (1_700, 1e-3 * (1 - 0.9 * 0.25)),
+        (1_800, 0.55e-3),
+        (2_000, 1e-4),
+        (9_000, 1e-4),
+    ):
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
+    restored = WarmupSchedule.from_config(schedule.get_config())
+    assert float(restored(1_700)) == pytest.approx(float(schedule(1_700)))
