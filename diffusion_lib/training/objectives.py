@@ -117,10 +117,23 @@ class DdpmObjective:
         return sde, score_from_diffusion_model(model, self.diffusion, sde)
 
 
-@dataclasses.dataclass
-class NcsnObjective:
+class _SigmaConditionedScore:
+    """The network of NCSN and DSM: conditioned on log sigma, scaled as the config says."""
+
     config: TrainConfig
     family: ClassVar[str] = "score"
+
+    def network_overrides(self) -> dict:
+        return {
+            "conditioning": "log_sigma",
+            "output_scaling": self.config.score_output_scaling,
+            "input_scaling": self.config.score_input_scaling,
+        }
+
+
+@dataclasses.dataclass
+class NcsnObjective(_SigmaConditionedScore):
+    config: TrainConfig
 
     def __post_init__(self):
         c = self.config
@@ -132,13 +145,6 @@ class NcsnObjective:
                 [n], seed, 0, self.sigmas.size, dtype=tf.int32
             ),
         )
-
-    def network_overrides(self) -> dict:
-        return {
-            "conditioning": "log_sigma",
-            "output_scaling": self.config.score_output_scaling,
-            "input_scaling": self.config.score_input_scaling,
-        }
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         level_seed, noise_seed, dropout_seed = _split(seed, 3)
@@ -160,19 +166,11 @@ class NcsnObjective:
 
 
 @dataclasses.dataclass
-class DsmObjective:
+class DsmObjective(_SigmaConditionedScore):
     config: TrainConfig
-    family: ClassVar[str] = "score"
 
     def __post_init__(self):
         self.sigmas = np.array([self.config.sigma], np.float64)
-
-    def network_overrides(self) -> dict:
-        return {
-            "conditioning": "log_sigma",
-            "output_scaling": self.config.score_output_scaling,
-            "input_scaling": self.config.score_input_scaling,
-        }
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
         noise_seed, dropout_seed = _split(seed, 2)
