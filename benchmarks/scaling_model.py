@@ -43,6 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from training_throughput import forward_flops  # noqa: E402
 
 from diffusion_lib.networks import build_network, preset  # noqa: E402
+from diffusion_lib.training.strategy import CountingReduce  # noqa: E402
 
 SHAPES = {  # the data each preset is sized for
     "unet-cpu": (28, 28, 1),
@@ -51,17 +52,6 @@ SHAPES = {  # the data each preset is sized for
 }
 GPU_COUNTS = (1, 8, 16, 32, 64)
 PER_GPU_BATCHES = (16, 32, 64, 128)
-
-
-class _CountingReduce(tf.distribute.ReductionToOneDevice):
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
-        first = getattr(per_replica_value, "values", (per_replica_value,))[0]
-        self.elements += int(first.shape.num_elements())
-        return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)
 
 
 def reduced_elements(network: str, shape: tuple[int, ...], workdir: pathlib.Path) -> int:
@@ -79,7 +69,7 @@ def reduced_elements(network: str, shape: tuple[int, ...], workdir: pathlib.Path
         np.savez(workdir / "images.npz", images=images)
         spec = DatasetSpec.create("npz", path=str(workdir / "images.npz"), labels_key=None)
         prepare_dataset(spec, data)
-    counting = _CountingReduce()
+    counting = CountingReduce()
     config = config_preset(
         "mnist-ddpm",
         data_dir=str(data),

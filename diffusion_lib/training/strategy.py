@@ -48,3 +48,21 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
     return is_chief, task_id
+
+
+class CountingReduce(tf.distribute.ReductionToOneDevice):
+    """A cross-device reduction that records the element count of every value it reduces: hand
+    it to MirroredStrategy(cross_device_ops=...) to see what a training step communicates."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    @property
+    def elements(self) -> int:
+        return sum(self.sizes)
+
+    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
+        first = getattr(per_replica_value, "values", (per_replica_value,))[0]
+        self.sizes.append(int(first.shape.num_elements()))
+        return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)

@@ -24,6 +24,7 @@ from diffusion_lib.training import (
     config_preset,
     train,
 )
+from diffusion_lib.training.strategy import CountingReduce
 
 pytestmark = pytest.mark.cost(100)
 
@@ -236,23 +237,6 @@ def test_warm_start_copies_the_donor_ema_into_weights_and_average(eight, tmp_pat
         )
 
 
-class _CountingReduce(tf.distribute.ReductionToOneDevice):
-    """Cross-device reduction that records the element count of every value it reduces."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
-        first = (
-            per_replica_value.values[0]
-            if hasattr(per_replica_value, "values")
-            else per_replica_value
-        )
-        self.sizes.append(int(np.prod(first.shape)))
-        return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)
-
-
 def replica_agreement(data_dir: str, root: pathlib.Path) -> list[int]:
     """Trains the same 6 steps on 1, 2 and (with 4 logical devices) 4 replicas and checks them
     against each other; returns the replica counts checked. Run by the test below in a process
@@ -268,7 +252,7 @@ def replica_agreement(data_dir: str, root: pathlib.Path) -> list[int]:
         checkpoint_every=6,
         grad_clip_norm=0.5,
     )
-    counting = _CountingReduce()
+    counting = CountingReduce()
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategies = {
         1: tf.distribute.OneDeviceStrategy(devices[0]),
@@ -286,7 +270,7 @@ def replica_agreement(data_dir: str, root: pathlib.Path) -> list[int]:
     parameters = sum(
         v.shape.num_elements() for v in Run(root / "1").restore().model.trainable_variables
     )
-    assert sum(counting.sizes) == parameters + 1, (sum(counting.sizes), parameters)
+    assert counting.elements == parameters + 1, (counting.elements, parameters)
     for replicas in strategies:
         for a, b in zip(weights[replicas], weights[1], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
