@@ -25,14 +25,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 from diffusion_lib import run_lock
-from diffusion_lib.training.__main__ import PARENT_ENV
+from diffusion_lib.training.worker_protocol import EXIT_MEANINGS, PARENT_ENV
 from tasks.presets import TrainPart
 from tasks.progress import Eta, run_logger, show_progress
-
-EXIT_MEANINGS = {
-    2: "bad input (config, data, run directory or checkpoint)",
-    3: "training diverged (NaN/Inf)",
-}
 
 
 class TrainingFailed(RuntimeError):

@@ -20,15 +20,14 @@ import signal
 import sys
 import traceback
 
+from diffusion_lib.training.worker_protocol import BAD_INPUT, DIVERGED, PARENT_ENV
+
 
 def _parse_value(text: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-PARENT_ENV = "DIFFUSION_LIB_PARENT_PID"
 
 
 def _die_with_parent() -> None:
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         TypeError,
     ) as err:
         emit("error", kind=type(err).__name__, message=str(err))
-        return 2
+        return BAD_INPUT
     except Exception as err:
         traceback.print_exc()
         emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except TrainingDiverged as err:
         emit("error", kind="TrainingDiverged", message=str(err))
-        return 3
+        return DIVERGED
     except Exception as err:
         # Whatever else: the traceback to stderr (the orchestrator keeps its last lines), the
         # exception's class and message as the error event it reports.
