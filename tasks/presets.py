@@ -175,7 +175,7 @@ PRESETS: dict[str, Pipeline] = {
         # lr 2e-3 over 1e-3 (classifier score 6.42 vs 6.15 at the same sampler), constant after
         # warm-up (a cosine decay was worse: FID 7.3 vs 5.6), 1,900 steps (FID 2.90x the floor;
         # 1,800: 3.13x), paid for by the sample set reusing the evaluation's draw.
-        TrainPart.of("mnist-ddpm", **_MNIST_CPU_BUDGET),
+        TrainPart.of("mnist-ddpm", **_MNIST_CPU_BUDGET, precision="auto"),
         # The last checkpoint is the one worth scoring. The sample set is the evaluation's draw
         # (the same sampler, seed and one chunk of 400), so it costs nothing more.
         EvalSpec(n=400, sampler=_DDIM_100_ETA_1, bpd_examples=0, newest=1),

@@ -235,11 +235,12 @@ def train_model(
                 if index == 0:
                     show_progress("train", event["step"], total, f"training {run.name}")
                     logger.info(
-                        "%s at step %d of %d on %d replica(s)",
+                        "%s at step %d of %d on %d replica(s), computing in %s",
                         "resuming" if event["step"] else "starting",
                         event["step"],
                         event["total"],
                         event["replicas"],
+                        event["precision"],
                     )
             if index != 0:
                 continue

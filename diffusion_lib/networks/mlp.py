@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diffusion_lib.networks.config import NetworkConfig, register_family
+from diffusion_lib.networks.config import NetworkConfig, compute_precision, register_family
 from diffusion_lib.networks.layers import ConditionEmbedding, ConfigModel
 
 
@@ -20,7 +20,7 @@ class ConditionalMLP(ConfigModel):
         super().__init__(**kwargs)
         self.config = dict(config)
         cfg = NetworkConfig(**self.config)
-        policy = cfg.precision
+        policy = compute_precision(cfg.precision)
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
         self.input_scaling = cfg.input_scaling
         self.embedding = ConditionEmbedding(cfg.embedding_dim, cfg.conditioning, dtype=policy)

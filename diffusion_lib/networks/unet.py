@@ -17,7 +17,7 @@ import math
 import keras
 import tensorflow as tf
 
-from diffusion_lib.networks.config import NetworkConfig, register_family
+from diffusion_lib.networks.config import NetworkConfig, compute_precision, register_family
 from diffusion_lib.networks.layers import (
     AttentionBlock,
     ConditionEmbedding,
@@ -33,7 +33,7 @@ class UNet(ConfigModel):
         super().__init__(**kwargs)
         self.config = dict(config)
         cfg = NetworkConfig(**self.config)
-        policy, groups = cfg.precision, cfg.norm_groups
+        policy, groups = compute_precision(cfg.precision), cfg.norm_groups
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
         self.input_scaling = cfg.input_scaling
         ch = cfg.base_channels

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so `--help` is instant; the strategy is created before any other TF work,
     # as MultiWorkerMirroredStrategy requires.
     from diffusion_lib.data import DataError
+    from diffusion_lib.networks.config import compute_precision
     from diffusion_lib.training.checkpoints import CheckpointMismatch
     from diffusion_lib.training.config import ConfigError, TrainConfig, config_preset
     from diffusion_lib.training.engine import Trainer, TrainingDiverged, enable_determinism
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         step=int(trainer.step.numpy()),
         total=config.num_steps,
         replicas=strategy.num_replicas_in_sync,
+        precision=compute_precision(config.precision),
     )
     try:
         result = trainer.run(

@@ -125,3 +125,28 @@ def test_bfloat16_precision_computes_in_bfloat16_and_returns_float32():
     model = build_network(preset("unet-tiny", precision="mixed_bfloat16"))
     assert model.conv_in.compute_dtype == "bfloat16" and model.conv_in.kernel.dtype == "float32"
     assert model(tf.zeros([1, 28, 28, 1]), tf.constant([3])).dtype == tf.float32
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it():
+    """ "auto" reads the CPU's flags: bfloat16 units (AVX512-BF16 or AMX-BF16) -> mixed bfloat16,
+    anything else float32 (emulated bfloat16 is slower than float32, not faster)."""
+    from diffusion_lib.networks.config import compute_precision, cpu_has_bfloat16
+
+    sapphire = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    cooper = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    zen2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: sysret_ss_attrs\n"
+    assert cpu_has_bfloat16(sapphire) and cpu_has_bfloat16(cooper)
+    assert not cpu_has_bfloat16(zen2) and not cpu_has_bfloat16("")
+    assert not cpu_has_bfloat16("flags : avx512_bf16x\n")  # whole flags only
+    for explicit in ("float32", "mixed_bfloat16", "mixed_float16"):
+        assert compute_precision(explicit) == explicit
+    here = (
+        "mixed_bfloat16"
+        if cpu_has_bfloat16() and not tf.config.list_physical_devices("GPU")
+        else "float32"
+    )
+    assert compute_precision("auto") == here
+    model = build_network(preset("unet-tiny", precision="auto"))
+    assert model.conv_in.compute_dtype == ("bfloat16" if here == "mixed_bfloat16" else "float32")
+    assert model.conv_in.kernel.dtype == "float32"  # a checkpoint restores under any policy
+    assert model(tf.zeros([1, 28, 28, 1]), tf.constant([3])).dtype == tf.float32
