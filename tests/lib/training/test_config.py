@@ -1,6 +1,7 @@
 """The training config: validation names the field, identity ignores what may change on resume."""
 
 import json
+import math
 
 import pytest
 
@@ -78,58 +79,36 @@ def test_presets_exist():
         config_preset("imagenet-ddpm")
 
 
-def test_cosine_learning_rate_schedule_by_its_formula():
-    """Warm-up to the peak, then peak * (f + (1 - f) (1 + cos(pi u)) / 2), u the share of
-    (decay_steps - warmup) done; flat at f * peak after decay_steps."""
-    import math
+_COSINE_AT_600 = 1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)
 
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # cosine: peak * (f + (1 - f) (1 + cos(pi u)) / 2), u the share of (decay_steps - warmup)
+        # done; flat at f * peak after decay_steps.
+        (
+            {"lr_schedule": "cosine", "decay_steps": 2_100},
+            {600: _COSINE_AT_600, 1_100: 0.55e-3, 2_100: 1e-4, 9_000: 1e-4},
+        ),
+        # cooldown (warmup-stable-decay): flat, then peak * (1 - (1 - f) u), u the share of the
+        # last cooldown_steps before decay_steps done; flat at f * peak after.
+        (
+            {"lr_schedule": "cooldown", "decay_steps": 2_000, "cooldown_steps": 400},
+            {1_600: 1e-3, 1_700: 1e-3 * (1 - 0.9 * 0.25), 1_800: 0.55e-3, 2_000: 1e-4, 9_000: 1e-4},
+        ),
+        ({}, {5_000: 1e-3}),  # constant
+    ],
+)
+def test_learning_rate_schedules_by_their_formulas(fields, expected):
+    """Each schedule warms up linearly to the peak over 100 steps, then follows its formula
+    (final fraction f = 0.1); its config round-trips."""
     from diffusion_lib.training.engine import WarmupSchedule
 
-    config = TrainConfig(
-        learning_rate=1e-3,
-        warmup_steps=100,
-        lr_schedule="cosine",
-        decay_steps=2_100,
-        final_lr_fraction=0.1,
-    )
+    final = {"final_lr_fraction": 0.1} if fields else {}
+    config = TrainConfig(learning_rate=1e-3, warmup_steps=100, **final, **fields)
     schedule = WarmupSchedule.of(config)
-    for step, expected in (
-        (0, 1e-5),
-        (49, 5e-4),
-        (100, 1e-3),
-        (600, 1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)),
-        (1_100, 0.55e-3),
-        (2_100, 1e-4),
-        (9_000, 1e-4),
-    ):
-        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
-    constant = WarmupSchedule.of(TrainConfig(learning_rate=1e-3, warmup_steps=100))
-    assert float(constant(5_000)) == pytest.approx(1e-3)
-
-
-def test_cooldown_learning_rate_schedule_by_its_formula():
-    """Warm-up-stable-decay: warm-up to the peak, flat, then peak * (1 - (1 - f) u) with u the
-    share of the last cooldown_steps before decay_steps done; flat at f * peak after."""
-    from diffusion_lib.training.engine import WarmupSchedule
-
-    config = TrainConfig(
-        learning_rate=1e-3,
-        warmup_steps=100,
-        lr_schedule="cooldown",
-        decay_steps=2_000,
-        cooldown_steps=400,
-        final_lr_fraction=0.1,
-    )
-    schedule = WarmupSchedule.of(config)
-    for step, expected in (
-        (49, 5e-4),
-        (100, 1e-3),
-        (1_600, 1e-3),
-        (1_700, 1e-3 * (1 - 0.9 * 0.25)),
-        (1_800, 0.55e-3),
-        (2_000, 1e-4),
-        (9_000, 1e-4),
-    ):
-        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
     restored = WarmupSchedule.from_config(schedule.get_config())
-    assert float(restored(1_700)) == pytest.approx(float(schedule(1_700)))
+    for step, value in {0: 1e-5, 49: 5e-4, 100: 1e-3, **expected}.items():
+        assert float(schedule(step)) == pytest.approx(value, rel=1e-5), step
+        assert float(restored(step)) == pytest.approx(value, rel=1e-5), step
