@@ -72,6 +72,16 @@ def _global_normal(x: tf.Tensor, seed, offset, global_batch) -> tf.Tensor:
     return tf.random.stateless_normal(shape, seed, dtype=x.dtype)[offset : offset + tf.shape(x)[0]]
 
 
+def _replica_draws(draw_levels, x: tf.Tensor, seed, offset, global_batch):
+    """This replica's rows of the global batch's draws: its noise levels (from `draw_levels`), its
+    Gaussian noise, and its dropout seed. Drawn for the global batch and sliced, so a step does
+    not depend on the replica count."""
+    level_seed, noise_seed, dropout_seed = _split(seed, 3)
+    levels = draw_levels(global_batch, level_seed)[offset : offset + tf.shape(x)[0]]
+    noise = _global_normal(x, noise_seed, offset, global_batch)
+    return levels, noise, tf.random.experimental.stateless_fold_in(dropout_seed, offset)
+
+
 @dataclasses.dataclass
 class DdpmObjective:
     config: TrainConfig
@@ -101,11 +111,7 @@ class DdpmObjective:
         }
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
-        t_seed, noise_seed, dropout_seed = _split(seed, 3)
-        t = self._draw_levels(global_batch, t_seed)
-        t = t[offset : offset + tf.shape(x)[0]]
-        noise = _global_normal(x, noise_seed, offset, global_batch)
-        drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
+        t, noise, drop = _replica_draws(self._draw_levels, x, seed, offset, global_batch)
 
         def net(x_t, timesteps):
             return model(x_t, timesteps, training=True, seed=drop)
@@ -147,11 +153,7 @@ class NcsnObjective(_SigmaConditionedScore):
         )
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
-        level_seed, noise_seed, dropout_seed = _split(seed, 3)
-        levels = self._draw_levels(global_batch, level_seed)
-        levels = levels[offset : offset + tf.shape(x)[0]]
-        noise = _global_normal(x, noise_seed, offset, global_batch)
-        drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
+        levels, noise, drop = _replica_draws(self._draw_levels, x, seed, offset, global_batch)
         return ncsn_loss(
             lambda v, s: model(v, s, training=True, seed=drop),
             x,
@@ -260,12 +262,14 @@ class SdeObjective:
         return self.sde, self.score_fn(model)
 
     def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
-        t_seed, noise_seed, dropout_seed = _split(seed, 3)
         eps = self.config.sde_eps
-        t = tf.random.stateless_uniform([global_batch], t_seed, eps, 1.0, dtype=tf.float64)
-        t = t[offset : offset + tf.shape(x)[0]]
-        noise = _global_normal(x, noise_seed, offset, global_batch)
-        drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
+        t, noise, drop = _replica_draws(
+            lambda n, t_seed: tf.random.stateless_uniform([n], t_seed, eps, 1.0, dtype=tf.float64),
+            x,
+            seed,
+            offset,
+            global_batch,
+        )
         x_t = self.sde.perturb(x, t, noise)
         score = self.score_fn(model, training=True, seed=drop)(x_t, tf.cast(t, x.dtype))
         _, std = self.sde.marginal(t, x.dtype)
