@@ -40,7 +40,7 @@ def main() -> None:
     from diffusion_lib.sde_likelihood import bits_per_dim, ode_log_likelihood
 
     run = Run(args.run_dir)
-    restored = run.restore(args.step)
+    restored = run.restore(args.step, precision="float32")  # whatever the run computes in
     test = open_dataset(run.data_dir("test"))
     pixels = test.read_rows(np.arange(args.n)).values
     dim = int(np.prod(pixels.shape[1:]))

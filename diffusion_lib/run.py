@@ -4,7 +4,7 @@ weights and names its paths.
     run = Run("runs/mnist-cpu-x")
     run.config, run.network_config, run.objective       # from config.json (read once)
     run.steps(), run.checkpoint(step=None)               # committed checkpoints; None = latest
-    run.restore(step=None, strategy=None) -> Restored    # the EMA weights, loaded on first use
+    run.restore(step=None, strategy=None, precision=None) -> Restored  # EMA weights, loaded once
     run.dataset, run.normalizer                          # the training set (opened once) and
                                                          # the map to model units and back
     run.checkpoints_dir, run.eval_dir, run.samples_dir, run.render_dir, run.data_dir("train")
@@ -27,6 +27,7 @@ import tensorflow as tf
 from diffusion_lib.data import DataError, open_dataset
 from diffusion_lib.data.shards import file_sha256
 from diffusion_lib.networks import NetworkConfig, build_network
+from diffusion_lib.networks.config import compute_precision
 from diffusion_lib.normalizer import Normalizer
 from diffusion_lib.training.checkpoints import (
     checkpoint_files,
@@ -195,18 +196,27 @@ class Run:
         return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
 
     def restore(
-        self, step: int | None = None, *, strategy: tf.distribute.Strategy | None = None
+        self,
+        step: int | None = None,
+        *,
+        strategy: tf.distribute.Strategy | None = None,
+        precision: str | None = None,
     ) -> Restored:
         """The network with the EMA weights of checkpoint `step` (default: latest), built under
-        `strategy` if given (mirrored weights, so a sampler can run on every replica). Loaded
-        once per (step, strategy). Raises FileNotFoundError without that checkpoint,
-        DamagedCheckpoint if its files changed since they were written (training again repairs
-        it) and CheckpointMismatch if it does not fit the network config.json describes."""
+        `strategy` if given (mirrored weights, so a sampler can run on every replica), computing
+        in `precision` if given instead of the run's (the weights are float32 under every
+        policy; likelihoods ask for "float32"). Loaded once per (step, strategy, precision).
+        Raises FileNotFoundError without that checkpoint, DamagedCheckpoint if its files changed
+        since they were written (training again repairs it) and CheckpointMismatch if it does
+        not fit the network config.json describes."""
         step = self.checkpoint(step)
-        key = (step, id(strategy))
+        network = self.network_config
+        if precision is not None:
+            network = dataclasses.replace(network, precision=precision)
+        key = (step, id(strategy), compute_precision(network.precision))
         if key not in self._restored:
             with (strategy or tf.distribute.get_strategy()).scope():
-                model = build_network(self.network_config)
+                model = build_network(network)
                 ema = EmaWeights(model.trainable_variables)
             checkpoint = tf.train.Checkpoint(model=model, ema=ema)
             verify(self.checkpoints_dir, step)  # DamagedCheckpoint names the file

@@ -246,15 +246,16 @@ def evaluate_checkpoints(
         if images:
             feats, probs = extractor.features_and_probabilities(drawn.samples)
             values = _image_metrics(test_feats, feats, probs)
-            if restored.objective.family == "diffusion" and spec.bpd_examples:
-                subset = restored.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
-                bound = restored.objective.diffusion.bits_per_dim(
-                    restored.model, subset, seed=spec.seed
-                )
+            # Likelihoods in float32, whatever precision the run computes in.
+            wanted = spec.bpd_examples or spec.ode_bpd_examples
+            exact = run.restore(step, precision="float32") if wanted else restored
+            if exact.objective.family == "diffusion" and spec.bpd_examples:
+                subset = exact.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
+                bound = exact.objective.diffusion.bits_per_dim(exact.model, subset, seed=spec.seed)
                 values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
             if spec.ode_bpd_examples:
                 values["ode_bits_per_dim"] = _ode_bits_per_dim(
-                    restored, test_real[: spec.ode_bpd_examples], spec.seed
+                    exact, test_real[: spec.ode_bpd_examples], spec.seed
                 )
         else:
             values = _point_metrics(test_real.astype(np.float64), drawn.samples, mixture)

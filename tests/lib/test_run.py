@@ -45,6 +45,21 @@ def test_weights_load_once_per_step_and_differ_between_steps(run):
         np.testing.assert_array_equal(a, b.numpy())
 
 
+def test_weights_restore_under_another_precision_once_each(run):
+    """A float32 run restored to compute in bfloat16 (and back): the same float32 weights, one
+    load per compute precision; asking for the run's own precision is the same restore."""
+    latest = run.restore()
+    assert run.restore(precision="float32") is latest
+    half = run.restore(precision="mixed_bfloat16")
+    assert half is not latest and run.restore(precision="mixed_bfloat16") is half
+    assert (
+        half.model.inp.compute_dtype == "bfloat16" and latest.model.inp.compute_dtype == "float32"
+    )
+    for a, b in zip(latest.model.weights, half.model.weights, strict=True):
+        assert b.dtype == "float32"
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_missing_parts_are_named(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 150; have"):
         run.restore(150)
