@@ -90,7 +90,13 @@ def test_clean_stop_then_resume_is_bitwise_identical(config_file, reference, tmp
     assert events[-1]["step"] == 230 and events[-1]["stopped_early"]
     assert committed_steps(tmp_path / "run" / "checkpoints")[-1] == 230
     events = _finish(_worker(config_file, tmp_path / "run"))
-    assert events[0] == {"event": "start", "step": 230, "total": 600, "replicas": 1}
+    assert events[0] == {
+        "event": "start",
+        "step": 230,
+        "total": 600,
+        "replicas": 1,
+        "precision": "float32",
+    }
     assert events[1]["event"] == "progress" and events[1]["step"] == 240
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
 
