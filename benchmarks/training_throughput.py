@@ -93,8 +93,10 @@ def train_rate(
     next(iterator)
     start = time.perf_counter()
     for k in range(steps):
-        batch_x = next(iterator).x
-        loss, _, _ = trainer._train_step(batch_x, tf.constant(start_step + k, tf.int64))
+        batch = next(iterator)
+        loss, _, _ = trainer._train_step(
+            batch.x, batch.label, tf.constant(start_step + k, tf.int64)
+        )
     float(loss)
     return steps * batch / (time.perf_counter() - start)
 

@@ -15,6 +15,11 @@ estimate of x(0) is clipped to [-1, 1], as for "diffusion" samplers. Samples
 and frames come back in data units (uint8 images, points in the data's coordinates) through the
 run's `Normalizer`; chain health (annealing samplers) in model units.
 
+A class-conditional run (config `num_classes` K > 0) is drawn class-balanced: row r of a draw
+carries label r mod K (per replica, with a strategy), so a chunk of 10 k rows holds k of each
+digit, and the sampler spec's `guidance` w turns the network into (1 + w) * conditional - w *
+unconditional (classifier-free guidance; both halves in one call of twice the batch).
+
 A set of n samples is drawn in chunks of `chunk_rows`, chunk i from seed [seed, i], so any chunk
 can be redrawn alone, bit for bit, and memory holds one chunk. With a `strategy` (several local
 GPUs) each chunk is split over its replicas (padded to a multiple of their number).
@@ -69,6 +74,12 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
     family = getattr(type(objective), "family", None)
     if family is None:
         raise SamplerMismatch(f"objective {type(objective).__name__} declares no sampler family")
+    config = getattr(objective, "config", None)
+    if spec.guidance and not getattr(config, "num_classes", 0):
+        raise SamplerMismatch(
+            f"guidance={spec.guidance} needs a class-conditional run (num_classes > 0); this run "
+            "is unconditional"
+        )
     if spec.family == "sde" and family != "sde":
         view = getattr(objective, "sde_view", None)
         if view is None:
@@ -90,6 +101,31 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
         steps, total = spec.get("num_steps"), objective.diffusion.num_timesteps
         if steps > total:
             raise SamplerMismatch(f"num_steps must be in [1, {total}] for DDIM, got {steps}")
+
+
+def class_guided(model, num_classes: int, guidance: float, channels: int):
+    """model(x, cond, **kw) of a class-conditional network as an unconditional-looking one: row r
+    gets label r mod `num_classes`; with `guidance` w > 0 the output's first `channels` channels
+    (the prediction; a learned variance stays conditional) are (1 + w) c - w u, c and u the
+    conditional and the null-label outputs, computed in one call of twice the batch."""
+    w = float(guidance)
+
+    def guided(x, cond, **kw):
+        n = tf.shape(x)[0]
+        labels = tf.range(n) % num_classes
+        if not w:
+            return model(x, cond, labels=labels, **kw)
+        both = model(
+            tf.concat([x, x], 0),
+            tf.concat([cond, cond], 0),
+            labels=tf.concat([labels, tf.fill([n], num_classes)], 0),
+            **kw,
+        )
+        c, u = both[:n], both[n:]
+        prediction = c[..., :channels] + w * (c[..., :channels] - u[..., :channels])
+        return tf.concat([prediction, c[..., channels:]], -1)
+
+    return guided
 
 
 def draw(
@@ -115,6 +151,9 @@ def draw(
     padded = -(-n // replicas) * replicas  # the batch must split evenly over the replicas
     shape = (padded, *restored.example_shape)
     model, info = restored.model, spec.info
+    num_classes = getattr(restored.config, "num_classes", 0)
+    if num_classes:
+        model = class_guided(model, num_classes, spec.guidance, restored.example_shape[-1])
     common = {
         "seed": seed,
         "frames": frames,

@@ -126,6 +126,24 @@ class ShardedDataset:
     def __len__(self) -> int:
         return self.manifest.num_examples
 
+    def label_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) label over the whole dataset, reading only the label column; None
+        for a dataset without labels."""
+        if not self.has_labels or not len(self):
+            return None
+        low, high = None, None
+        for shard, record in enumerate(self.manifest.shards):
+            try:
+                column = self._file(shard).read(columns=["label"]).column("label").to_numpy()
+            except Exception as err:
+                raise DataError(
+                    f"{self.directory / record.file}: labels unreadable ({err})"
+                ) from None
+            if column.size:
+                low = int(column.min()) if low is None else min(low, int(column.min()))
+                high = int(column.max()) if high is None else max(high, int(column.max()))
+        return low, high
+
     # --------------------------------------------------------------- reading
 
     def _file(self, shard: int) -> pq.ParquetFile:

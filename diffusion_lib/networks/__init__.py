@@ -1,5 +1,7 @@
 """Networks: a conditional MLP for 2-D data and the DDPM U-Net for images, both called as
-model(x, cond, training=False, seed=None) with cond the timestep [B] int or sigma [B] float.
+model(x, cond, training=False, seed=None) with cond the timestep [B] int or sigma [B] float;
+a class-conditional network (num_classes K > 0) also takes labels [B] in [0, K], K (or no
+labels) being "unconditional".
 
     NetworkConfig, preset(name, **overrides), preset_names(), build_network(config)
 """

@@ -64,7 +64,8 @@ class NetworkConfig:
     (NCSNv2). input_scaling: "unit_variance" feeds a score model x / sqrt(1 + sigma^2), which
     has unit variance at every noise level for standardised data (EDM's c_in; the
     variance-preserving input of a DDPM network), instead of x, whose scale grows with sigma
-    up to sigma_max. output_channels_factor: 2 for a DDPM with learned variance.
+    up to sigma_max. output_channels_factor: 2 for a DDPM with learned variance. num_classes:
+    K > 0 makes the network class-conditional (labels 0..K-1, and K for "no label").
     """
 
     family: str
@@ -74,6 +75,7 @@ class NetworkConfig:
     input_scaling: str = "none"
     output_channels_factor: int = 1
     precision: str = "float32"
+    num_classes: int = 0
     # MLP
     hidden: int = 128
     depth: int = 3
@@ -118,6 +120,10 @@ class NetworkConfig:
             fail(f"output_channels_factor must be 1 or 2, got {self.output_channels_factor}")
         if self.precision not in PRECISIONS:
             fail(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            fail(f"num_classes must be an integer, got {self.num_classes!r}")
+        if self.num_classes < 0:
+            fail(f"num_classes must be >= 0 (0: not class-conditional), got {self.num_classes}")
         if any(v <= 0 for v in self.data_shape):
             fail(f"data_shape must be positive, got {self.data_shape}")
         for name in (

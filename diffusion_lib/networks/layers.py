@@ -142,22 +142,43 @@ class GroupNorm(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")
 class ConditionEmbedding(keras.layers.Layer):
-    """cond [B] -> [B, dim]: sinusoidal embedding of the timestep or log sigma, then a 2-layer MLP."""
+    """cond [B] -> [B, dim]: sinusoidal embedding of the timestep or log sigma, then a 2-layer MLP.
 
-    def __init__(self, dim: int, mode: str = "timestep", **kwargs):
+    With `num_classes` K > 0, labels [B] in [0, K] add a learned class vector; label K is the
+    null class (no label: the unconditional model of classifier-free guidance), which is also
+    what labels=None means."""
+
+    def __init__(self, dim: int, mode: str = "timestep", num_classes: int = 0, **kwargs):
         super().__init__(**kwargs)
         if mode not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {mode!r}")
-        self.dim, self.mode = dim, mode
+        self.dim, self.mode, self.num_classes = dim, mode, num_classes
         self.dense_in = keras.layers.Dense(dim, activation="silu", dtype=self.dtype_policy)
         self.dense_out = keras.layers.Dense(dim, dtype=self.dtype_policy)
+        self.classes = (
+            keras.layers.Embedding(num_classes + 1, dim, dtype=self.dtype_policy)
+            if num_classes
+            else None
+        )
 
-    def call(self, cond):
+    def call(self, cond, labels=None):
         embedding = sinusoidal_embedding(conditioning_values(cond, self.mode), self.dim)
-        return self.dense_out(self.dense_in(tf.cast(embedding, self.compute_dtype)))
+        out = self.dense_out(self.dense_in(tf.cast(embedding, self.compute_dtype)))
+        if self.classes is None:
+            if labels is not None:
+                raise ValueError("labels given to a network that is not class-conditional")
+            return out
+        if labels is None:
+            labels = tf.fill(tf.shape(cond)[:1], self.num_classes)
+        return out + self.classes(tf.cast(labels, tf.int32))
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "mode": self.mode}
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "mode": self.mode,
+            "num_classes": self.num_classes,
+        }
 
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")

@@ -23,17 +23,19 @@ class ConditionalMLP(ConfigModel):
         policy = compute_precision(cfg.precision)
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
         self.input_scaling = cfg.input_scaling
-        self.embedding = ConditionEmbedding(cfg.embedding_dim, cfg.conditioning, dtype=policy)
+        self.embedding = ConditionEmbedding(
+            cfg.embedding_dim, cfg.conditioning, cfg.num_classes, dtype=policy
+        )
         self.inp = keras.layers.Dense(cfg.hidden, dtype=policy)
         self.hidden = [keras.layers.Dense(cfg.hidden, dtype=policy) for _ in range(cfg.depth)]
         self.cond_proj = [keras.layers.Dense(cfg.hidden, dtype=policy) for _ in range(cfg.depth)]
         out_dim = cfg.data_shape[0] * cfg.output_channels_factor
         self.out = keras.layers.Dense(out_dim, kernel_initializer="zeros", dtype=policy)
 
-    def call(self, x, cond, training=False, seed=None):
+    def call(self, x, cond, labels=None, training=False, seed=None):
         if self.input_scaling == "unit_variance":
             x = x * tf.math.rsqrt(1.0 + tf.square(tf.cast(cond, x.dtype)))[:, None]
-        emb = tf.nn.silu(self.embedding(cond))
+        emb = tf.nn.silu(self.embedding(cond, labels))
         h = self.inp(tf.cast(x, self.compute_dtype))
         for dense, proj in zip(self.hidden, self.cond_proj, strict=True):
             h = dense(tf.nn.silu(h)) + proj(emb)

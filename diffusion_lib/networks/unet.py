@@ -37,7 +37,7 @@ class UNet(ConfigModel):
         self.conditioning, self.output_scaling = cfg.conditioning, cfg.output_scaling
         self.input_scaling = cfg.input_scaling
         ch = cfg.base_channels
-        self.embedding = ConditionEmbedding(4 * ch, cfg.conditioning, dtype=policy)
+        self.embedding = ConditionEmbedding(4 * ch, cfg.conditioning, cfg.num_classes, dtype=policy)
         self.conv_in = keras.layers.Conv2D(ch, 3, padding="same", dtype=policy)
         salt = iter(range(10_000))  # a distinct dropout seed per residual block
 
@@ -95,10 +95,10 @@ class UNet(ConfigModel):
             out_channels, 3, padding="same", kernel_initializer="zeros", dtype=policy
         )
 
-    def call(self, x, cond, training=False, seed=None):
+    def call(self, x, cond, labels=None, training=False, seed=None):
         if self.input_scaling == "unit_variance":
             x = x * tf.math.rsqrt(1.0 + tf.square(tf.cast(cond, x.dtype)))[:, None, None, None]
-        emb = self.embedding(cond)
+        emb = self.embedding(cond, labels)
         h = self.conv_in(tf.cast(x, self.compute_dtype))
         skips = [h]
         for blocks, down in zip(self.down_blocks, self.downsamplers, strict=True):

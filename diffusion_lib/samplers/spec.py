@@ -7,6 +7,12 @@ so the same setting has the same name everywhere:
     SamplerSpec.of("ddim", num_steps=100, eta=1.0)
     SamplerSpec.of("annealed_langevin", steps_per_level=3, step_lr=1.35e-5)
     SamplerSpec.from_dict({"name": "ddpm"})
+    SamplerSpec.of("ddim", num_steps=100, eta=1.0, guidance=1.0)
+
+`guidance` is the one setting every sampler takes: the weight w of classifier-free guidance
+(Ho & Salimans 2022) for a class-conditional run, whose network output becomes
+(1 + w) * conditional - w * unconditional (w = 0: the conditional model alone). It is kept in the
+settings only when it is not 0, so the spec of an unguided sampler reads as it always did.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from diffusion_lib.samplers.base import SAMPLERS, SamplerInfo, get_sampler
+from diffusion_lib.samplers.base import SAMPLERS, SamplerInfo, Setting, get_sampler
+
+GUIDANCE = Setting(0.0, low=0.0, high=100.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +59,14 @@ class SamplerSpec:
     def get(self, key: str):
         return dict(self.settings)[key]
 
+    @property
+    def guidance(self) -> float:
+        """Classifier-free guidance weight w (0: none)."""
+        return dict(self.settings).get("guidance", 0.0)
+
     def kwargs(self) -> dict[str, Any]:
-        """The settings as the sampler function's keyword arguments."""
-        return dict(self.settings)
+        """The sampler's own settings as the sampler function's keyword arguments."""
+        return {key: value for key, value in self.settings if key != "guidance"}
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dict(self.settings)}
@@ -66,15 +79,17 @@ def _checked(name: str, settings: Mapping[str, Any]) -> tuple[tuple[str, Any], .
     if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
     info = SAMPLERS[name]
-    unknown = sorted(set(settings) - set(info.settings))
+    unknown = sorted(set(settings) - set(info.settings) - {"guidance"})
     if unknown:
         raise ValueError(
             f"sampler {name!r} has no setting {', '.join(unknown)}; its settings: "
-            f"{sorted(info.settings) or 'none'}"
+            f"{sorted(info.settings) or 'none'}, and guidance (every sampler's)"
         )
-    return tuple(
-        sorted(
-            (key, setting.check(key, settings.get(key, setting.default)))
-            for key, setting in info.settings.items()
-        )
-    )
+    checked = [
+        (key, setting.check(key, settings.get(key, setting.default)))
+        for key, setting in info.settings.items()
+    ]
+    guidance = GUIDANCE.check("guidance", settings.get("guidance", GUIDANCE.default))
+    if guidance:
+        checked.append(("guidance", guidance))
+    return tuple(sorted(checked))

@@ -57,6 +57,7 @@ ARCHITECTURE_FIELDS = (
     "var_type",
     "score_output_scaling",
     "score_input_scaling",
+    "num_classes",
 )
 
 
@@ -118,6 +119,13 @@ class TrainConfig:
     beta_max: float = 20.0
     sde_eps: float = 1e-5
     likelihood_weighting: bool = False
+    # Class-conditional training (objectives "ddpm", "ncsn", "sde"): num_classes K > 0 feeds the
+    # network the data's labels 0..K-1, each replaced by the null label K with probability
+    # label_dropout, so that one network learns the conditional and the unconditional model and
+    # samplers can apply classifier-free guidance (Ho & Salimans 2022; the sampler spec's
+    # `guidance`). 0: unconditional, labels unused.
+    num_classes: int = 0
+    label_dropout: float = 0.1
     # Optimisation
     optimizer: str = "adam"
     learning_rate: float = 2e-4
@@ -247,6 +255,7 @@ class TrainConfig:
             "seed",
             "decay_steps",
             "cooldown_steps",
+            "num_classes",
         ):
             positive(field, allow_zero=True)
         if self.lr_schedule == "cosine" and self.decay_steps <= self.warmup_steps:
@@ -267,6 +276,14 @@ class TrainConfig:
             fail(
                 "cooldown_steps",
                 f"only the cooldown schedule uses it; lr_schedule is {self.lr_schedule!r}",
+            )
+        if not 0.0 <= self.label_dropout < 1.0:
+            fail("label_dropout", f"must be in [0, 1), got {self.label_dropout}")
+        if self.num_classes and self.objective not in ("ddpm", "ncsn", "sde"):
+            fail(
+                "num_classes",
+                f"class-conditional training needs objective 'ddpm', 'ncsn' or 'sde', got "
+                f"{self.objective!r}",
             )
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             fail("final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}")

@@ -147,7 +147,11 @@ class EmaWeights(tf.Module):
 
 
 def network_config(config: TrainConfig, data_shape: tuple[int, ...], objective) -> NetworkConfig:
-    overrides = {**objective.network_overrides(), **dict(config.network_overrides)}
+    overrides = {
+        **objective.network_overrides(),
+        "num_classes": config.num_classes,
+        **dict(config.network_overrides),
+    }
     return preset(
         config.network, data_shape=tuple(data_shape), precision=config.precision, **overrides
     )
@@ -289,6 +293,17 @@ class Trainer:
                 f"batch_size: {config.batch_size} is larger than the {len(self.dataset)} "
                 f"examples of {config.data_dir}"
             )
+        if config.num_classes:
+            labels = self.dataset.label_range()
+            if labels is None:
+                raise ConfigError(
+                    f"num_classes: {config.data_dir} has no labels to condition on (set 0)"
+                )
+            if labels[0] < 0 or labels[1] >= config.num_classes:
+                raise ConfigError(
+                    f"num_classes: {config.num_classes} classes, but the labels of "
+                    f"{config.data_dir} span {labels[0]}..{labels[1]}"
+                )
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(
@@ -370,9 +385,11 @@ class Trainer:
         warmup = bool(config.ema_warmup)
         variables = model.trainable_variables
 
-        def loss_and_grads(x, step_seed, offset):
+        def loss_and_grads(x, labels, step_seed, offset):
             with tf.GradientTape() as tape:
-                per_example = objective.losses(model, x, step_seed, offset, global_batch)
+                per_example = objective.losses(
+                    model, x, step_seed, offset, global_batch, labels=labels
+                )
                 loss = tf.reduce_sum(tf.cast(per_example, tf.float32)) / global_batch
                 scaled = optimizer.scale_loss(loss) if loss_scaled else loss
             return loss, tape.gradient(scaled, variables)
@@ -396,11 +413,11 @@ class Trainer:
                     group=False,
                 )
 
-        def replica_step(x, step):
+        def replica_step(x, labels, step):
             ctx = tf.distribute.get_replica_context()
             offset = ctx.replica_id_in_sync_group * tf.shape(x)[0]
             step_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
-            loss, grads = compute(x, step_seed, offset)
+            loss, grads = compute(x, labels if config.num_classes else None, step_seed, offset)
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
             scale = tf.cast(optimizer.scale, tf.float32) if loss_scaled else tf.constant(1.0)
@@ -419,8 +436,8 @@ class Trainer:
             return loss, norm, finite
 
         @tf.function(autograph=False)
-        def train_step(x, step):
-            loss, norm, finite = self.strategy.run(replica_step, args=(x, step))
+        def train_step(x, labels, step):
+            loss, norm, finite = self.strategy.run(replica_step, args=(x, labels, step))
             first = self.strategy.experimental_local_results
             return first(loss)[0], first(norm)[0], first(finite)[0]
 
@@ -473,7 +490,7 @@ class Trainer:
         stopped_early = False
         for step in range(start, end):
             batch = next(iterator)
-            loss, norm, finite = self._train_step(batch.x, tf.constant(step, tf.int64))
+            loss, norm, finite = self._train_step(batch.x, batch.label, tf.constant(step, tf.int64))
             if not bool(finite):
                 raise TrainingDiverged(
                     f"step {step}: loss or gradient is NaN/Inf (loss={float(loss)}, grad norm={float(norm)}); "

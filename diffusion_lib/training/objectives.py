@@ -1,7 +1,8 @@
 """Training objectives: the math core's losses bound to a network and to a training step.
 
-Each takes the local batch x [b, ...] of one replica, the step's seed, and where the local
-batch sits in the global one (`offset`, `global_batch`). Randomness (timesteps, noise, levels)
+Each takes the local batch x [b, ...] of one replica (and its labels [b] when the run is
+class-conditional), the step's seed, and where the local batch sits in the global one
+(`offset`, `global_batch`). Randomness (timesteps, noise, levels)
 is drawn for the whole global batch from the step's seed and sliced, so every example gets the
 same noise however many replicas share the batch: results do not depend on the replica count.
 (Dropout masks and the sliced objective's projections are drawn per replica and do.)
@@ -82,6 +83,22 @@ def _replica_draws(draw_levels, x: tf.Tensor, seed, offset, global_batch):
     return levels, noise, tf.random.experimental.stateless_fold_in(dropout_seed, offset)
 
 
+def _replica_labels(config: TrainConfig, labels, seed, offset, global_batch):
+    """The network's keywords for this replica's labels: {"labels": [b]}, each replaced by the
+    null label K = num_classes with probability `label_dropout` (drawn for the global batch from
+    a stream of its own, so an unconditional run's draws are untouched); {} when the run is not
+    class-conditional (its network is called as it always was)."""
+    if not config.num_classes:
+        return {}
+    if labels is None:
+        raise ValueError("a class-conditional objective needs the batch's labels")
+    labels = tf.cast(labels, tf.int32)
+    local = tf.shape(labels)[0]
+    drop_seed = tf.random.experimental.stateless_fold_in(seed, 0x1ABE1)
+    dropped = tf.random.stateless_uniform([global_batch], drop_seed)[offset : offset + local]
+    return {"labels": tf.where(dropped < config.label_dropout, config.num_classes, labels)}
+
+
 @dataclasses.dataclass
 class DdpmObjective:
     config: TrainConfig
@@ -110,11 +127,12 @@ class DdpmObjective:
             "output_channels_factor": 2 if self.config.var_type == "learned_range" else 1,
         }
 
-    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         t, noise, drop = _replica_draws(self._draw_levels, x, seed, offset, global_batch)
+        conditions = _replica_labels(self.config, labels, seed, offset, global_batch)
 
         def net(x_t, timesteps):
-            return model(x_t, timesteps, training=True, seed=drop)
+            return model(x_t, timesteps, training=True, seed=drop, **conditions)
 
         return self.diffusion.training_losses(net, x, t, noise).loss
 
@@ -152,10 +170,11 @@ class NcsnObjective(_SigmaConditionedScore):
             ),
         )
 
-    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         levels, noise, drop = _replica_draws(self._draw_levels, x, seed, offset, global_batch)
+        conditions = _replica_labels(self.config, labels, seed, offset, global_batch)
         return ncsn_loss(
-            lambda v, s: model(v, s, training=True, seed=drop),
+            lambda v, s: model(v, s, training=True, seed=drop, **conditions),
             x,
             self.sigmas,
             levels=levels,
@@ -174,7 +193,7 @@ class DsmObjective(_SigmaConditionedScore):
     def __post_init__(self):
         self.sigmas = np.array([self.config.sigma], np.float64)
 
-    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         noise_seed, dropout_seed = _split(seed, 2)
         noise = _global_normal(x, noise_seed, offset, global_batch)
         sigma = tf.fill([tf.shape(x)[0]], tf.constant(self.config.sigma, x.dtype))
@@ -197,7 +216,7 @@ class SsmObjective:
     def network_overrides(self) -> dict:
         return {"conditioning": "log_sigma", "output_scaling": "none"}
 
-    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         local = tf.random.experimental.stateless_fold_in(seed, offset)
         sigma = tf.fill(
             [tf.shape(x)[0] * self.config.num_projections],
@@ -261,7 +280,7 @@ class SdeObjective:
     def sde_view(self, model):
         return self.sde, self.score_fn(model)
 
-    def losses(self, model, x, seed, offset, global_batch) -> tf.Tensor:
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         eps = self.config.sde_eps
         t, noise, drop = _replica_draws(
             lambda n, t_seed: tf.random.stateless_uniform([n], t_seed, eps, 1.0, dtype=tf.float64),
@@ -271,7 +290,10 @@ class SdeObjective:
             global_batch,
         )
         x_t = self.sde.perturb(x, t, noise)
-        score = self.score_fn(model, training=True, seed=drop)(x_t, tf.cast(t, x.dtype))
+        conditions = _replica_labels(self.config, labels, seed, offset, global_batch)
+        score = self.score_fn(model, training=True, seed=drop, **conditions)(
+            x_t, tf.cast(t, x.dtype)
+        )
         _, std = self.sde.marginal(t, x.dtype)
         std = expand_to_rank(std, x.shape.rank)
         if self.config.likelihood_weighting:

@@ -58,6 +58,34 @@ def test_conditioning_changes_the_output_and_examples_are_independent():
     np.testing.assert_allclose(alone[0], a[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["mlp-tiny", "unet-tiny"])
+def test_class_labels_change_the_output_and_none_is_the_null_class(name):
+    """num_classes K: labels 0..K-1 each give their own output, K is "no label" (what labels=None
+    means); a network with K = 0 takes no labels and has no class weights."""
+    model = build_network(preset(name, num_classes=3))
+    _perturb_output_layer(model)
+    for weight in model.weights:  # the class table: make the classes differ from the start
+        if "embeddings" in weight.path:
+            weight.assign(np.random.default_rng(1).normal(0, 1, weight.shape).astype(np.float32))
+    shape = model.config["data_shape"]
+    x = tf.random.stateless_normal([4, *shape], [1, 2])
+    t = tf.constant([5, 5, 5, 5])
+    outputs = [model(x, t, labels=tf.fill([4], k)).numpy() for k in range(4)]
+    for i in range(4):
+        for j in range(i):
+            assert np.abs(outputs[i] - outputs[j]).max() > 1e-4, (i, j)
+    np.testing.assert_array_equal(model(x, t).numpy(), outputs[3])
+    mixed = model(x, t, labels=tf.constant([0, 1, 2, 3])).numpy()
+    for row in range(4):
+        np.testing.assert_allclose(mixed[row], outputs[row][row], atol=1e-5)
+    plain = build_network(preset(name))
+    assert len(plain.weights) == len(model.weights) - 1
+    with pytest.raises(ValueError, match="not class-conditional"):
+        plain(x, t, labels=tf.zeros([4], tf.int32))
+    with pytest.raises(ValueError, match="num_classes must be >= 0"):
+        preset(name, num_classes=-2)
+
+
 def test_ncsnv2_output_scaling_divides_by_sigma():
     cfg = preset("mlp-tiny", conditioning="log_sigma", output_scaling="inverse_sigma")
     model = build_network(cfg)

@@ -19,6 +19,18 @@ def test_defaults_come_from_the_registry_and_round_trip():
         assert SamplerSpec.of(name).kwargs() == {k: s.default for k, s in info.settings.items()}
 
 
+def test_guidance_is_every_samplers_setting_and_absent_at_zero():
+    """Classifier-free guidance is no sampler's own keyword: the spec carries it (and keys the
+    draw memo by it), the sampler function never sees it, and at 0 the spec is the plain one."""
+    guided = SamplerSpec.of("ddim", num_steps=100, eta=1.0, guidance=2)
+    assert guided.guidance == 2.0 and guided.kwargs() == {"num_steps": 100, "eta": 1.0}
+    assert guided.to_dict() == {"name": "ddim", "num_steps": 100, "eta": 1.0, "guidance": 2.0}
+    assert SamplerSpec.from_dict(guided.to_dict()) == guided
+    plain = SamplerSpec.of("ddim", num_steps=100, eta=1.0)
+    assert guided.replace(guidance=0) == plain and plain.guidance == 0.0 and guided != plain
+    assert SamplerSpec.of("ve_ancestral", guidance=1.5).kwargs() == {}
+
+
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
@@ -33,6 +45,8 @@ def test_defaults_come_from_the_registry_and_round_trip():
         ("annealed_langevin", {"step_lr": float("nan")}, "step_lr must be finite"),
         ("annealed_langevin", {"denoise_final": 1}, "denoise_final must be true or false"),
         ("langevin", {"step_size": "big"}, "step_size must be a number"),
+        ("ddim", {"guidance": -1.0}, "guidance must be at least 0.0"),
+        ("ddpm", {"guidance": float("inf")}, "guidance must be finite"),
     ],
 )
 def test_bad_settings_are_refused_by_name(name, settings, message):

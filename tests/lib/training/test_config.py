@@ -44,6 +44,10 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"noise_sampling": "log_normal", "objective": "sde"}, "noise_sampling"),
         ({"noise_sampling": "log_normal", "antithetic": True}, "antithetic"),
         ({"noise_log_std": 0.0}, "noise_log_std"),
+        ({"num_classes": -1}, "num_classes"),
+        ({"num_classes": 10, "objective": "dsm"}, "num_classes"),
+        ({"label_dropout": 1.0}, "label_dropout"),
+        ({"label_dropout": -0.1}, "label_dropout"),
     ],
 )
 def test_impossible_values_name_the_field(changes, field):

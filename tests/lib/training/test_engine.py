@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import ddpm_sample
 from diffusion_lib.training import (
@@ -111,7 +112,9 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(eight
     before = _mtimes(checkpoints)
     trainer = Trainer(config.replace(num_steps=50), tmp_path / "run")
     real_losses = trainer.objective.losses
-    trainer.objective.losses = lambda *args: real_losses(*args) * float("nan")  # a poisoned batch
+    trainer.objective.losses = lambda *args, **kw: (
+        real_losses(*args, **kw) * float("nan")
+    )  # a poisoned batch
     trainer._train_step = trainer._make_train_step()
     with pytest.raises(
         TrainingDiverged,
@@ -143,11 +146,28 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
     path = tmp_path / "run" / "config.json"
     record = json.loads(path.read_text())
     for part in ("config", "identity"):
-        del record[part]["lr_schedule"], record[part]["loss_weighting"]
+        for field in ("lr_schedule", "loss_weighting", "num_classes", "label_dropout"):
+            del record[part][field]
     path.write_text(json.dumps(record))
     assert train(config.replace(num_steps=6), tmp_path / "run").step == 6
     with pytest.raises(ConfigError, match=r"fields differ: \['decay_steps', 'lr_schedule'\]"):
         train(config.replace(lr_schedule="cosine", decay_steps=9), tmp_path / "run")
+
+
+def test_class_conditioning_needs_labels_within_its_classes(mnist, tmp_path):
+    """Checked before the run directory exists: a dataset without labels, and labels beyond
+    num_classes (the mnist digits span 0..9), are refused naming the field."""
+    roll = tmp_path / "roll"
+    prepare_dataset(DatasetSpec.create("swiss_roll", n=500), roll)
+    config = config_preset("toy-ddpm", data_dir=str(roll), network="mlp-tiny", num_classes=8)
+    with pytest.raises(ConfigError, match=r"^num_classes: .* has no labels"):
+        Trainer(config, tmp_path / "a")
+    config = config_preset("mnist-ddpm-tiny", data_dir=mnist, num_classes=5)
+    with pytest.raises(
+        ConfigError, match=r"^num_classes: 5 classes, but the labels .* span 0\.\.9"
+    ):
+        Trainer(config, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_checkpoint_from_another_architecture_is_refused_untouched(eight, tmp_path):

@@ -14,7 +14,7 @@ from diffusion_lib.training import (
     config_preset,
     train,
 )
-from diffusion_lib.training.objectives import TIME_SCALE, build_objective
+from diffusion_lib.training.objectives import TIME_SCALE, _replica_labels, build_objective
 
 pytestmark = pytest.mark.cost(15)
 
@@ -140,3 +140,22 @@ def test_log_normal_noise_sampling_draws_log_sigma_as_configured(objective):
     standard_error = log_sigma.std() / np.sqrt(levels.size)
     assert abs(log_sigma.mean() - (-0.5)) < 4 * standard_error + 0.01
     assert log_sigma.std() == pytest.approx(0.8, rel=0.05)
+
+
+def test_label_dropout_replaces_its_share_by_the_null_class_whatever_the_replicas():
+    """Each label becomes the null class K with probability label_dropout: over 40,000 labels the
+    share is within 5 standard errors of 0.25, the rest keep their label, and a replica's rows
+    (sliced by offset) get exactly what the whole batch gets there. Unconditional: no labels."""
+    config = config_preset("toy-ddpm", num_classes=7, label_dropout=0.25)
+    labels = tf.constant(np.arange(40_000) % 7, tf.int64)
+    seed = tf.constant([3, 4], tf.int64)
+    whole = _replica_labels(config, labels, seed, 0, 40_000)["labels"].numpy()
+    dropped = whole == 7
+    assert abs(dropped.mean() - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 40_000), dropped.mean()
+    np.testing.assert_array_equal(whole[~dropped], labels.numpy()[~dropped])
+    halves = [
+        _replica_labels(config, labels[k * 20_000 : (k + 1) * 20_000], seed, k * 20_000, 40_000)
+        for k in (0, 1)
+    ]
+    np.testing.assert_array_equal(np.concatenate([h["labels"] for h in halves]), whole)
+    assert _replica_labels(config.replace(num_classes=0), labels, seed, 0, 40_000) == {}
