@@ -53,25 +53,27 @@ def render_run(
 ) -> RunRenders:
     """Writes grid.png, sampling.gif, loss.png (if the run logged metrics) and, for 2-D score
     and score-SDE runs, score_field.png into `out_dir` (SDE runs: with probability-flow paths). The GIF's chain is drawn by `sampler` (the sample
-    set's), from seed 0, 64 images or 1,000 points."""
+    set's), from seed 0, 64 images or 1,000 points. A class-conditional run's images are drawn
+    one class a column (row r of a draw has label r mod K): K columns of 8 rows."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(run_dir)
     restored = run.restore(step)
     samples = open_dataset(samples_dir)
     images = restored.normalizer.is_image
+    columns = restored.config.num_classes or 8
     chain = draw(
         restored,
         sampler,
-        64 if images else 1000,
+        8 * columns if images else 1000,
         0,
         frames=lambda length: render.gif_frame_steps(length, GIF_FRAMES),
     ).frames
-    first = samples.read(0, min(len(samples), 64 if images else len(samples))).values
+    first = samples.read(0, min(len(samples), 8 * columns if images else len(samples))).values
     score_field = None
     if images:
-        render.save_image_grid(first, out / "grid.png")
-        render.sampling_gif(chain, out / "sampling.gif")
+        render.save_image_grid(first, out / "grid.png", columns=columns)
+        render.sampling_gif(chain, out / "sampling.gif", columns=columns)
     else:
         render.save_points(first, out / "grid.png")
         render.points_animation(chain, out / "sampling.gif")

@@ -64,3 +64,26 @@ def test_a_two_dimensional_sde_run_draws_its_score_field_with_probability_flow_p
     renders = render_run(tmp_path / "run", tmp_path / "samples", tmp_path / "a", sampler=dpm)
     assert set(renders.paths()) == {"grid.png", "sampling.gif", "loss.png", "score_field.png"}
     assert iio.imread(renders.score_field).shape == (480, 480, 3)
+
+
+def test_a_class_conditional_image_run_renders_one_class_a_column(mnist_tiny_run, tmp_path):
+    """Row r of a class-conditional draw has label r mod 10: the GIF and the grid have 10 columns
+    (one digit each) of 8 rows, where an unconditional run has 8 x 8."""
+    config = config_preset(
+        "mnist-ddpm-tiny",
+        data_dir=str(mnist_tiny_run / "data" / "train"),
+        network_overrides=(("channel_mults", (1,)), ("attn_resolutions", ())),
+        num_timesteps=50,
+        batch_size=8,
+        num_steps=2,
+        checkpoint_every=2,
+        log_every=1,
+        num_classes=10,
+    )
+    train(config, tmp_path / "run")
+    generate_samples(tmp_path / "run", tmp_path / "samples", n=100, sampler=SAMPLER)
+    renders = render_run(tmp_path / "run", tmp_path / "samples", tmp_path / "r", sampler=SAMPLER)
+    cell = 28 * 3 + 1  # sampling_gif's scale 3, one pixel of padding
+    assert iio.imread(renders.gif, index=0).shape[:2] == (8 * cell + 1, 10 * cell + 1)
+    cell = 28 * 2 + 1  # the grid's scale 2
+    assert iio.imread(renders.grid).shape[:2] == (8 * cell + 1, 10 * cell + 1)
