@@ -20,6 +20,8 @@ Model = Literal[MODELS]
 Sampler = Literal[tuple(SAMPLERS)]
 Positive = Annotated[int, Field(gt=0)]
 Minutes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Classifier-free guidance weight w (samplers/spec.py): 0 is the conditional model alone.
+Guidance = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 

@@ -25,6 +25,7 @@ from diffusion_lib.samplers import SAMPLERS
 from flows.console import progress_bars
 from flows.evaluate import evaluate_flow
 from flows.params import (
+    Guidance,
     Minutes,
     Model,
     Positive,
@@ -92,13 +93,20 @@ def train_and_sample(
     batch_size: Positive | None = None,
     num_samples: Positive | None = None,
     sampler: Sampler | None = None,
+    guidance: Guidance | None = None,
     workers: Positive = 1,
     timeout_minutes: Minutes = 120.0,
     warm_start: bool = False,
 ) -> dict:
     # Every override is checked here, before any stage starts (a bad value costs nothing).
     resolve(
-        preset, model, steps=steps, batch_size=batch_size, num_samples=num_samples, sampler=sampler
+        preset,
+        model,
+        steps=steps,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        sampler=sampler,
+        guidance=guidance,
     )
     run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
@@ -128,6 +136,7 @@ def train_and_sample(
             step=best,
             num_samples=num_samples,
             sampler=sampler,
+            guidance=guidance,
         )
         result = {
             "run_dir": str(summary.run_dir),
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
     parser.add_argument("--sampler", default=None, choices=sorted(SAMPLERS))
+    parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout-minutes", type=float, default=None)
     parser.add_argument("--warm-start", action="store_true", default=None)

@@ -253,6 +253,8 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
         ({"timeout_minutes": -1}, "timeout_minutes"),
         ({"timeout_minutes": float("nan")}, "timeout_minutes"),
         ({"timeout_minutes": float("inf")}, "timeout_minutes"),
+        ({"guidance": 1.0}, "guidance"),
+        ({"preset": "mnist-cpu", "guidance": float("nan")}, "guidance"),
     ],
 )
 def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path, parameters, named):

@@ -80,6 +80,9 @@ def test_the_flows_flat_parameters_change_one_field_each():
     assert plan.eval == base.eval  # the sample set's sampler only
     same = resolve("mnist-cpu", sampler="ddim")
     assert same.samples.sampler == base.samples.sampler  # its settings kept
+    guided = resolve("mnist-cpu", sampler="ddpm", guidance=0.5)
+    assert guided.samples.sampler == SamplerSpec.of("ddpm", guidance=0.5)
+    assert guided.eval == base.eval and base.train.config("unused").num_classes == 10
 
 
 @pytest.mark.parametrize(
@@ -92,6 +95,8 @@ def test_the_flows_flat_parameters_change_one_field_each():
         ({"preset": "tiny", "model": "sde-vp", "sampler": "ddim"}, "cannot sample a sde-vp model"),
         ({"preset": "tiny", "model": "ncsn", "sampler": "ddim"}, "cannot sample a ncsn model"),
         ({"preset": "tiny", "steps": -5}, "num_steps"),
+        ({"preset": "tiny", "guidance": 1.0}, "guidance: preset 'tiny' trains an unconditional"),
+        ({"preset": "mnist-cpu", "guidance": -1.0}, "guidance must be at least 0.0"),
     ],
 )
 def test_bad_choices_are_refused_by_name(arguments, message):
