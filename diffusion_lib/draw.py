@@ -80,6 +80,11 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
             f"guidance={spec.guidance} needs a class-conditional run (num_classes > 0); this run "
             "is unconditional"
         )
+    if spec.guidance and not config.label_dropout:
+        raise SamplerMismatch(
+            f"guidance={spec.guidance} needs the unconditional model, which this run never "
+            "trained (label_dropout 0)"
+        )
     if spec.family == "sde" and family != "sde":
         view = getattr(objective, "sde_view", None)
         if view is None:

@@ -277,7 +277,8 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
     the labels 80% of the even rows would land at (5, 5). Guidance keeps them there. Measured
     after 1,000 steps: 97.5% and 100% at w = 0, 100% and 100% at w = 2 (after 400 steps, 60% of
     the even rows at w = 0, and guidance, extrapolating from an unconditional model that is not
-    yet learnt, sent them off both modes). An unconditional run refuses guidance."""
+    yet learnt, sent them off both modes). Guidance is refused by an unconditional run, and by a
+    run that never trained its unconditional model."""
     run = _train(mixture / "train", tmp_path / "run", "toy-ddpm", num_classes=2, num_steps=1_000)
     restored = run.restore()
     for guidance in (0.0, 2.0):
@@ -294,3 +295,7 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
         )
     with pytest.raises(SamplerMismatch, match="guidance=1.0 needs a class-conditional run"):
         draw(ddpm_run.restore(), SamplerSpec.of("ddim", num_steps=5, guidance=1.0), 4, 0)
+    never_unconditional = type(restored.objective)(restored.config.replace(label_dropout=0.0))
+    with pytest.raises(SamplerMismatch, match=r"never trained \(label_dropout 0\)"):
+        check_compatible(SamplerSpec.of("ddim", guidance=1.0), never_unconditional)
+    check_compatible(SamplerSpec.of("ddim"), never_unconditional)  # no guidance: fine
