@@ -177,7 +177,7 @@ def sample_set_spec(
         seed=seed,
         chunk_rows=chunk_rows,
         distribute=distribute,
-        **sampler.kwargs(),
+        **dict(sampler.settings),  # all of them: guidance too, which is no sampler keyword
     )
 
 

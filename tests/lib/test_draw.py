@@ -293,6 +293,16 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
             near[0].mean(),
             near[1].mean(),
         )
+    # A guided sample set keeps its guidance: it is the guided draw (once: the memo serves it).
+    from diffusion_lib import draw as draw_module
+
+    draw_module.clear_memo()
+    generate_samples(
+        run.path, tmp_path / "guided", n=400, sampler=spec, chunk_rows=400, rows_per_shard=400
+    )
+    stored = open_dataset(tmp_path / "guided")
+    assert stored.manifest.extra["sampler"] == spec.to_dict() and spec.guidance == 2.0
+    np.testing.assert_array_equal(stored.read().values, samples.astype(np.float32))
     with pytest.raises(SamplerMismatch, match="guidance=1.0 needs a class-conditional run"):
         draw(ddpm_run.restore(), SamplerSpec.of("ddim", num_steps=5, guidance=1.0), 4, 0)
     never_unconditional = type(restored.objective)(restored.config.replace(label_dropout=0.0))
