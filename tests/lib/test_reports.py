@@ -7,6 +7,7 @@ import pytest
 from diffusion_lib import render
 from diffusion_lib.data import open_dataset
 from diffusion_lib.reports import GIF_FRAMES, render_run
+from diffusion_lib.run import Run
 from diffusion_lib.sample_sets import generate_samples
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.training import config_preset, train
@@ -69,18 +70,9 @@ def test_a_two_dimensional_sde_run_draws_its_score_field_with_probability_flow_p
 def test_a_class_conditional_image_run_renders_one_class_a_column(mnist_tiny_run, tmp_path):
     """Row r of a class-conditional draw has label r mod 10: the GIF and the grid have 10 columns
     (one digit each) of 8 rows, where an unconditional run has 8 x 8."""
-    config = config_preset(
-        "mnist-ddpm-tiny",
-        data_dir=str(mnist_tiny_run / "data" / "train"),
-        network_overrides=(("channel_mults", (1,)), ("attn_resolutions", ())),
-        num_timesteps=50,
-        batch_size=8,
-        num_steps=2,
-        checkpoint_every=2,
-        log_every=1,
-        num_classes=10,
-    )
-    train(config, tmp_path / "run")
+    train(
+        Run(mnist_tiny_run).config.replace(num_classes=10), tmp_path / "run"
+    )  # the same, labelled
     generate_samples(tmp_path / "run", tmp_path / "samples", n=100, sampler=SAMPLER)
     renders = render_run(tmp_path / "run", tmp_path / "samples", tmp_path / "r", sampler=SAMPLER)
     cell = 28 * 3 + 1  # sampling_gif's scale 3, one pixel of padding
