@@ -129,6 +129,8 @@ def main() -> None:
         start = time.perf_counter()
         out = draw(restored, spec, args.n, [args.seed, 0], data_rms=data_rms)
         evals = out.evaluations or settings.get("num_steps", "-")
+        if spec.guidance and evals != "-":
+            evals *= 2  # a guided step evaluates the network on each sample twice
         worst = max((h.ratio for h in out.health), default=float("nan"))
         score(text, evals, time.perf_counter() - start, out.samples, worst)
     if args.spec:
