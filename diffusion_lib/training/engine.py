@@ -417,7 +417,7 @@ class Trainer:
             ctx = tf.distribute.get_replica_context()
             offset = ctx.replica_id_in_sync_group * tf.shape(x)[0]
             step_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
-            loss, grads = compute(x, labels if config.num_classes else None, step_seed, offset)
+            loss, grads = compute(x, labels, step_seed, offset)
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
             scale = tf.cast(optimizer.scale, tf.float32) if loss_scaled else tf.constant(1.0)
