@@ -129,8 +129,8 @@ def _tfds(name: str, train: TrainPart, sampler: SamplerSpec) -> Pipeline:
 
 
 _DDIM_10 = SamplerSpec.of("ddim", num_steps=10)
-# mnist-cpu's training budget, the same for every model: unet-cpu, batch 64, 1,900 steps at a
-# constant 2e-3 after 100 warm-up steps (chosen for DDPM, see the preset below).
+# mnist-cpu's training budget: unet-cpu, batch 64, 1,900 steps at a constant 2e-3 after 100
+# warm-up steps (chosen for DDPM, see the preset below); the score-SDE variants train on it.
 _MNIST_CPU_BUDGET = {
     "network": "unet-cpu",
     "batch_size": 64,
@@ -139,6 +139,14 @@ _MNIST_CPU_BUDGET = {
     "log_every": 50,
     "warmup_steps": 100,
     "learning_rate": 2e-3,
+}
+# DDPM's and NCSN's: the same, class-conditional on the digits, 1,600 steps in precision="auto"
+# (measured in benchmarks/README.md; see each preset below).
+_MNIST_CPU_CONDITIONAL = {
+    **_MNIST_CPU_BUDGET,
+    "num_steps": 1_600,
+    "precision": "auto",
+    "num_classes": 10,
 }
 # Stochastic DDIM (eta 1) with 100 steps: FID 11.7 -> 5.6 on the same mnist-cpu checkpoint as
 # deterministic DDIM with 20 (benchmarks/README.md).
@@ -181,12 +189,7 @@ PRESETS: dict[str, Pipeline] = {
         # same cost (guidance w = 0.25 / 0.5 / 1: classifier score 9.2 / 9.5 / 9.7, FID 2.8 /
         # 4.4 / 8.9, and twice the network calls). That job took 10.08 minutes, so DDPM now
         # stops at 1,600 steps: 9.28 minutes, FID 3.17 (1.52x), classifier score 8.21.
-        TrainPart.of(
-            "mnist-ddpm",
-            **{**_MNIST_CPU_BUDGET, "num_steps": 1_600},
-            precision="auto",
-            num_classes=10,
-        ),
+        TrainPart.of("mnist-ddpm", **_MNIST_CPU_CONDITIONAL),
         # The last checkpoint is the one worth scoring. The sample set is the evaluation's draw
         # (the same sampler, seed and one chunk of 400), so it costs nothing more.
         EvalSpec(n=400, sampler=_DDIM_100_ETA_1, bpd_examples=0, newest=1),
@@ -235,14 +238,7 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
     # w = 1: 6.47 / 8.44; w = 2: 15.2 / 9.01). Now in DDPM's time: 1,600 steps in
     # precision="auto", w = 0.35: FID 4.66, classifier score 7.28 (w = 0: 5.94 / 6.52).
     "mnist-cpu": ModelVariant(
-        TrainPart.of(
-            "mnist-ncsn",
-            num_levels=100,
-            sigma_min=0.05,
-            num_classes=10,
-            precision="auto",
-            **{**_MNIST_CPU_BUDGET, "num_steps": 1_600},
-        ),
+        TrainPart.of("mnist-ncsn", num_levels=100, sigma_min=0.05, **_MNIST_CPU_CONDITIONAL),
         SamplerSpec.of("ve_ancestral", guidance=0.35),
     ),
     **{
