@@ -18,7 +18,8 @@ run's `Normalizer`; chain health (annealing samplers) in model units.
 A class-conditional run (config `num_classes` K > 0) is drawn class-balanced: row r of a draw
 carries label r mod K (per replica, with a strategy), so a chunk of 10 k rows holds k of each
 digit, and the sampler spec's `guidance` w turns the network into (1 + w) * conditional - w *
-unconditional (classifier-free guidance; both halves in one call of twice the batch).
+unconditional (classifier-free guidance; both halves in one call of twice the batch), at the
+steps whose noise level lies in the spec's `guidance_interval` (all of them by default).
 
 A set of n samples is drawn in chunks of `chunk_rows`, chunk i from seed [seed, i], so any chunk
 can be redrawn alone, bit for bit, and memory holds one chunk. With a `strategy` (several local
@@ -108,27 +109,53 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
             raise SamplerMismatch(f"num_steps must be in [1, {total}] for DDIM, got {steps}")
 
 
-def class_guided(model, num_classes: int, guidance: float, channels: int):
+def class_guided(
+    model,
+    num_classes: int,
+    guidance: float,
+    channels: int,
+    *,
+    interval: tuple[float, float] = (0.0, float("inf")),
+    noise_level: Callable[[tf.Tensor], tf.Tensor] | None = None,
+):
     """model(x, cond, **kw) of a class-conditional network as an unconditional-looking one: row r
     gets label r mod `num_classes`; with `guidance` w > 0 the output's first `channels` channels
     (the prediction; a learned variance stays conditional) are (1 + w) c - w u, c and u the
-    conditional and the null-label outputs, computed in one call of twice the batch."""
+    conditional and the null-label outputs, computed in one call of twice the batch.
+
+    With an `interval` (sigma_min, sigma_max) other than (0, inf), a call is guided only when
+    `noise_level(cond)` (the objective's) of its first row lies in it; otherwise it is the
+    conditional call alone (a sampler's step has one noise level for the whole batch)."""
     w = float(guidance)
+    low, high = (float(v) for v in interval)
+    bounded = low > 0 or high < float("inf")
+    if w and bounded and noise_level is None:
+        raise ValueError("guidance limited to an interval of noise levels needs noise_level")
 
     def guided(x, cond, **kw):
         n = tf.shape(x)[0]
         labels = tf.range(n) % num_classes
-        if not w:
+
+        def conditional():
             return model(x, cond, labels=labels, **kw)
-        both = model(
-            tf.concat([x, x], 0),
-            tf.concat([cond, cond], 0),
-            labels=tf.concat([labels, tf.fill([n], num_classes)], 0),
-            **kw,
-        )
-        c, u = both[:n], both[n:]
-        prediction = c[..., :channels] + w * (c[..., :channels] - u[..., :channels])
-        return tf.concat([prediction, c[..., channels:]], -1)
+
+        def both():
+            out = model(
+                tf.concat([x, x], 0),
+                tf.concat([cond, cond], 0),
+                labels=tf.concat([labels, tf.fill([n], num_classes)], 0),
+                **kw,
+            )
+            c, u = out[:n], out[n:]
+            prediction = c[..., :channels] + w * (c[..., :channels] - u[..., :channels])
+            return tf.concat([prediction, c[..., channels:]], -1)
+
+        if not w:
+            return conditional()
+        if not bounded:
+            return both()
+        sigma = noise_level(tf.reshape(cond, [-1])[:1])[0]
+        return tf.cond((sigma >= low) & (sigma <= high), both, conditional)
 
     return guided
 
@@ -158,7 +185,14 @@ def draw(
     model, info = restored.model, spec.info
     num_classes = getattr(restored.config, "num_classes", 0)
     if num_classes:
-        model = class_guided(model, num_classes, spec.guidance, restored.example_shape[-1])
+        model = class_guided(
+            model,
+            num_classes,
+            spec.guidance,
+            restored.example_shape[-1],
+            interval=spec.guidance_interval,
+            noise_level=objective.noise_level,
+        )
     common = {
         "seed": seed,
         "frames": frames,

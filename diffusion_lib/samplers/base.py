@@ -69,12 +69,14 @@ class SampleResult:
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One user-facing setting of a sampler: its default, and the bounds a value must keep
-    (inclusive `low`/`high`; `positive` for > 0). The value's type is the default's."""
+    (inclusive `low`/`high`; `positive` for > 0; `finite=False` admits +inf, "no bound"). The
+    value's type is the default's."""
 
     default: int | float | bool
     low: float | None = None
     high: float | None = None
     positive: bool = False
+    finite: bool = True
 
     def check(self, name: str, value):
         kind = type(self.default)
@@ -90,7 +92,7 @@ class Setting:
             value = int(value)
         else:
             value = float(value)
-        if not np.isfinite(value):
+        if np.isnan(value) or (not np.isfinite(value) and (self.finite or value < 0)):
             raise ValueError(f"{name} must be finite, got {value!r}")
         if self.positive and value <= 0:
             raise ValueError(f"{name} must be positive, got {value!r}")

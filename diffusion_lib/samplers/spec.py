@@ -11,19 +11,33 @@ so the same setting has the same name everywhere:
 
 `guidance` is the one setting every sampler takes: the weight w of classifier-free guidance
 (Ho & Salimans 2022) for a class-conditional run, whose network output becomes
-(1 + w) * conditional - w * unconditional (w = 0: the conditional model alone). It is kept in the
-settings only when it is not 0, so the spec of an unguided sampler reads as it always did.
+(1 + w) * conditional - w * unconditional (w = 0: the conditional model alone). With it,
+`guidance_sigma_min` / `guidance_sigma_max` limit guidance to the steps whose noise level sigma
+lies in [min, max] (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval"); the
+other steps call the conditional model alone, once. sigma is the network's noise level in model
+units, as a variance-exploding process counts it (NCSN's sigma; sqrt((1 - abar) / abar) for a
+DDPM level; std / alpha for a VP SDE). These settings are kept only when they differ from their
+defaults (no guidance, no bounds), so the spec of an unguided sampler reads as it always did;
+without guidance the bounds are dropped (they would limit nothing).
+
+    SamplerSpec.of("ve_ancestral", guidance=0.5, guidance_sigma_min=0.5, guidance_sigma_max=10)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from diffusion_lib.samplers.base import SAMPLERS, SamplerInfo, Setting, get_sampler
 
-GUIDANCE = Setting(0.0, low=0.0, high=100.0)
+# Every sampler's settings, beside its own: classifier-free guidance and its interval.
+GUIDANCE_SETTINGS = {
+    "guidance": Setting(0.0, low=0.0, high=100.0),
+    "guidance_sigma_min": Setting(0.0, low=0.0),
+    "guidance_sigma_max": Setting(math.inf, positive=True, finite=False),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +78,18 @@ class SamplerSpec:
         """Classifier-free guidance weight w (0: none)."""
         return dict(self.settings).get("guidance", 0.0)
 
+    @property
+    def guidance_interval(self) -> tuple[float, float]:
+        """(sigma_min, sigma_max): the noise levels where guidance applies ((0, inf): all)."""
+        settings = dict(self.settings)
+        return tuple(
+            settings.get(key, GUIDANCE_SETTINGS[key].default)
+            for key in ("guidance_sigma_min", "guidance_sigma_max")
+        )
+
     def kwargs(self) -> dict[str, Any]:
         """The sampler's own settings as the sampler function's keyword arguments."""
-        return {key: value for key, value in self.settings if key != "guidance"}
+        return {key: value for key, value in self.settings if key not in GUIDANCE_SETTINGS}
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dict(self.settings)}
@@ -79,17 +102,30 @@ def _checked(name: str, settings: Mapping[str, Any]) -> tuple[tuple[str, Any], .
     if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
     info = SAMPLERS[name]
-    unknown = sorted(set(settings) - set(info.settings) - {"guidance"})
+    unknown = sorted(set(settings) - set(info.settings) - set(GUIDANCE_SETTINGS))
     if unknown:
         raise ValueError(
             f"sampler {name!r} has no setting {', '.join(unknown)}; its settings: "
-            f"{sorted(info.settings) or 'none'}, and guidance (every sampler's)"
+            f"{sorted(info.settings) or 'none'}, and every sampler's "
+            f"{', '.join(GUIDANCE_SETTINGS)}"
         )
     checked = [
         (key, setting.check(key, settings.get(key, setting.default)))
         for key, setting in info.settings.items()
     ]
-    guidance = GUIDANCE.check("guidance", settings.get("guidance", GUIDANCE.default))
-    if guidance:
-        checked.append(("guidance", guidance))
+    universal = {
+        key: setting.check(key, settings.get(key, setting.default))
+        for key, setting in GUIDANCE_SETTINGS.items()
+    }
+    low, high = universal["guidance_sigma_min"], universal["guidance_sigma_max"]
+    if low >= high:
+        raise ValueError(
+            f"guidance_sigma_min must be below guidance_sigma_max, got {low} and {high}"
+        )
+    if universal["guidance"]:  # without guidance its interval means nothing, and is dropped
+        checked += [
+            (key, value)
+            for key, value in universal.items()
+            if value != GUIDANCE_SETTINGS[key].default
+        ]
     return tuple(sorted(checked))

@@ -14,6 +14,12 @@ schedule, or the single level a DSM or SSM network was trained at; the "sde" obj
 Objectives whose network is exactly a score model of an SDE also serve the "sde" samplers:
 `sde_view(model)` returns (sde, score_fn) or raises ValueError saying why it cannot (DDPM: a
 linear beta schedule is VP's discretisation; NCSN: geometric levels are VE's).
+
+Each also says what noise its network's condition stands for: `noise_level(cond)` is the noise
+standard deviation sigma, in model units as a variance-exploding process counts it, of the
+input a network called with `cond` [B] expects (NCSN: cond itself; a DDPM timestep i:
+sqrt((1 - abar_i) / abar_i); a VP SDE's 999 t: std(t) / alpha(t)). Guidance limited to an
+interval of noise levels reads it.
 """
 
 from __future__ import annotations
@@ -115,9 +121,10 @@ class DdpmObjective:
             min_snr_gamma=c.min_snr_gamma,
         )
         abar = self.diffusion.alphas_cumprod
+        self._level_sigmas = np.sqrt((1.0 - abar) / abar)
         self._draw_levels = _level_sampler(
             c,
-            np.sqrt((1.0 - abar) / abar),
+            self._level_sigmas,
             lambda n, seed: self.diffusion.sample_timesteps(n, seed, antithetic=c.antithetic),
         )
 
@@ -136,12 +143,24 @@ class DdpmObjective:
 
         return self.diffusion.training_losses(net, x, t, noise).loss
 
+    def noise_level(self, cond) -> tf.Tensor:
+        last = self._level_sigmas.size - 1
+        level = tf.clip_by_value(tf.cast(tf.round(tf.cast(cond, tf.float32)), tf.int32), 0, last)
+        return tf.gather(tf.constant(self._level_sigmas, tf.float32), level)
+
     def sde_view(self, model):
         sde = vp_sde_of(self.diffusion)
         return sde, score_from_diffusion_model(model, self.diffusion, sde)
 
 
-class _SigmaConditionedScore:
+class _ConditionedOnSigma:
+    """A network whose condition is its noise level sigma itself."""
+
+    def noise_level(self, cond) -> tf.Tensor:
+        return tf.cast(cond, tf.float32)
+
+
+class _SigmaConditionedScore(_ConditionedOnSigma):
     """The network of NCSN and DSM: conditioned on log sigma, scaled as the config says."""
 
     config: TrainConfig
@@ -204,7 +223,7 @@ class DsmObjective(_SigmaConditionedScore):
 
 
 @dataclasses.dataclass
-class SsmObjective:
+class SsmObjective(_ConditionedOnSigma):
     """Sliced score matching of the data score; the network's condition is a constant sigma_min."""
 
     config: TrainConfig
@@ -276,6 +295,13 @@ class SdeObjective:
             return -out / expand_to_rank(std, x.shape.rank)
 
         return score
+
+    def noise_level(self, cond) -> tf.Tensor:
+        cond = tf.cast(cond, tf.float32)
+        if isinstance(self.sde, VESDE):
+            return cond
+        alpha, std = self.sde.marginal(cond / TIME_SCALE, tf.float32)
+        return std / alpha
 
     def sde_view(self, model):
         return self.sde, self.score_fn(model)

@@ -271,6 +271,33 @@ def test_guidance_is_its_formula_on_the_prediction_in_one_call():
     assert calls == [(7, {"training": False}), (14, {})]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_guidance_in_an_interval_applies_only_where_the_noise_level_lies_in_it(compiled):
+    """The same stand-in network, its condition read as sigma = 2 x cond: guided (twice the rows,
+    channel 0 = (1 + w) c - w K) only where sigma lies in [1, 4], the conditional call elsewhere;
+    the same eagerly and compiled, as samplers run it."""
+    rows = []
+
+    def network(x, cond, labels, **kw):
+        rows.append(x.shape[0])
+        label = tf.cast(labels, tf.float32)[:, None] + tf.zeros_like(x)
+        return tf.concat([label, 10.0 * label + 1.0], -1)
+
+    guided = class_guided(
+        network, 3, 2.0, channels=1, interval=(1.0, 4.0), noise_level=lambda c: 2.0 * c
+    )
+    call = tf.function(guided) if compiled else guided
+    x, labels = tf.zeros([7, 1]), np.arange(7) % 3
+    for cond, inside in ((0.25, False), (0.5, True), (1.5, True), (2.0, True), (2.5, False)):
+        out = call(x, tf.fill([7], cond)).numpy()
+        expected = 3 * labels - 2 * 3 if inside else labels
+        np.testing.assert_array_equal(out, np.stack([expected, 10 * labels + 1], -1), str(cond))
+    if not compiled:
+        assert rows == [7, 14, 14, 14, 7]
+    with pytest.raises(ValueError, match="needs noise_level"):
+        class_guided(network, 3, 2.0, channels=1, interval=(1.0, 4.0))
+
+
 def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run, tmp_path):
     """Trained on the two-Gaussian mixture (labels: the component, weights 0.2 and 0.8), a
     class-conditional DDPM draws even rows (label 0) at (-5, -5) and odd rows at (5, 5): without
@@ -281,9 +308,10 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
     run that never trained its unconditional model."""
     run = _train(mixture / "train", tmp_path / "run", "toy-ddpm", num_classes=2, num_steps=1_000)
     restored = run.restore()
+    drawn = {}
     for guidance in (0.0, 2.0):
         spec = SamplerSpec.of("ddim", num_steps=20, eta=1.0, guidance=guidance)
-        samples = draw(restored, spec, 400, 0).samples
+        samples = drawn[guidance] = draw(restored, spec, 400, 0).samples
         near = [
             np.linalg.norm(samples[k::2] - centre, axis=1) < 2.5
             for k, centre in ((0, [-5.0, -5.0]), (1, [5.0, 5.0]))
@@ -293,6 +321,15 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
             near[0].mean(),
             near[1].mean(),
         )
+    # Guidance in an interval that holds every level of the chain (sigma 0.01 to 157) is the
+    # guided draw; in one that holds none, the unguided draw (to float32 round-off: the network
+    # runs inside a conditional, and its kernels may sum in another order; the two draws differ
+    # by about 1 from each other).
+    assert np.abs(drawn[2.0] - drawn[0.0]).max() > 0.5
+    for interval, same_as in (((1e-6, 1e6), 2.0), ((1e5, 1e6), 0.0)):
+        bounded = spec.replace(guidance_sigma_min=interval[0], guidance_sigma_max=interval[1])
+        limited = draw(restored, bounded, 400, 0).samples
+        np.testing.assert_allclose(limited, drawn[same_as], rtol=1e-5, atol=1e-5)
     # A guided sample set keeps its guidance: it is the guided draw (once: the memo serves it).
     from diffusion_lib import draw as draw_module
 

@@ -31,6 +31,21 @@ def test_guidance_is_every_samplers_setting_and_absent_at_zero():
     assert SamplerSpec.of("ve_ancestral", guidance=1.5).kwargs() == {}
 
 
+def test_guidance_interval_is_kept_only_when_it_limits_guidance():
+    """Bounds on the noise levels guidance applies at: absent at their defaults (0, inf), dropped
+    without guidance (they would limit nothing), never passed to the sampler."""
+    spec = SamplerSpec.of("ve_ancestral", guidance=0.5, guidance_sigma_min=0.5)
+    assert spec.guidance_interval == (0.5, float("inf")) and spec.kwargs() == {}
+    assert spec.to_dict() == {"name": "ve_ancestral", "guidance": 0.5, "guidance_sigma_min": 0.5}
+    bounded = spec.replace(guidance_sigma_max=10)
+    assert bounded.guidance_interval == (0.5, 10.0) and SamplerSpec.from_dict(bounded.to_dict())
+    assert SamplerSpec.of("ve_ancestral", guidance=0.5).guidance_interval == (0.0, float("inf"))
+    assert bounded.replace(guidance=0) == SamplerSpec.of("ve_ancestral")
+    assert SamplerSpec.of("ddim", guidance=1, guidance_sigma_max=float("inf")) == SamplerSpec.of(
+        "ddim", guidance=1
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
@@ -47,6 +62,15 @@ def test_guidance_is_every_samplers_setting_and_absent_at_zero():
         ("langevin", {"step_size": "big"}, "step_size must be a number"),
         ("ddim", {"guidance": -1.0}, "guidance must be at least 0.0"),
         ("ddpm", {"guidance": float("inf")}, "guidance must be finite"),
+        ("ddpm", {"guidance": 1, "guidance_sigma_min": -1}, "guidance_sigma_min must be at least"),
+        ("ddpm", {"guidance": 1, "guidance_sigma_max": 0}, "guidance_sigma_max must be positive"),
+        ("ddpm", {"guidance_sigma_max": float("nan")}, "guidance_sigma_max must be finite"),
+        (
+            "ddim",
+            {"guidance": 1, "guidance_sigma_min": 2, "guidance_sigma_max": 2},
+            "guidance_sigma_min must be below guidance_sigma_max, got 2.0 and 2.0",
+        ),
+        ("ddim", {"guidance_sigma": 1}, "and every sampler's guidance, guidance_sigma_min"),
     ],
 )
 def test_bad_settings_are_refused_by_name(name, settings, message):

@@ -159,3 +159,39 @@ def test_label_dropout_replaces_its_share_by_the_null_class_whatever_the_replica
     ]
     np.testing.assert_array_equal(np.concatenate([h["labels"] for h in halves]), whole)
     assert _replica_labels(config.replace(num_classes=0), labels, seed, 0, 40_000) == {}
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("mnist-ddpm", {}),
+        ("mnist-ncsn", {}),
+        ("toy-ddpm", {"objective": "dsm"}),
+        ("toy-ssm", {}),
+        ("toy-sde-vp", {}),
+        ("toy-sde-vp", {"sde": "subvp"}),
+        ("toy-sde-ve", {}),
+    ],
+)
+def test_noise_level_is_the_sigma_the_networks_condition_stands_for(preset, overrides):
+    """What guidance limited to an interval reads: a DDPM timestep i stands for
+    sqrt((1 - abar_i) / abar_i); a VP SDE's network condition 999 t for std(t) / alpha(t), here
+    in closed form (alpha = exp(-t^2 (b1 - b0) / 4 - t b0 / 2)); a sigma-conditioned network's
+    condition is sigma itself."""
+    objective = build_objective(config_preset(preset, **overrides))
+    c = objective.config
+    if c.objective == "ddpm":
+        cond = np.array([0, 1, 250, 999])
+        abar = np.cumprod(1.0 - np.linspace(c.beta_start, c.beta_end, c.num_timesteps))
+        expected = np.sqrt((1.0 - abar[cond]) / abar[cond])
+    elif c.objective == "sde" and c.sde != "ve":
+        t = np.array([0.01, 0.3, 0.5, 1.0])
+        cond = TIME_SCALE * t
+        log_alpha = -0.25 * t**2 * (c.beta_max - c.beta_min) - 0.5 * t * c.beta_min
+        alpha = np.exp(log_alpha)
+        std = np.sqrt(1.0 - alpha**2) if c.sde == "vp" else 1.0 - alpha**2
+        expected = std / alpha
+    else:
+        cond = expected = np.array([0.01, 0.3, 5.0, 50.0])
+    level = objective.noise_level(tf.constant(cond, tf.float32)).numpy()
+    np.testing.assert_allclose(level, expected, rtol=2e-5)
