@@ -3,6 +3,7 @@ sampling GIF all use.
 
     draw(restored, spec, n, seed, *, frames=None, strategy=None, data_rms=1.0) -> Drawn
     draw_chunk(restored, spec, n=..., chunk_rows=..., index=..., seed=...)   # rows of a set
+                                                    # (chunk 0 with its chain: the preview)
     draw_set(restored, spec, n=..., chunk_rows=..., seed=...)                # all of a set
 
 The sampler must serve the family the run's objective declares (`objective.family`, the
@@ -42,11 +43,22 @@ import numpy as np
 import tensorflow as tf
 
 from diffusion_lib._checks import seed_tensor
+from diffusion_lib.render import gif_frame_steps
 from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
 from diffusion_lib.samplers.base import Progress
 from diffusion_lib.sde import clip_data_prediction
 
 MEMO_BYTES = 256 * 2**20
+# The chain steps a set's first chunk keeps (its preview: the sampling GIF's frames), spaced
+# more densely towards the end of the chain, where the samples take shape.
+PREVIEW_FRAMES = 16
+
+
+def preview_steps(length: int) -> list[int]:
+    """The steps of a chain of `length` steps kept in a set's preview."""
+    return gif_frame_steps(length, PREVIEW_FRAMES)
+
+
 _memo: collections.OrderedDict = collections.OrderedDict()
 _memo_lock = threading.Lock()
 
@@ -238,7 +250,9 @@ def draw_chunk(
     progress: Progress | None = None,
 ) -> Drawn:
     """Chunk `index` (rows index * chunk_rows onwards) of the n-sample set drawn with `seed`.
-    `progress` follows the chain (not called when the chunk is remembered)."""
+    `progress` follows the chain (not called when the chunk is remembered). Chunk 0 comes with
+    its chain at the `preview_steps` (`frames`): the sampling GIF of a set's first samples is
+    drawn with them, not again."""
     size = min(chunk_rows, n - index * chunk_rows)
     if size <= 0:
         raise ValueError(f"chunk {index} of {chunk_rows} rows is past the set's {n} samples")
@@ -249,6 +263,7 @@ def draw_chunk(
             spec,
             size,
             [seed, index],
+            frames=preview_steps if index == 0 else None,
             strategy=strategy,
             data_rms=data_rms,
             progress=progress,
@@ -271,12 +286,16 @@ def draw_chunk(
         remembered.samples.setflags(write=False)
         with _memo_lock:
             _memo[key] = remembered
-            while sum(d.samples.nbytes for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
+            while sum(_nbytes(d) for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
                 _memo.popitem(last=False)
     health = tuple(
         LevelHealth(h.sigma, h.rms, float(np.hypot(data_rms, h.sigma))) for h in remembered.health
     )
     return dataclasses.replace(remembered, health=health)
+
+
+def _nbytes(drawn: Drawn) -> int:
+    return drawn.samples.nbytes + (0 if drawn.frames is None else drawn.frames.nbytes)
 
 
 def draw_chunks(

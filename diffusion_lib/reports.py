@@ -18,11 +18,9 @@ import tensorflow as tf
 
 from diffusion_lib import render
 from diffusion_lib.data import open_dataset
-from diffusion_lib.draw import draw
+from diffusion_lib.draw import draw, draw_chunk, preview_steps
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
-
-GIF_FRAMES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +50,12 @@ def render_run(
     sampler: SamplerSpec,
 ) -> RunRenders:
     """Writes grid.png, sampling.gif, loss.png (if the run logged metrics) and, for 2-D score
-    and score-SDE runs, score_field.png into `out_dir` (SDE runs: with probability-flow paths). The GIF's chain is drawn by `sampler` (the sample
-    set's), from seed 0, 64 images or 1,000 points. A class-conditional run's images are drawn
-    one class a column (row r of a draw has label r mod K): K columns of 8 rows."""
+    and score-SDE runs, score_field.png into `out_dir` (SDE runs: with probability-flow paths).
+    The grid shows the sample set's first 64 images (or all its points); the GIF is the chain of
+    those same samples, kept with the set's first chunk, when the set was drawn by `sampler` at
+    this step with chunks of at least as many rows; otherwise its own chain by `sampler`, from
+    seed 0, of 64 images or 1,000 points. A class-conditional run's images are shown one class a
+    column (row r of a draw has label r mod K): K columns of 8 rows."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(run_dir)
@@ -62,13 +63,10 @@ def render_run(
     samples = open_dataset(samples_dir)
     images = restored.normalizer.is_image
     columns = restored.config.num_classes or 8
-    chain = draw(
-        restored,
-        sampler,
-        8 * columns if images else 1000,
-        0,
-        frames=lambda length: render.gif_frame_steps(length, GIF_FRAMES),
-    ).frames
+    shown = 8 * columns if images else 1000
+    chain = _set_preview(restored, samples, sampler, shown)
+    if chain is None:
+        chain = draw(restored, sampler, shown, 0, frames=preview_steps).frames
     first = samples.read(0, min(len(samples), 8 * columns if images else len(samples))).values
     score_field = None
     if images:
@@ -86,6 +84,33 @@ def render_run(
     return RunRenders(
         restored.step, out / "grid.png", out / "sampling.gif", loss_curve, score_field
     )
+
+
+def _set_preview(restored, samples, sampler: SamplerSpec, shown: int) -> np.ndarray | None:
+    """The chain of the sample set's first `shown` samples, kept with its first chunk (drawn
+    with it in this process, or drawn again, the same bit for bit): the GIF then ends on the
+    grid's samples. None when that chunk is smaller, or the set is not this run's by `sampler`
+    at this step."""
+    extra = samples.manifest.extra
+    try:
+        same = (
+            SamplerSpec.from_dict(extra["sampler"]) == sampler
+            and extra["step"] == restored.step
+            and min(extra["chunk_rows"], len(samples)) >= shown
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not same:
+        return None
+    drawn = draw_chunk(
+        restored,
+        sampler,
+        n=len(samples),
+        chunk_rows=extra["chunk_rows"],
+        index=0,
+        seed=extra["seed"],
+    )
+    return drawn.frames[:, :shown]
 
 
 def _score_field(restored, data, chain, path) -> pathlib.Path:

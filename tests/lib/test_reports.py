@@ -1,12 +1,16 @@
 """reports.render_run: what a finished run's render directory holds, drawn from the sample set
 and the run, and the same bytes when rendered again."""
 
+import dataclasses
+
 import imageio.v3 as iio
 import pytest
 
+from diffusion_lib import draw as draw_module
 from diffusion_lib import render
 from diffusion_lib.data import open_dataset
-from diffusion_lib.reports import GIF_FRAMES, render_run
+from diffusion_lib.draw import PREVIEW_FRAMES, draw
+from diffusion_lib.reports import _set_preview, render_run
 from diffusion_lib.run import Run
 from diffusion_lib.sample_sets import generate_samples
 from diffusion_lib.samplers import SamplerSpec
@@ -34,7 +38,51 @@ def test_an_image_run_renders_grid_gif_and_loss_the_same_twice(mnist_tiny_run, t
     assert (tmp_path / "g.png").read_bytes() == first.grid.read_bytes()
     # The GIF: one frame per chain step gif_frame_steps picks (here all 6 of a 5-step chain).
     frames = iio.imread(first.gif, index=None)
-    assert len(frames) == len(render.gif_frame_steps(5, GIF_FRAMES)) == 6
+    assert len(frames) == len(render.gif_frame_steps(5, PREVIEW_FRAMES)) == 6
+
+
+def test_the_gif_is_the_chain_of_the_grids_samples_drawn_with_the_set(mnist_tiny_run, tmp_path):
+    """A set whose first chunk holds the 64 images of the grid keeps their chain: the GIF's last
+    frame is the grid's images, the chain is not drawn again while the chunk is remembered, and
+    drawn again (a new process, a resumed job) it is the same bit for bit. Keeping the chain does
+    not change the samples."""
+    run = Run(mnist_tiny_run)
+    restored = run.restore()
+    draw_module.clear_memo()
+    generate_samples(
+        mnist_tiny_run,
+        tmp_path / "samples",
+        n=80,
+        sampler=SAMPLER,
+        chunk_rows=70,
+        rows_per_shard=140,
+    )
+    samples = open_dataset(tmp_path / "samples")
+    rows = samples.read(0, 64).values
+    chain = _set_preview(restored, samples, SAMPLER, 64)
+    assert chain.shape == (6, 64, 28, 28, 1)
+    assert (chain[-1] == rows).all()
+    # The same chunk with no chain kept: the same samples.
+    plain = draw(restored, SAMPLER, 70, [0, 0]).samples
+    assert (plain[:64] == rows).all() and plain.shape[0] == 70
+    calls = []
+    counted = dataclasses.replace(restored, model=_counting(restored.model, calls))
+    assert (_set_preview(counted, samples, SAMPLER, 64) == chain).all() and calls == []
+    first = render_run(mnist_tiny_run, tmp_path / "samples", tmp_path / "a", sampler=SAMPLER)
+    draw_module.clear_memo()
+    again = render_run(mnist_tiny_run, tmp_path / "samples", tmp_path / "b", sampler=SAMPLER)
+    assert first.gif.read_bytes() == again.gif.read_bytes()
+    # Too few rows in the first chunk, another sampler: the GIF draws a chain of its own.
+    assert _set_preview(restored, samples, SAMPLER, 71) is None
+    assert _set_preview(restored, samples, SamplerSpec.of("ddim", num_steps=4), 64) is None
+
+
+def _counting(model, calls):
+    def call(*args, **kw):
+        calls.append(1)
+        return model(*args, **kw)
+
+    return call
 
 
 def test_a_two_dimensional_diffusion_run_has_no_score_field(toy_ddpm_run, tmp_path):
