@@ -17,8 +17,9 @@ lies in [min, max] (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited In
 other steps call the conditional model alone, once. sigma is the network's noise level in model
 units, as a variance-exploding process counts it (NCSN's sigma; sqrt((1 - abar) / abar) for a
 DDPM level; std / alpha for a VP SDE). These settings are kept only when they differ from their
-defaults (no guidance, no bounds), so the spec of an unguided sampler reads as it always did;
-without guidance the bounds are dropped (they would limit nothing).
+defaults (no guidance, no bounds), so the spec of an unguided sampler reads as it always did.
+Bounds without guidance are refused (they would limit nothing); `replace(guidance=0)` drops
+them.
 
     SamplerSpec.of("ve_ancestral", guidance=0.5, guidance_sigma_min=0.5, guidance_sigma_max=10)
 """
@@ -38,6 +39,7 @@ GUIDANCE_SETTINGS = {
     "guidance_sigma_min": Setting(0.0, low=0.0),
     "guidance_sigma_max": Setting(math.inf, positive=True, finite=False),
 }
+_BOUNDS = ("guidance_sigma_min", "guidance_sigma_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +84,7 @@ class SamplerSpec:
     def guidance_interval(self) -> tuple[float, float]:
         """(sigma_min, sigma_max): the noise levels where guidance applies ((0, inf): all)."""
         settings = dict(self.settings)
-        return tuple(
-            settings.get(key, GUIDANCE_SETTINGS[key].default)
-            for key in ("guidance_sigma_min", "guidance_sigma_max")
-        )
+        return tuple(settings.get(key, GUIDANCE_SETTINGS[key].default) for key in _BOUNDS)
 
     def kwargs(self) -> dict[str, Any]:
         """The sampler's own settings as the sampler function's keyword arguments."""
@@ -95,7 +94,12 @@ class SamplerSpec:
         return {"name": self.name, **dict(self.settings)}
 
     def replace(self, **changes) -> SamplerSpec:
-        return SamplerSpec.of(self.name, **{**dict(self.settings), **changes})
+        """This spec with `changes`; turning guidance off drops its interval too."""
+        settings = {**dict(self.settings), **changes}
+        if not settings.get("guidance"):
+            for key in _BOUNDS:
+                settings.pop(key, None)
+        return SamplerSpec.of(self.name, **settings)
 
 
 def _checked(name: str, settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -122,10 +126,13 @@ def _checked(name: str, settings: Mapping[str, Any]) -> tuple[tuple[str, Any], .
         raise ValueError(
             f"guidance_sigma_min must be below guidance_sigma_max, got {low} and {high}"
         )
-    if universal["guidance"]:  # without guidance its interval means nothing, and is dropped
-        checked += [
-            (key, value)
-            for key, value in universal.items()
-            if value != GUIDANCE_SETTINGS[key].default
-        ]
+    bounded = [key for key in _BOUNDS if universal[key] != GUIDANCE_SETTINGS[key].default]
+    if bounded and not universal["guidance"]:
+        raise ValueError(
+            f"{' and '.join(bounded)} limit guidance to some noise levels: set guidance > 0 too "
+            "(or leave them out)"
+        )
+    checked += [
+        (key, value) for key, value in universal.items() if value != GUIDANCE_SETTINGS[key].default
+    ]
     return tuple(sorted(checked))

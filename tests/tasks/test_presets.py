@@ -83,6 +83,14 @@ def test_the_flows_flat_parameters_change_one_field_each():
     guided = resolve("mnist-cpu", sampler="ddpm", guidance=0.5)
     assert guided.samples.sampler == SamplerSpec.of("ddpm", guidance=0.5)
     assert guided.eval == base.eval and base.train.config("unused").num_classes == 10
+    # NCSN guides in an interval of noise levels: another weight keeps it, no guidance drops it.
+    ncsn = resolve("mnist-cpu", "ncsn").samples.sampler
+    assert ncsn.guidance == 0.35 and ncsn.guidance_interval == (0.5, 10.0)
+    stronger = resolve("mnist-cpu", "ncsn", guidance=1.0).samples.sampler
+    assert stronger == ncsn.replace(guidance=1.0) and stronger.guidance_interval == (0.5, 10.0)
+    assert resolve("mnist-cpu", "ncsn", guidance=0).samples.sampler == SamplerSpec.of(
+        "ve_ancestral"
+    )
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_guidance_is_every_samplers_setting_and_absent_at_zero():
 
 def test_guidance_interval_is_kept_only_when_it_limits_guidance():
     """Bounds on the noise levels guidance applies at: absent at their defaults (0, inf), dropped
-    without guidance (they would limit nothing), never passed to the sampler."""
+    when guidance is turned off, never passed to the sampler."""
     spec = SamplerSpec.of("ve_ancestral", guidance=0.5, guidance_sigma_min=0.5)
     assert spec.guidance_interval == (0.5, float("inf")) and spec.kwargs() == {}
     assert spec.to_dict() == {"name": "ve_ancestral", "guidance": 0.5, "guidance_sigma_min": 0.5}
@@ -71,6 +71,16 @@ def test_guidance_interval_is_kept_only_when_it_limits_guidance():
             "guidance_sigma_min must be below guidance_sigma_max, got 2.0 and 2.0",
         ),
         ("ddim", {"guidance_sigma": 1}, "and every sampler's guidance, guidance_sigma_min"),
+        (
+            "ddim",
+            {"guidance_sigma_max": 5},
+            "guidance_sigma_max limit guidance .* set guidance > 0",
+        ),
+        (
+            "ddim",
+            {"guidance": 0, "guidance_sigma_min": 1, "guidance_sigma_max": 5},
+            "guidance_sigma_min and guidance_sigma_max limit guidance",
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(name, settings, message):
