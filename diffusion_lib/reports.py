@@ -67,7 +67,7 @@ def render_run(
     chain = _set_preview(restored, samples, sampler, shown)
     if chain is None:
         chain = draw(restored, sampler, shown, 0, frames=preview_steps).frames
-    first = samples.read(0, min(len(samples), 8 * columns if images else len(samples))).values
+    first = samples.read(0, min(len(samples), shown if images else len(samples))).values
     score_field = None
     if images:
         render.save_image_grid(first, out / "grid.png", columns=columns)
