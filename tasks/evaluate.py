@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
 from diffusion_lib.run import METRICS_NAME
 from tasks.progress import Eta, show_progress
+from tasks.retries import worth_retrying
 
 LAGGING = 2.0  # a level's RMS this far above what it should carry: the chain fell behind
 
@@ -119,7 +120,7 @@ def metrics_table(rows: list, best_step: int | None) -> list[dict]:
     return table
 
 
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying)
 def score_checkpoints(
     run_dir: str, test_dir: str, spec: EvalSpec, report_name: str = METRICS_NAME
 ) -> dict:

@@ -16,6 +16,7 @@ from diffusion_lib.reports import render_run
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
 from tasks.progress import show_progress
+from tasks.retries import worth_retrying
 
 
 def embedded_png(path: pathlib.Path) -> str:
@@ -23,7 +24,7 @@ def embedded_png(path: pathlib.Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-@task(retries=1, retry_delay_seconds=5)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
 def render_outputs(
     run_dir: str,
     samples_dir: str,

@@ -11,9 +11,10 @@ from diffusion_lib.sample_sets import make_room, sample_set_spec
 from tasks.data import finalize_shards, prepare_shards
 from tasks.presets import SampleSetPart
 from tasks.progress import run_logger
+from tasks.retries import worth_retrying
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
 def plan_samples(
     run_dir: str, part: SampleSetPart, step: int | None, samples_dir: str
 ) -> tuple[DatasetSpec, int]:

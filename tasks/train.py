@@ -28,24 +28,18 @@ from diffusion_lib import run_lock
 from diffusion_lib.training.worker_protocol import EXIT_MEANINGS, PARENT_ENV
 from tasks.presets import TrainPart
 from tasks.progress import Eta, run_logger, show_progress
+from tasks.retries import worth_retrying
 
 
 class TrainingFailed(RuntimeError):
+    """A training worker's failure. Crashes, kills and timeouts are retried (a retry resumes from
+    the latest checkpoint); bad input (exit 2) and divergence (exit 3) are `permanent`: they
+    fail the same way every time."""
+
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def _worth_retrying(task, task_run, state) -> bool:
-    """Retry crashes, kills and timeouts (a retry resumes from the latest checkpoint), not bad
-    input (exit 2) or divergence (exit 3): those fail the same way every time."""
-    try:
-        state.result()
-    except TrainingFailed as err:
-        return err.exit_code not in EXIT_MEANINGS
-    except Exception:
-        return True
-    return True
+        self.permanent = exit_code in EXIT_MEANINGS
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -129,7 +123,7 @@ def _stream(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
     lines.put((index, None))
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=_worth_retrying)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying)
 def train_model(
     config: dict,
     run_dir: str,
@@ -288,7 +282,7 @@ def train_model(
     }
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
 def find_warm_start(output_root: str, run_dir: str, part: TrainPart, data_dir: str) -> str:
     """ "RUN_DIR@STEP" of the newest other run's best checkpoint that fits `part` (same
     dataset, network and objective), "" if none; logged either way."""
