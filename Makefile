@@ -24,7 +24,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test check system-deps deploy-local deploy-stop clean-venv
+.PHONY: help venv run test test-system ci check system-deps deploy-local deploy-stop clean-venv
 
 help: ## list the targets and their settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -46,8 +46,15 @@ run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), RUN_NAME, OUTP
 	$(VPY) -m flows.train_and_sample --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) \
 		--output-root $(OUTPUT_ROOT) --run-name $(RUN) $(ARGS)
 
-test: venv system-deps ## ruff and pytest as CI runs them (PYTEST_ARGS for a selection)
+test: venv ## ruff and the default tests, CI's first stage (PYTEST_ARGS for a selection)
 	@$(MAKE) --no-print-directory check
+
+test-system: venv system-deps ## the system tests, CI's second stage: fresh clone, README deploy, kill storm
+	$(VPY) -m pytest -m system $(PYTEST_ARGS)
+
+ci: ## what CI runs (.ci/run): make test, then make test-system
+	@$(MAKE) --no-print-directory test
+	@$(MAKE) --no-print-directory test-system
 
 check: ## ruff and pytest in .venv, without preparing anything first
 	$(VPY) -m ruff check .

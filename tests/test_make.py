@@ -21,6 +21,7 @@ from tests.local_servers import free_port, healthy
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.cost(175),
     pytest.mark.skipif(
         shutil.which("make") is None or shutil.which("git") is None or not (ROOT / ".git").exists(),

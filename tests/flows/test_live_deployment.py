@@ -39,7 +39,7 @@ CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
 
-pytestmark = pytest.mark.cost(105)
+pytestmark = [pytest.mark.system, pytest.mark.cost(150)]
 INSTALL = "apt-get update && apt-get install -y chromium (as root), and pip install playwright"
 
 

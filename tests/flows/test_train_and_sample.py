@@ -23,7 +23,7 @@ from flows.train_and_sample import train_and_sample
 from tests.local_servers import processes
 from tests.prefect_reads import artifacts_of
 
-pytestmark = pytest.mark.cost(250)
+pytestmark = pytest.mark.cost(125)
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +289,7 @@ def _storm_processes(marker: str) -> list[str]:
     return processes(lambda proc: marker in " ".join(proc.info["cmdline"] or ()))
 
 
+@pytest.mark.system
 def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_run(
     tiny_run, tmp_path
 ):
