@@ -54,11 +54,18 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     def must_not_sample(*args, **kwargs):
         raise AssertionError("a scored checkpoint was sampled again")
 
+    # Everything scored (a re-run): nothing is sampled, no reference (floors, the classifier's
+    # features) is computed again, and the report is left as it was.
     monkeypatch.setattr(evaluation_checkpoints, "draw_set", must_not_sample)
+    monkeypatch.setattr(evaluation_checkpoints, "_reference", must_not_sample)
+    metrics = tmp_path / "run" / "eval" / "metrics.json"
+    written = (metrics.read_bytes(), metrics.stat().st_mtime_ns)
     again = evaluate_checkpoints(
         tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler=DDPM)
     )
-    assert again.rows == report.rows
+    assert again.rows == report.rows and again.floors == report.floors
+    assert (again.best_step, again.best_metric) == (600, "sliced_wasserstein")
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == written
     monkeypatch.undo()
     newest = evaluate_checkpoints(
         tmp_path / "run",
