@@ -129,29 +129,33 @@ def test_tiny_preset_end_to_end(tiny_run):
 
 
 def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
+    """One re-run of the finished run, with one training shard corrupted since: that shard is
+    rebuilt byte for byte and nothing else is redone (the other shards, the training log and
+    checkpoints, the scores and the sample set are left as they were)."""
     root, state = tiny_run
     assert state.is_completed(), state.message
     run = root / "r1"
     shard = sorted((run / "data" / "train").glob("*.parquet"))[0]
     original = shard.read_bytes()
-    before = _mtimes(run / "data" / "train")
-
-    again = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
-    assert again.is_completed(), again.message
-    assert _mtimes(run / "data" / "train") == before  # finished work is not redone
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == [
-        "ckpt-300.json",
-        "ckpt-600.json",
-    ]
+    kept = [run / "metrics.jsonl", run / "eval" / "metrics.json", run / "samples" / "manifest.json"]
+    kept += sorted((run / "samples").glob("*.parquet")) + sorted(run.glob("checkpoints/*"))
+    before = {path: path.stat().st_mtime_ns for path in kept}
+    shards_before = _mtimes(run / "data" / "train")
 
     corrupt = bytearray(original)
     corrupt[len(corrupt) // 2] ^= 0xFF
     shard.write_bytes(bytes(corrupt))
-    third = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
-    assert third.is_completed(), third.message
+    again = train_and_sample(preset="tiny", output_root=str(root), run_name="r1", return_state=True)
+    assert again.is_completed(), again.message
     assert shard.read_bytes() == original  # rebuilt byte for byte, the training data unchanged
     others = {k: v for k, v in _mtimes(run / "data" / "train").items() if k != shard.name}
-    assert others == {k: v for k, v in before.items() if k != shard.name}
+    assert others == {k: v for k, v in shards_before.items() if k != shard.name}
+    after = {path: path.stat().st_mtime_ns for path in kept}
+    assert [p.name for p in kept if after[p] != before[p]] == []  # nothing else redone
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == [
+        "ckpt-300.json",
+        "ckpt-600.json",
+    ]
 
 
 def test_evaluation_scores_another_sampler_beside_the_runs_own_report(tiny_run):
