@@ -195,90 +195,89 @@ def evaluate_checkpoints(
     rows = {row["step"]: row for row in previous.get("rows", [])}
 
     todo = [step for step in steps if step not in rows]  # the rest: scored with these settings
-    # Every checkpoint already scored with these settings (a re-run): the references (the
-    # classifier, the real digits' features, the floors) are not computed again.
-    floors = previous.get("floors", {})
-    if todo:
-        train_real, test_real = _reference(train, test, spec.n, spec.seed)
-        cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
-        if images:
-            extractor = load_or_train_classifier(
-                train.directory,
-                test.directory,
-                cache_dir,
-                ClassifierSpec(epochs=spec.classifier_epochs),
-            )
-            test_feats, floors = _image_reference(
-                extractor, train, test, train_real, test_real, spec, cache_dir
-            )
-        else:
-            mixture = None
-            if train.manifest.spec.get("source") == "gaussian_mixture":
-                options = train.manifest.spec["options"]
-                defaults = {
-                    "weights": (0.2, 0.8),
-                    "means": ((-5.0, -5.0), (5.0, 5.0)),
-                    "stds": (1.0, 1.0),
-                }
-                mixture = mixture_from_options(
-                    **{k: options.get(k, v) for k, v in defaults.items()}
-                )
-            floors = _point_metrics(
-                test_real.astype(np.float64), train_real.astype(np.float64), mixture
-            )
-        # The data's RMS in the network's space: what a healthy sampling chain ends near.
-        model_space = Normalizer.of(train.manifest).to_model(train_real)
-        data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
-
-        for done, step in enumerate(todo):
-            restored = run.restore(step)
-            try:
-                drawn = draw_set(
-                    restored,
-                    spec.sampler,
-                    n=spec.n,
-                    chunk_rows=spec.batch_size,
-                    seed=spec.seed,
-                    data_rms=data_rms,
-                    fraction=None
-                    if progress is None
-                    else (lambda f, k=done: progress((k + f) / len(todo))),
-                )
-            except SamplerMismatch:
-                raise
-            except ValueError as err:  # NaN or Inf in the samples
-                raise M.MetricInputError(str(err)) from None
-            health = drawn.health
-            if images:
-                feats, probs = extractor.features_and_probabilities(drawn.samples)
-                values = _image_metrics(test_feats, feats, probs)
-                # Likelihoods in float32, whatever precision the run computes in.
-                wanted = spec.bpd_examples or spec.ode_bpd_examples
-                exact = run.restore(step, precision="float32") if wanted else restored
-                if exact.objective.family == "diffusion" and spec.bpd_examples:
-                    subset = exact.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
-                    bound = exact.objective.diffusion.bits_per_dim(
-                        exact.model, subset, seed=spec.seed
-                    )
-                    values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
-                if spec.ode_bpd_examples:
-                    values["ode_bits_per_dim"] = _ode_bits_per_dim(
-                        exact, test_real[: spec.ode_bpd_examples], spec.seed
-                    )
-            else:
-                values = _point_metrics(test_real.astype(np.float64), drawn.samples, mixture)
-            if health:
-                # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
-                values["chain_worst_rms_ratio"] = max(h.ratio for h in health)
-            rows[step] = {
-                "step": step,
-                "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
+    if not todo:  # a re-run: no references (classifier, features, floors) computed again
+        return _report(out_path, previous, rows, previous["floors"], committed, best_metric, spec)
+    train_real, test_real = _reference(train, test, spec.n, spec.seed)
+    cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
+    if images:
+        extractor = load_or_train_classifier(
+            train.directory,
+            test.directory,
+            cache_dir,
+            ClassifierSpec(epochs=spec.classifier_epochs),
+        )
+        test_feats, floors = _image_reference(
+            extractor, train, test, train_real, test_real, spec, cache_dir
+        )
+    else:
+        mixture = None
+        if train.manifest.spec.get("source") == "gaussian_mixture":
+            options = train.manifest.spec["options"]
+            defaults = {
+                "weights": (0.2, 0.8),
+                "means": ((-5.0, -5.0), (5.0, 5.0)),
+                "stds": (1.0, 1.0),
             }
-            if health:
-                rows[step]["chain"] = [
-                    {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms} for h in health
-                ]
+            mixture = mixture_from_options(**{k: options.get(k, v) for k, v in defaults.items()})
+        floors = _point_metrics(
+            test_real.astype(np.float64), train_real.astype(np.float64), mixture
+        )
+    # The data's RMS in the network's space: what a healthy sampling chain ends near.
+    model_space = Normalizer.of(train.manifest).to_model(train_real)
+    data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
 
+    for done, step in enumerate(todo):
+        restored = run.restore(step)
+        try:
+            drawn = draw_set(
+                restored,
+                spec.sampler,
+                n=spec.n,
+                chunk_rows=spec.batch_size,
+                seed=spec.seed,
+                data_rms=data_rms,
+                fraction=None
+                if progress is None
+                else (lambda f, k=done: progress((k + f) / len(todo))),
+            )
+        except SamplerMismatch:
+            raise
+        except ValueError as err:  # NaN or Inf in the samples
+            raise M.MetricInputError(str(err)) from None
+        health = drawn.health
+        if images:
+            feats, probs = extractor.features_and_probabilities(drawn.samples)
+            values = _image_metrics(test_feats, feats, probs)
+            # Likelihoods in float32, whatever precision the run computes in.
+            wanted = spec.bpd_examples or spec.ode_bpd_examples
+            exact = run.restore(step, precision="float32") if wanted else restored
+            if exact.objective.family == "diffusion" and spec.bpd_examples:
+                subset = exact.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
+                bound = exact.objective.diffusion.bits_per_dim(exact.model, subset, seed=spec.seed)
+                values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
+            if spec.ode_bpd_examples:
+                values["ode_bits_per_dim"] = _ode_bits_per_dim(
+                    exact, test_real[: spec.ode_bpd_examples], spec.seed
+                )
+        else:
+            values = _point_metrics(test_real.astype(np.float64), drawn.samples, mixture)
+        if health:
+            # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
+            values["chain_worst_rms_ratio"] = max(h.ratio for h in health)
+        rows[step] = {
+            "step": step,
+            "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
+        }
+        if health:
+            rows[step]["chain"] = [
+                {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms} for h in health
+            ]
+
+    return _report(out_path, previous, rows, floors, committed, best_metric, spec)
+
+
+def _report(out_path, previous, rows, floors, committed, best_metric, spec) -> EvalReport:
+    """The report of `rows`, written to `out_path` unless it is `previous` unchanged."""
     ordered = [rows[s] for s in sorted(rows)]
     sign = 1 if LOWER_IS_BETTER.get(best_metric, True) else -1
     # Only checkpoints still on disk can be best: rows scored earlier may name pruned ones.
