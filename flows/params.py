@@ -22,6 +22,8 @@ Positive = Annotated[int, Field(gt=0)]
 Minutes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # Classifier-free guidance weight w (samplers/spec.py): 0 is the conditional model alone.
 Guidance = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+# The noise levels (sigma, counted as a VE process counts it) that guidance is limited to.
+Sigma = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 

@@ -11,7 +11,7 @@ from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler
+from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma
 from tasks.presets import resolve
 from tasks.progress import Eta, show_progress
 from tasks.render import render_outputs
@@ -28,10 +28,20 @@ def sample_flow(
     num_samples: Positive | None = None,
     sampler: Sampler | None = None,
     guidance: Guidance | None = None,
+    guidance_sigma_min: Sigma | None = None,
+    guidance_sigma_max: Sigma | None = None,
 ) -> dict:
     """Samples checkpoint `step` (default: the latest) into <run>/samples, renders <run>/render.
     Returns the sample directory and the rendered files."""
-    plan = resolve(preset, model, num_samples=num_samples, sampler=sampler, guidance=guidance)
+    plan = resolve(
+        preset,
+        model,
+        num_samples=num_samples,
+        sampler=sampler,
+        guidance=guidance,
+        guidance_sigma_min=guidance_sigma_min,
+        guidance_sigma_max=guidance_sigma_max,
+    )
     run = Run.at(output_root, run_name)
     with writing(run.path):
         run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)

@@ -32,6 +32,7 @@ from flows.params import (
     Preset,
     RunName,
     Sampler,
+    Sigma,
     default_run_name,
 )
 from flows.prepare_dataset import prepare_dataset_flow
@@ -94,6 +95,8 @@ def train_and_sample(
     num_samples: Positive | None = None,
     sampler: Sampler | None = None,
     guidance: Guidance | None = None,
+    guidance_sigma_min: Sigma | None = None,
+    guidance_sigma_max: Sigma | None = None,
     workers: Positive = 1,
     timeout_minutes: Minutes = 120.0,
     warm_start: bool = False,
@@ -107,6 +110,8 @@ def train_and_sample(
         num_samples=num_samples,
         sampler=sampler,
         guidance=guidance,
+        guidance_sigma_min=guidance_sigma_min,
+        guidance_sigma_max=guidance_sigma_max,
     )
     run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
@@ -137,6 +142,8 @@ def train_and_sample(
             num_samples=num_samples,
             sampler=sampler,
             guidance=guidance,
+            guidance_sigma_min=guidance_sigma_min,
+            guidance_sigma_max=guidance_sigma_max,
         )
         result = {
             "run_dir": str(summary.run_dir),
@@ -169,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=int, default=None)
     parser.add_argument("--sampler", default=None, choices=sorted(SAMPLERS))
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--guidance-sigma-min", type=float, default=None)
+    parser.add_argument("--guidance-sigma-max", type=float, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout-minutes", type=float, default=None)
     parser.add_argument("--warm-start", action="store_true", default=None)

@@ -322,10 +322,13 @@ def resolve(
     num_samples: int | None = None,
     sampler: str | None = None,
     guidance: float | None = None,
+    guidance_sigma_min: float | None = None,
+    guidance_sigma_max: float | None = None,
 ) -> Pipeline:
     """The preset (its `model` variant) with the flow's flat overrides applied (None: keep).
-    `sampler` and `guidance` change the sample set's (and the GIF's) sampler, not the
-    evaluation's."""
+    `sampler`, `guidance` and the interval of noise levels it is limited to
+    (`guidance_sigma_min`, `guidance_sigma_max`) change the sample set's (and the GIF's)
+    sampler, not the evaluation's."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if model not in MODELS:
@@ -359,4 +362,21 @@ def resolve(
                 "needs a class-conditional one (num_classes > 0)"
             )
         plan = plan.with_settings("samples", guidance=guidance)
+    bounds = {
+        name: value
+        for name, value in (
+            ("guidance_sigma_min", guidance_sigma_min),
+            ("guidance_sigma_max", guidance_sigma_max),
+        )
+        if value is not None
+    }
+    if bounds:
+        if not dict(plan.samples.sampler.settings).get("guidance"):
+            # The spec would drop them (no guidance, nothing to limit): refused, not ignored.
+            raise ValueError(
+                f"{' and '.join(bounds)}: limit guidance to an interval of noise levels, and "
+                f"the sample set's sampler {plan.samples.sampler.name!r} has no guidance: give "
+                "guidance w > 0 too"
+            )
+        plan = plan.with_settings("samples", **bounds)  # the spec checks the values
     return plan

@@ -259,6 +259,8 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
         ({"timeout_minutes": float("inf")}, "timeout_minutes"),
         ({"guidance": 1.0}, "guidance"),
         ({"preset": "mnist-cpu", "guidance": float("nan")}, "guidance"),
+        ({"preset": "mnist-cpu", "guidance_sigma_max": -1.0}, "guidance_sigma_max"),
+        ({"preset": "mnist-cpu", "guidance_sigma_min": 1.0}, "guidance_sigma_min"),
     ],
 )
 def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path, parameters, named):

@@ -91,6 +91,13 @@ def test_the_flows_flat_parameters_change_one_field_each():
     assert resolve("mnist-cpu", "ncsn", guidance=0).samples.sampler == SamplerSpec.of(
         "ve_ancestral"
     )
+    # The interval is the flow's too: guidance at every level, or DDPM's guidance limited.
+    everywhere = resolve("mnist-cpu", "ncsn", guidance_sigma_min=0, guidance_sigma_max=1e3)
+    assert everywhere.samples.sampler == ncsn.replace(guidance_sigma_min=0, guidance_sigma_max=1e3)
+    assert everywhere.samples.sampler.guidance_interval == (0.0, 1000.0)
+    assert everywhere.eval == resolve("mnist-cpu", "ncsn").eval
+    limited = resolve("mnist-cpu", guidance=0.5, guidance_sigma_max=2.0).samples.sampler
+    assert limited.guidance == 0.5 and limited.guidance_interval == (0.0, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +112,16 @@ def test_the_flows_flat_parameters_change_one_field_each():
         ({"preset": "tiny", "steps": -5}, "num_steps"),
         ({"preset": "tiny", "guidance": 1.0}, "guidance: preset 'tiny' trains an unconditional"),
         ({"preset": "mnist-cpu", "guidance": -1.0}, "guidance must be at least 0.0"),
+        # Bounds where nothing is guided would be dropped: refused instead of ignored.
+        ({"preset": "mnist-cpu", "guidance_sigma_min": 1.0}, "guidance_sigma_min: limit guidance"),
+        (
+            {"preset": "mnist-cpu", "model": "ncsn", "guidance": 0, "guidance_sigma_max": 3.0},
+            "guidance_sigma_max: limit guidance",
+        ),
+        (
+            {"preset": "mnist-cpu", "model": "ncsn", "guidance_sigma_min": 20.0},
+            "guidance_sigma_min must be below guidance_sigma_max",
+        ),
     ],
 )
 def test_bad_choices_are_refused_by_name(arguments, message):
