@@ -371,7 +371,7 @@ def resolve(
         if value is not None
     }
     if bounds:
-        if not dict(plan.samples.sampler.settings).get("guidance"):
+        if not plan.samples.sampler.guidance:
             # The spec would drop them (no guidance, nothing to limit): refused, not ignored.
             raise ValueError(
                 f"{' and '.join(bounds)}: limit guidance to an interval of noise levels, and "
