@@ -3,24 +3,32 @@ the learned score field. One call, files out; an orchestrator publishes them.
 
     render_run(run_dir, samples_dir, out_dir, step=None, sampler=SamplerSpec) -> RunRenders
 
-The GIF is a fresh, small chain from the same EMA weights and sampler spec the sample set used
-(frames denser near the end, the last one the samples). The grid shows the first rows of the
-sample set itself.
+The grid shows the first rows of the sample set itself; the GIF is their chain, kept with the
+set's first chunk (frames denser near the end, the last one the samples). A stamp in out_dir
+(`rendered-from.json`, written last) names what the files were rendered from, by content: a
+re-run with the same inputs renders nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 
 from diffusion_lib import render
+from diffusion_lib._atomic import atomic_write_bytes
 from diffusion_lib.data import open_dataset
 from diffusion_lib.draw import draw, draw_chunk, preview_steps
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
+
+# What the files in out_dir were rendered from (written last): a re-run with the same inputs
+# finds it and renders nothing.
+STAMP = "rendered-from.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +67,21 @@ def render_run(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(run_dir)
-    restored = run.restore(step)
     samples = open_dataset(samples_dir)
+    log = run.training_log
+    step = run.checkpoint(step)
+    inputs = {  # by content: the checkpoint's marker (its files' checksums), the set's shards
+        "step": step,
+        "checkpoint": _sha256(run.checkpoints_dir / f"ckpt-{step}.json"),
+        "sampler": sampler.to_dict(),
+        "samples": [shard.sha256 for shard in samples.manifest.shards],
+        "training_log": _sha256(log) if log.is_file() else None,
+    }
+    done = _rendered(out, inputs)
+    if done is not None:
+        return done
+    (out / STAMP).unlink(missing_ok=True)  # the files below are about to change
+    restored = run.restore(step)
     images = restored.normalizer.is_image
     columns = restored.config.num_classes or 8
     shown = 8 * columns if images else 1000
@@ -79,10 +100,36 @@ def render_run(
             score_field = _score_field(restored, run.dataset, chain, out / "score_field.png")
         elif restored.objective.family == "sde":
             score_field = _flow_field(restored, run.dataset, out / "score_field.png")
-    metrics = run.training_log
-    loss_curve = render.loss_curve_png(metrics, out / "loss.png") if metrics.is_file() else None
-    return RunRenders(
+    loss_curve = render.loss_curve_png(log, out / "loss.png") if log.is_file() else None
+    renders = RunRenders(
         restored.step, out / "grid.png", out / "sampling.gif", loss_curve, score_field
+    )
+    stamp = {**inputs, "files": sorted(renders.paths())}
+    atomic_write_bytes(out / STAMP, json.dumps(stamp, indent=2).encode())
+    return renders
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rendered(out: pathlib.Path, inputs: dict) -> RunRenders | None:
+    """The renders already in `out` when its stamp names these inputs and every file it lists
+    is there; None otherwise."""
+    try:
+        stamp = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    files = stamp.pop("files", [])
+    if stamp != json.loads(json.dumps(inputs)) or not all((out / f).is_file() for f in files):
+        return None
+    named = {f: out / f for f in files}
+    return RunRenders(
+        inputs["step"],
+        out / "grid.png",
+        out / "sampling.gif",
+        named.get("loss.png"),
+        named.get("score_field.png"),
     )
 
 

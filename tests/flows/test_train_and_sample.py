@@ -139,6 +139,7 @@ def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     original = shard.read_bytes()
     kept = [run / "metrics.jsonl", run / "eval" / "metrics.json", run / "samples" / "manifest.json"]
     kept += sorted((run / "samples").glob("*.parquet")) + sorted(run.glob("checkpoints/*"))
+    kept += sorted((run / "render").iterdir())
     before = {path: path.stat().st_mtime_ns for path in kept}
     shards_before = _mtimes(run / "data" / "train")
 

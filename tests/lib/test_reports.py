@@ -94,6 +94,34 @@ def test_a_two_dimensional_diffusion_run_has_no_score_field(toy_ddpm_run, tmp_pa
     assert set(renders.paths()) == {"grid.png", "sampling.gif", "loss.png"}
 
 
+def test_rendered_again_from_the_same_inputs_nothing_is_redone(toy_ddpm_run, tmp_path, monkeypatch):
+    """A re-run finds the render directory's stamp naming the same checkpoint, sampler, sample
+    set and training log, and every file: nothing is restored, drawn or written. Another sampler,
+    or a file gone, renders again."""
+    from diffusion_lib import reports
+
+    generate_samples(toy_ddpm_run, tmp_path / "samples", n=200, sampler=SAMPLER)
+    first = render_run(toy_ddpm_run, tmp_path / "samples", tmp_path / "r", sampler=SAMPLER)
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()}
+    assert reports.STAMP in written and len(written) == 4
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("rendered again from the same inputs")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reports.Run, "restore", must_not_run)
+        again = render_run(toy_ddpm_run, tmp_path / "samples", tmp_path / "r", sampler=SAMPLER)
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()} == written
+
+    other = SamplerSpec.of("ddim", num_steps=4)
+    render_run(toy_ddpm_run, tmp_path / "samples", tmp_path / "r", sampler=other)
+    assert (tmp_path / "r" / "sampling.gif").stat().st_mtime_ns != written["sampling.gif"]
+    (tmp_path / "r" / "loss.png").unlink()
+    assert render_run(toy_ddpm_run, tmp_path / "samples", tmp_path / "r", sampler=other).loss_curve
+    assert (tmp_path / "r" / "loss.png").is_file()
+
+
 def test_a_two_dimensional_sde_run_draws_its_score_field_with_probability_flow_paths(
     toy_ddpm_run, tmp_path
 ):
