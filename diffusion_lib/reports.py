@@ -12,7 +12,6 @@ re-run with the same inputs renders nothing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 
@@ -22,9 +21,11 @@ import tensorflow as tf
 from diffusion_lib import render
 from diffusion_lib._atomic import atomic_write_bytes
 from diffusion_lib.data import open_dataset
+from diffusion_lib.data.shards import file_sha256
 from diffusion_lib.draw import draw, draw_chunk, preview_steps
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
+from diffusion_lib.training.checkpoints import read_marker
 
 # What the files in out_dir were rendered from (written last): a re-run with the same inputs
 # finds it and renders nothing.
@@ -72,10 +73,10 @@ def render_run(
     step = run.checkpoint(step)
     inputs = {  # by content: the checkpoint's marker (its files' checksums), the set's shards
         "step": step,
-        "checkpoint": _sha256(run.checkpoints_dir / f"ckpt-{step}.json"),
+        "checkpoint": read_marker(run.checkpoints_dir, step),
         "sampler": sampler.to_dict(),
         "samples": [shard.sha256 for shard in samples.manifest.shards],
-        "training_log": _sha256(log) if log.is_file() else None,
+        "training_log": file_sha256(log) if log.is_file() else None,
     }
     done = _rendered(out, inputs)
     if done is not None:
@@ -107,10 +108,6 @@ def render_run(
     stamp = {**inputs, "files": sorted(renders.paths())}
     atomic_write_bytes(out / STAMP, json.dumps(stamp, indent=2).encode())
     return renders
-
-
-def _sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _rendered(out: pathlib.Path, inputs: dict) -> RunRenders | None:
