@@ -94,10 +94,11 @@ class SamplerSpec:
         return {"name": self.name, **dict(self.settings)}
 
     def replace(self, **changes) -> SamplerSpec:
-        """This spec with `changes`; turning guidance off drops its interval too."""
+        """This spec with `changes`; turning guidance off drops its interval too (bounds given
+        in `changes` are kept, and refused by name when nothing is guided)."""
         settings = {**dict(self.settings), **changes}
         if not settings.get("guidance"):
-            for key in _BOUNDS:
+            for key in set(_BOUNDS) - set(changes):
                 settings.pop(key, None)
         return SamplerSpec.of(self.name, **settings)
 

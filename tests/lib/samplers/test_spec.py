@@ -41,6 +41,9 @@ def test_guidance_interval_is_kept_only_when_it_limits_guidance():
     assert bounded.guidance_interval == (0.5, 10.0) and SamplerSpec.from_dict(bounded.to_dict())
     assert SamplerSpec.of("ve_ancestral", guidance=0.5).guidance_interval == (0.0, float("inf"))
     assert bounded.replace(guidance=0) == SamplerSpec.of("ve_ancestral")
+    # Bounds given to replace are kept, so where nothing is guided they are refused, not lost.
+    with pytest.raises(ValueError, match="guidance_sigma_max limit guidance .* set guidance > 0"):
+        SamplerSpec.of("ddim").replace(guidance_sigma_max=2.0)
     assert SamplerSpec.of("ddim", guidance=1, guidance_sigma_max=float("inf")) == SamplerSpec.of(
         "ddim", guidance=1
     )
