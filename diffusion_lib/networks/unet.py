@@ -89,7 +89,7 @@ class UNet(ConfigModel):
             else:
                 self.upsamplers.append(None)
 
-        self.norm_out = GroupNorm(math.gcd(ch, groups), epsilon=1e-5, dtype=policy)
+        self.norm_out = GroupNorm(math.gcd(ch, groups), epsilon=1e-5, silu=True, dtype=policy)
         out_channels = cfg.data_shape[-1] * cfg.output_channels_factor
         self.conv_out = keras.layers.Conv2D(
             out_channels, 3, padding="same", kernel_initializer="zeros", dtype=policy
@@ -125,7 +125,7 @@ class UNet(ConfigModel):
                 target = tf.shape(skips[-1])
                 h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)[:, : target[1], : target[2], :]
                 h = up(h)
-        out = tf.cast(self.conv_out(tf.nn.silu(self.norm_out(h))), tf.float32)
+        out = tf.cast(self.conv_out(self.norm_out(h)), tf.float32)
         if self.output_scaling == "inverse_sigma":
             out = out / tf.cast(cond, tf.float32)[:, None, None, None]
         return out

@@ -1,5 +1,5 @@
-"""networks/layers.py: GroupNorm's value and gradients against the float64 definition, and its
-float32 statistics under bfloat16."""
+"""networks/layers.py: GroupNorm's value and gradients (alone and fused with SiLU) against the
+float64 definition, and its float32 statistics under bfloat16."""
 
 import numpy as np
 import pytest
@@ -17,8 +17,9 @@ def _group_norm_float64(x, gamma, beta, groups, epsilon=1e-5):
     return xhat * gamma + beta
 
 
+@pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("channels,groups", [(64, 32), (16, 4), (8, 8), (12, 1)])
-def test_group_norm_value_and_gradients_match_the_float64_definition(channels, groups):
+def test_group_norm_value_and_gradients_match_the_float64_definition(channels, groups, silu):
     rng = np.random.default_rng(channels + groups)
     # An offset of 3 and scale 2: a one-pass E[x^2] - E[x]^2 variance would lose digits here.
     x = rng.normal(3.0, 2.0, size=(3, 5, 7, channels))
@@ -35,8 +36,14 @@ def test_group_norm_value_and_gradients_match_the_float64_definition(channels, g
             g.numpy().astype(np.float64) for g in tape.gradient(loss, args)
         ]
 
-    ours = gradients(lambda *a: layers.group_norm(*a, groups=groups, epsilon=1e-5), tf.float32)
-    reference = gradients(lambda *a: _group_norm_float64(*a, groups=groups), tf.float64)
+    def reference(*args):
+        y = _group_norm_float64(*args, groups=groups)
+        return y * tf.sigmoid(y) if silu else y
+
+    ours = gradients(
+        lambda *a: layers.group_norm(*a, groups=groups, epsilon=1e-5, silu=silu), tf.float32
+    )
+    reference = gradients(reference, tf.float64)
     for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), ours, reference, strict=True):
         scale = np.abs(want).max()
         assert np.abs(got - want).max() <= 2e-5 * scale, name
