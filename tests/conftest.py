@@ -18,6 +18,12 @@ if _workers > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", _threads)
 
+import sys  # noqa: E402
+
+# No test uses scikit-learn, which Keras imports (1.9 s) only for its scikit-learn wrappers; the
+# training worker does the same (diffusion_lib/training/__main__.py).
+sys.modules.setdefault("sklearn", None)
+
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]

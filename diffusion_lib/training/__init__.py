@@ -4,43 +4,42 @@ TrainConfig, config_preset(name, **overrides)
 train(config, run_dir, ...) -> TrainResult; Trainer for finer control
 (a trained run directory, its weights and paths: diffusion_lib.run.Run)
 python -m diffusion_lib.training --config FILE --run-dir DIR   (one worker process)
+
+The names below are imported on first use (PEP 562), so that `python -m diffusion_lib.training`
+runs its own start-up (`__main__`) before TensorFlow is imported.
 """
 
-from diffusion_lib.training.checkpoints import (
-    CheckpointMismatch,
-    DamagedCheckpoint,
-    committed_steps,
-)
-from diffusion_lib.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_preset,
-    config_preset_names,
-)
-from diffusion_lib.training.engine import (
-    Progress,
-    Trainer,
-    TrainingDiverged,
-    TrainResult,
-    enable_determinism,
-    train,
-)
-from diffusion_lib.training.strategy import choose_strategy, worker_role
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointMismatch",
-    "DamagedCheckpoint",
-    "ConfigError",
-    "Progress",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "choose_strategy",
-    "committed_steps",
-    "config_preset",
-    "config_preset_names",
-    "enable_determinism",
-    "train",
-    "worker_role",
-]
+import importlib
+
+_EXPORTS = {
+    "CheckpointMismatch": "checkpoints",
+    "DamagedCheckpoint": "checkpoints",
+    "committed_steps": "checkpoints",
+    "ConfigError": "config",
+    "TrainConfig": "config",
+    "config_preset": "config",
+    "config_preset_names": "config",
+    "Progress": "engine",
+    "Trainer": "engine",
+    "TrainingDiverged": "engine",
+    "TrainResult": "engine",
+    "enable_determinism": "engine",
+    "train": "engine",
+    "choose_strategy": "strategy",
+    "worker_role": "strategy",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

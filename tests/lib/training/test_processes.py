@@ -130,3 +130,18 @@ def test_sigkill_then_resume_is_bitwise_identical(config_file, reference, tmp_pa
     assert events[0]["event"] == "start" and events[0]["step"] == steps[-1]
     assert events[1]["step"] == steps[-1] + 10
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
+
+
+def test_a_worker_starts_without_scikit_learn(tmp_path):
+    """Keras imports scikit-learn (1.9 s here) for wrappers a worker never uses: the worker
+    keeps it out, and still reads its config and reports bad input (exit 2) after TensorFlow
+    and Keras are imported."""
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"num_steps": -1}))
+    proc = _worker(bad, tmp_path / "run", env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "num_steps" in out
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if "|" in line}
+    assert {"tensorflow", "keras.src.wrappers.sklearn_wrapper"} <= imported
+    assert not {name for name in imported if name.startswith("sklearn.")}
