@@ -56,14 +56,100 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (-costs[module(item)], first[module(item)]))
 
 
+# With test workers (pytest-xdist), one temporary Prefect server serves them all: the
+# controlling process starts it at configure time, before the workers exist, and stops it after
+# they have ended. Its URL reaches the workers under a name of its own, not PREFECT_API_URL, so
+# that the processes tests start (the command line, the console checks) still run with no
+# server configured, as a user's do. One server instead of one per worker: its start (10-15 s)
+# overlaps the workers' own, and the second server's CPU (15-25 s over a run) is not spent.
+_SHARED_SERVER_ENV = "DIFFUSION_TESTS_PREFECT_API_URL"
+_shared_server: dict = {}
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    import prefect
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tempfile.mkdtemp(prefix="prefect-tests-")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": home,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent)]
+    command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    _shared_server["process"] = subprocess.Popen(command, env=env)
+    _shared_server["cleanup"] = lambda: shutil.rmtree(home, ignore_errors=True)
+    os.environ[_SHARED_SERVER_ENV] = f"http://127.0.0.1:{port}/api"
+
+
+def pytest_unconfigure(config):
+    process = _shared_server.pop("process", None)
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except Exception:
+        process.kill()
+        process.wait()
+    _shared_server.pop("cleanup")()
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One temporary Prefect server (its own database) per test process, for every test that runs
-    flows or tasks in process: starting one takes 10-15 s."""
-    from prefect.testing.utilities import prefect_test_harness
+    """A temporary Prefect server (its own database) for every test that runs flows or tasks in
+    process: the one the controlling process started for all workers, or, in a run without
+    workers, one of this process's own. The server is shared: tests read back only their own
+    runs' records."""
+    url = os.environ.get(_SHARED_SERVER_ENV)
+    if not url:
+        from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+        return
+    import time
+
+    import httpx
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the shared Prefect server at {url} did not start in 120 s")
+        time.sleep(0.2)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        with prefect.context._temporary_global_settings_context(
+            prefect.context.get_settings_context()
+        ):
+            yield
+            # What this process still has to send, sent before the server stops.
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
 
 
 @pytest.fixture(scope="session")

@@ -237,7 +237,7 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
     # Bad input (exit 2) fails the same way every time: one attempt, no retries.
     assert len(trainings) == 1 and trainings[0].run_count == 1
     reports = [
-        a for a in _read(lambda client: client.read_artifacts()) if a.key == "failure-report"
+        a for a in artifacts_of(state.state_details.flow_run_id) if a.key == "failure-report"
     ]
     assert reports and "stage 'train' failed" in reports[-1].data
     assert "run_name=r1" in reports[-1].data
