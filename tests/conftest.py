@@ -66,6 +66,16 @@ _SHARED_SERVER_ENV = "DIFFUSION_TESTS_PREFECT_API_URL"
 _shared_server: dict = {}
 
 
+def _die_with_us() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the process that started
+    it dies, so a test run killed before its teardown leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def pytest_configure(config):
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return
@@ -93,7 +103,7 @@ def pytest_configure(config):
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent)]
     command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    _shared_server["process"] = subprocess.Popen(command, env=env)
+    _shared_server["process"] = subprocess.Popen(command, env=env, preexec_fn=_die_with_us)
     _shared_server["cleanup"] = lambda: shutil.rmtree(home, ignore_errors=True)
     os.environ[_SHARED_SERVER_ENV] = f"http://127.0.0.1:{port}/api"
 
