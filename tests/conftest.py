@@ -77,7 +77,10 @@ def _die_with_us() -> None:
 
 
 def pytest_configure(config):
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+    if hasattr(config, "workerinput"):
+        return
+    os.environ.pop(_SHARED_SERVER_ENV, None)  # a test run started inside another has its own
+    if not getattr(config.option, "numprocesses", None):
         return
     import shutil
     import socket
