@@ -18,6 +18,8 @@ if _workers > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", _threads)
 
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 # No test uses scikit-learn, which Keras imports (1.9 s) only for its scikit-learn wrappers; the
@@ -82,9 +84,7 @@ def pytest_configure(config):
     os.environ.pop(_SHARED_SERVER_ENV, None)  # a test run started inside another has its own
     if not getattr(config.option, "numprocesses", None):
         return
-    import shutil
     import socket
-    import subprocess
     import tempfile
 
     import prefect
@@ -107,7 +107,7 @@ def pytest_configure(config):
     command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
     _shared_server["process"] = subprocess.Popen(command, env=env, preexec_fn=_die_with_us)
-    _shared_server["cleanup"] = lambda: shutil.rmtree(home, ignore_errors=True)
+    _shared_server["home"] = home
     os.environ[_SHARED_SERVER_ENV] = f"http://127.0.0.1:{port}/api"
 
 
@@ -118,10 +118,10 @@ def pytest_unconfigure(config):
     process.terminate()
     try:
         process.wait(timeout=10)
-    except Exception:
+    except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    _shared_server.pop("cleanup")()
+    shutil.rmtree(_shared_server.pop("home"), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
