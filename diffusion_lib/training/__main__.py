@@ -161,4 +161,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything this process leaves is written by now (checkpoints committed, the TensorBoard
+    # writer closed, the result printed), so it ends here: the interpreter's own teardown with
+    # TensorFlow loaded took 1.3-1.4 s of each worker's life (7.7 s for a 30-step run), spent
+    # freeing memory the exit frees anyway.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -523,7 +523,7 @@ class Trainer:
                 stopped_early = done < config.num_steps
                 break
         if writer is not None:
-            writer.flush()
+            writer.close()
         final = int(self.step.numpy())
         if saved != final and final > start:
             self._save(final, last_loss)

@@ -79,6 +79,15 @@ def reference(config_file, tmp_path_factory):
     return _weights(run_dir, 600)
 
 
+def _logged_steps(run_dir, tag="loss"):
+    """The steps of `tag`'s TensorBoard events in `run_dir`, over all its event files, sorted."""
+    steps = []
+    for path in sorted((run_dir / "tensorboard").iterdir()):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
 def _assert_bitwise_equal(a, b):
     assert a.keys() == b.keys() and len(a) > 10
     for name in a:
@@ -98,6 +107,9 @@ def test_clean_stop_then_resume_is_bitwise_identical(config_file, reference, tmp
         "precision": "float32",
     }
     assert events[1]["event"] == "progress" and events[1]["step"] == 240
+    # Both processes' TensorBoard events are on disk to their last step, though a worker ends
+    # without the interpreter's teardown.
+    assert _logged_steps(tmp_path / "run") == list(range(10, 601, 10))
     _assert_bitwise_equal(_weights(tmp_path / "run", 600), reference)
 
 
