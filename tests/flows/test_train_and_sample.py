@@ -19,6 +19,8 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.evaluate import evaluate_flow
+from flows.prepare_dataset import prepare_dataset_flow
+from flows.train import train_flow
 from flows.train_and_sample import train_and_sample
 from tests.local_servers import processes
 from tests.prefect_reads import artifacts_of
@@ -192,19 +194,16 @@ def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_
     assert manifest["extra"]["sampler"]["name"] == "annealed_langevin"
     assert (run / "render" / "score_field.png").is_file()
 
-    second = train_and_sample(
-        preset="tiny",
-        model="ncsn",
-        output_root=str(tmp_path),
-        run_name="s2",
-        steps=30,
-        warm_start=True,
-        return_state=True,
-    )
+    # The warm start is the train stage's (train_and_sample hands it the flag): the stages it
+    # involves, without the evaluation and sample set the run above has already covered.
+    where = {"preset": "tiny", "model": "ncsn", "output_root": str(tmp_path), "run_name": "s2"}
+    prepare_dataset_flow(**where)
+    second = train_flow(**where, steps=30, warm_start=True, return_state=True)
     assert second.is_completed(), second.message
     best = first.result()["best_step"]
     config = json.loads((tmp_path / "s2" / "train-config.json").read_text())
     assert config["init_from"] == f"{run}@{best}"
+    assert second.result()["step"] == 30
 
 
 def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
