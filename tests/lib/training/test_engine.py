@@ -326,6 +326,8 @@ def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(eight, tmp_pa
     logical CPUs."""
     code = (
         "import pathlib, sys\n"
+        # Not used here, and 2.8 s of TensorFlow's import (as in the training worker).
+        "sys.modules.update(dict.fromkeys(('sklearn', 'matplotlib', 'pandas')))\n"
         "import tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(\n"
