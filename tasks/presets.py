@@ -232,7 +232,7 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
     # set is again the evaluation's draw), class-conditional like DDPM's, with guidance w = 0.35
     # at the 54 levels from sigma 10 down to 0.5 (twice the network calls there). Measured
     # (benchmarks/README.md), FID over sampling seeds 0 / 1 / 2: levels down to 0.05 averaged
-    # 4.89 and 6.09 on two checkpoints (DDPM's 2.83 and 2.71), a fifth of training's draws
+    # 4.89, 6.09 and 5.45 on three checkpoints (DDPM's 2.71-2.92), a fifth of training's draws
     # falling below sigma 0.2, where denoising a digit is nearly trivial; down to 0.1 3.88, to
     # 0.2 3.07 (classifier score 8.43-8.77), to 0.3 3.16; DDPM the same session 2.92. Earlier:
     # unconditional, levels down to 0.01, FID 14.6; annealed Langevin (3 steps a level, 3x the
