@@ -1,8 +1,7 @@
 """Shared test setup: quiet TensorFlow, CPU only, two logical CPU devices.
 
 Two logical devices let MirroredStrategy tests run as they would on a 2-GPU host; they must be
-configured before TensorFlow initialises its devices, hence at configure time, before the test
-modules are imported, in each process that runs tests.
+configured before TensorFlow initialises its devices, hence here, at import time.
 """
 
 import os
@@ -27,18 +26,18 @@ import sys  # noqa: E402
 # training worker does the same (diffusion_lib/training/__main__.py).
 sys.modules.setdefault("sklearn", None)
 
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+
 import pytest  # noqa: E402
 
-
-def _two_logical_cpus() -> None:
-    """Before TensorFlow initialises its devices (collection imports the test modules, and with
-    them TensorFlow, after configure time)."""
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-    )
+from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
+from diffusion_lib.training import config_preset, train  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -81,14 +80,10 @@ def _die_with_us() -> None:
 
 def pytest_configure(config):
     if hasattr(config, "workerinput"):
-        _two_logical_cpus()
         return
     os.environ.pop(_SHARED_SERVER_ENV, None)  # a test run started inside another has its own
     if not getattr(config.option, "numprocesses", None):
-        _two_logical_cpus()
         return
-    # The controlling process of a run with workers runs no test, so it does not load
-    # TensorFlow (4 s of CPU at the run's start, when the workers and the server start too).
     import socket
     import tempfile
 
@@ -175,9 +170,6 @@ def toy_ddpm_run(tmp_path_factory):
     """One trained toy DDPM run for every test that needs one: 4,000 moons (and 1,000 held out
     in data/test), mlp-tiny, 200 steps, checkpoints at 100 and 200. Shared: tests write their
     own outputs elsewhere (an evaluation's eval/ is keyed by its settings)."""
-    from diffusion_lib.data import DatasetSpec, prepare_dataset
-    from diffusion_lib.training import config_preset, train
-
     root = tmp_path_factory.mktemp("toy-ddpm-run")
     prepare_dataset(DatasetSpec.create("moons", n=4_000), root / "data" / "train")
     prepare_dataset(DatasetSpec.create("moons", split="test", n=1_000), root / "data" / "test")
@@ -198,9 +190,6 @@ def mnist_tiny_run(tmp_path_factory):
     """A two-step mnist-ddpm-tiny run (50 timesteps) on the embedded digits (4,500 in data/train,
     500 held out in data/test): an image run whose weights exist, for tests of shapes, plumbing
     and metrics far from their floors, not of quality."""
-    from diffusion_lib.data import DatasetSpec, prepare_dataset
-    from diffusion_lib.training import config_preset, train
-
     root = tmp_path_factory.mktemp("mnist-tiny-run")
     prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), root / "data" / "train")
     prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "data" / "test")
