@@ -84,14 +84,13 @@ def pytest_configure(config):
     os.environ.pop(_SHARED_SERVER_ENV, None)  # a test run started inside another has its own
     if not getattr(config.option, "numprocesses", None):
         return
-    import socket
     import tempfile
 
     import prefect
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.local_servers import free_port
+
+    port = free_port()
     home = tempfile.mkdtemp(prefix="prefect-tests-")
     env = {
         **os.environ,
@@ -139,19 +138,15 @@ def prefect_server():
         return
     import time
 
-    import httpx
     import prefect.context
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from tests.local_servers import healthy
+
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
+    while not healthy(url):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the shared Prefect server at {url} did not start in 120 s")
         time.sleep(0.2)
