@@ -1,7 +1,9 @@
 """Shared test setup: quiet TensorFlow, CPU only, two logical CPU devices.
 
 Two logical devices let MirroredStrategy tests run as they would on a 2-GPU host; they must be
-configured before TensorFlow initialises its devices, hence here, at import time.
+configured before TensorFlow initialises its devices: at import time in a test worker, at
+configure time in a run without workers. The controlling process of a run with workers runs no
+test and does not load TensorFlow.
 """
 
 import os
@@ -26,18 +28,22 @@ import sys  # noqa: E402
 # training worker does the same (diffusion_lib/training/__main__.py).
 sys.modules.setdefault("sklearn", None)
 
-import tensorflow as tf  # noqa: E402
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+def _two_logical_cpus() -> None:
+    import tensorflow as tf
 
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+
+# A test worker (pytest-xdist names it before it loads this file): here, while pytest captures
+# the output, TensorFlow's start-up lines included.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _two_logical_cpus()
 
 import pytest  # noqa: E402
-
-from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
-from diffusion_lib.training import config_preset, train  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,7 +89,22 @@ def pytest_configure(config):
         return
     os.environ.pop(_SHARED_SERVER_ENV, None)  # a test run started inside another has its own
     if not getattr(config.option, "numprocesses", None):
+        # The tests run in this process. Pytest captures the output while it loads this file,
+        # not at configure time: captured again here, so that TensorFlow's device start-up
+        # lines (its cuInit error on a machine without a GPU) do not reach the terminal.
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is None:  # -p no:capture
+            _two_logical_cpus()
+            return
+        capture.resume_global_capture()
+        try:
+            _two_logical_cpus()
+        finally:
+            capture.suspend_global_capture()
         return
+    # With workers, this process starts them and the shared server and runs no test: without
+    # TensorFlow (its import, about 3 s, came before the workers' start; its teardown after
+    # their end).
     import tempfile
 
     import prefect
@@ -165,6 +186,9 @@ def toy_ddpm_run(tmp_path_factory):
     """One trained toy DDPM run for every test that needs one: 4,000 moons (and 1,000 held out
     in data/test), mlp-tiny, 200 steps, checkpoints at 100 and 200. Shared: tests write their
     own outputs elsewhere (an evaluation's eval/ is keyed by its settings)."""
+    from diffusion_lib.data import DatasetSpec, prepare_dataset
+    from diffusion_lib.training import config_preset, train
+
     root = tmp_path_factory.mktemp("toy-ddpm-run")
     prepare_dataset(DatasetSpec.create("moons", n=4_000), root / "data" / "train")
     prepare_dataset(DatasetSpec.create("moons", split="test", n=1_000), root / "data" / "test")
@@ -185,6 +209,9 @@ def mnist_tiny_run(tmp_path_factory):
     """A two-step mnist-ddpm-tiny run (50 timesteps) on the embedded digits (4,500 in data/train,
     500 held out in data/test): an image run whose weights exist, for tests of shapes, plumbing
     and metrics far from their floors, not of quality."""
+    from diffusion_lib.data import DatasetSpec, prepare_dataset
+    from diffusion_lib.training import config_preset, train
+
     root = tmp_path_factory.mktemp("mnist-tiny-run")
     prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), root / "data" / "train")
     prepare_dataset(DatasetSpec.create("mnist_embedded", split="test"), root / "data" / "test")
