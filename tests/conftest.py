@@ -131,7 +131,18 @@ def pytest_configure(config):
     os.environ[_SHARED_SERVER_ENV] = f"http://127.0.0.1:{port}/api"
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
+    if hasattr(config, "workerinput"):
+        # A test worker has sent its last report (pytest-xdist sends "workerfinished" at session
+        # finish, before this hook); what would follow is pytest's five full garbage collections
+        # of a heap that TensorFlow, Keras and Prefect have filled (to report unraisable
+        # exceptions of objects collected only now), then the interpreter's own teardown of it.
+        # Measured in default runs, from the last test's end to the controlling process's
+        # session finish: 9.7 and 10.2 s before, 0.2 s with this exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     process = _shared_server.pop("process", None)
     if process is None:
         return
