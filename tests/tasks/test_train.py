@@ -74,17 +74,17 @@ def _train_with_a_kill(config, run_dir, killer, workers=1):
 
 
 def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
-    config = _toy_config(data_dir, num_steps=1200, checkpoint_every=100, log_every=100)
+    config = _toy_config(data_dir, num_steps=600, checkpoint_every=100, log_every=100)
     run_dir = tmp_path / "run"
     state, _ = _train_with_a_kill(
-        config, run_dir, lambda checkpoints, killed: _kill_worker_after(checkpoints, 500, killed)
+        config, run_dir, lambda checkpoints, killed: _kill_worker_after(checkpoints, 300, killed)
     )
     result = state.result()
-    assert result["step"] == 1200 and result["checkpoint"].endswith("ckpt-1200")
+    assert result["step"] == 600 and result["checkpoint"].endswith("ckpt-600")
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in rows]
     # The retry resumed after the last checkpoint before the kill, not from step 0.
-    assert steps.count(100) == 1 and steps[-1] == 1200
+    assert steps.count(100) == 1 and steps[-1] == 600
 
 
 def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
@@ -167,7 +167,7 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     from diffusion_lib.run import Run
     from diffusion_lib.training import TrainConfig, train
 
-    config = _toy_config(data_dir, num_steps=300, checkpoint_every=50, log_every=50)
+    config = _toy_config(data_dir, num_steps=150, checkpoint_every=50, log_every=50)
     train(
         TrainConfig.from_dict(config),
         tmp_path / "replicas",
@@ -177,20 +177,20 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     state, killed = _train_with_a_kill(
         config,
         run_dir,
-        lambda checkpoints, killed: _kill_worker_after(checkpoints, 100, killed, 1, 240),
+        lambda checkpoints, killed: _kill_worker_after(checkpoints, 50, killed, 1, 240),
         workers=2,
     )
     result = state.result()
     # The retry started both workers from the checkpoint the kill found (or one committed
     # in the instant before the signal landed), not from 0.
-    assert result["step"] == 300 and killed[0] <= result["started_from"] < 300
+    assert result["step"] == 150 and killed[0] <= result["started_from"] < 150
     steps = [
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     # Only the chief's checkpoints are kept; the other worker's scratch copy is gone.
-    assert committed_steps(run_dir / "checkpoints")[-1] == 300
+    assert committed_steps(run_dir / "checkpoints")[-1] == 150
     assert not list(run_dir.glob(".worker-*"))
-    assert steps == sorted(set(steps)) and steps[-1] == 300  # resumed, each step once
+    assert steps == sorted(set(steps)) and steps[-1] == 150  # resumed, each step once
     one, two = (Run(p).restore() for p in (tmp_path / "replicas", run_dir))
     # Bit for bit (measured: max absolute difference 0.0): a sum of two replicas' gradients
     # is the same sum in either all-reduce.
