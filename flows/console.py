@@ -1,10 +1,10 @@
 """The console of a flow started from the command line: TensorFlow's start-up lines filtered out,
 everything else (real warnings and errors included) kept.
 
-TensorFlow 2.21 writes its start-up notices through absl before logging is initialised, so
-TF_CPP_MIN_LOG_LEVEL does not reach them; they come from native code straight to file
-descriptor 2. `quiet_startup()` captures that descriptor while TensorFlow loads and initialises
-its devices, then writes back every line that is not one of the known notices below.
+TensorFlow's start-up notices come from native code straight to file descriptor 2
+(tasks/startup_noise.py says which lines they are). `quiet_startup()` captures that descriptor
+while TensorFlow loads and initialises its devices, then writes back every line that is not one
+of them.
 """
 
 from __future__ import annotations
@@ -12,33 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pathlib
 import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-NVIDIA_DRIVER = pathlib.Path("/proc/driver/nvidia/version")
-
-# Notices every start prints, with nothing for the user to do.
-STARTUP_NOISE = (
-    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-    r"^I0000 [^\]]* port\.cc:\d+\] oneDNN custom operations are on",
-    r"^I0000 [^\]]* cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
-    r"^I0000 [^\]]* cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
-    r"^To enable the following instructions: .* rebuild TensorFlow",
-)
-# Without an NVIDIA driver, CUDA's "no device" (303) is TensorFlow looking for a GPU that cannot
-# exist; with a driver it is a real failure and is kept.
-NO_DRIVER_CUINIT = r"^E0000 [^\]]* cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)$"
-
-
-def noise_patterns(driver_present: bool | None = None) -> list[re.Pattern]:
-    if driver_present is None:
-        driver_present = NVIDIA_DRIVER.exists()
-    patterns = list(STARTUP_NOISE) + ([] if driver_present else [NO_DRIVER_CUINIT])
-    return [re.compile(p) for p in patterns]
+from tasks.startup_noise import is_noise, noise_patterns
 
 
 @contextlib.contextmanager
@@ -57,9 +37,7 @@ def filtered_stderr(patterns: Sequence[re.Pattern]) -> Iterator[None]:
             os.close(saved)
             capture.seek(0)
             lines = capture.read().decode(errors="replace").splitlines(keepends=True)
-            kept = [
-                line for line in lines if not any(p.search(line.rstrip("\n")) for p in patterns)
-            ]
+            kept = [line for line in lines if not is_noise(line, patterns)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -29,6 +29,7 @@ from diffusion_lib.training.worker_protocol import EXIT_MEANINGS, PARENT_ENV
 from tasks.presets import TrainPart
 from tasks.progress import Eta, run_logger, show_progress
 from tasks.retries import worth_retrying
+from tasks.startup_noise import is_noise, noise_patterns
 
 
 class TrainingFailed(RuntimeError):
@@ -104,17 +105,35 @@ def _event(line: str) -> dict | None:
 
 def _why(error: dict | None, tail, logger) -> str:
     """A failed worker's reason: its error event ("Kind: message"), else the last line of its
-    other output that names an error (a traceback's last line, a fatal TensorFlow line); its
-    output's last lines go to the log either way."""
+    other output that names an error (a traceback's last line, a fatal TensorFlow line), else
+    its last line; its output's last lines go to the log either way. TensorFlow's start-up
+    notices are passed over: its "failed call to cuInit" on a host without a GPU driver names
+    an error but no reason, and was given as the reason of a worker killed by a signal."""
     if tail:
         logger.error("last lines of the worker's output:\n%s", "\n".join(tail))
     if error is not None:
         return f"{error['kind']}: {error['message']}"
+    noise = noise_patterns()
     lines = [line for line in tail if line.strip()]
-    named = [line for line in lines if "Error" in line or "error" in line or "Killed" in line]
+    reasons = [line for line in lines if not is_noise(line, noise)]
+    named = [line for line in reasons if "Error" in line or "error" in line or "Killed" in line]
     if named:
         return named[-1].strip()
-    return lines[-1].strip() if lines else "no output (killed by a signal?)"
+    if reasons:
+        return reasons[-1].strip()
+    return "no output beyond TensorFlow's start-up notices" if lines else "no output"
+
+
+def _meaning(code: int) -> str:
+    """An exit status in words: the worker protocol's codes, else the signal that ended it."""
+    if code in EXIT_MEANINGS:
+        return EXIT_MEANINGS[code]
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "failed"
 
 
 def _stream(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
@@ -264,9 +283,8 @@ def train_model(
         raise TrainingFailed(f"training in {run_dir}: {disagree}")
     if failed is not None:
         code = procs[failed].returncode
-        meaning = EXIT_MEANINGS.get(code, "crashed" if code < 0 else "failed")
         raise TrainingFailed(
-            f"training worker {failed} exited with {code} ({meaning}): "
+            f"training worker {failed} exited with {code} ({_meaning(code)}): "
             + _why(errors.get(failed), tails[failed], logger),
             code,
         )

@@ -112,11 +112,13 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
 
 
 def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines():
-    """A worker that dies before it can report (an import error, a fatal TensorFlow check) is
-    explained by its own output: the last line naming an error, and its tail in the log."""
+    """A worker that dies before it can report (an import error, a fatal TensorFlow check, a
+    signal) is explained by its own output: the last line naming an error, never one of
+    TensorFlow's start-up notices, and its tail in the log; a signal is named."""
     import logging
 
-    from tasks.train import _why
+    from tasks.train import _meaning, _why
+    from tests.tasks.test_startup_noise import CUINIT, NOISE
 
     tail = [
         "Traceback (most recent call last):",
@@ -129,7 +131,14 @@ def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines
     assert (
         _why({"kind": "DataError", "message": "bad shard"}, tail, logger) == "DataError: bad shard"
     )
-    assert _why(None, [], logger) == "no output (killed by a signal?)"
+    # A worker SIGKILLed after its start-up printed TensorFlow's notices: the cuInit line names
+    # an error but is not the reason (it used to be given as one).
+    started = [*NOISE, CUINIT, ""]
+    assert _why(None, started, logger) == "no output beyond TensorFlow's start-up notices"
+    assert _why(None, [*NOISE, "step 10 of 20", CUINIT], logger) == "step 10 of 20"
+    assert _why(None, [], logger) == "no output"
+    assert _meaning(-9) == "killed by SIGKILL" and _meaning(-6) == "killed by SIGABRT"
+    assert _meaning(2).startswith("bad input") and _meaning(1) == "failed"
 
 
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
