@@ -28,7 +28,8 @@ from diffusion_lib.training.worker_protocol import BAD_INPUT, DIVERGED, PARENT_E
 # worker uses none of them, and reads its Parquet shards with pyarrow alone. Without them
 # TensorFlow's import takes 1.9 s (scikit-learn) and 0.9 s (pyplot 0.67 s, pandas 0.25 s) less
 # here, on every worker start. This process is ours alone, so they are simply unavailable in
-# it: their import fails, and Keras leaves what needs them undefined.
+# it: their import fails, and Keras leaves what needs them undefined. (Importing this module
+# does the same in another process of ours: tests/lib/training/test_engine.py's child.)
 for _unused in ("sklearn", "matplotlib", "pandas"):
     sys.modules.setdefault(_unused, None)
 
