@@ -134,9 +134,17 @@ def _bounds(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
 
 
 def points_animation(
-    frames, path, *, bounds=None, hold_last: int = 10, size_px: int = 320, duration: float = 0.08
+    frames,
+    path,
+    *,
+    bounds=None,
+    reference=None,
+    hold_last: int = 10,
+    size_px: int = 320,
+    duration: float = 0.08,
 ) -> GifInfo:
-    """frames [F, N, 2] -> a GIF of the cloud moving (e.g. noise to swiss roll)."""
+    """frames [F, N, 2] -> a GIF of the cloud moving (e.g. noise to swiss roll), over the real
+    data `reference` [M, 2] drawn faintly when given."""
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 3 or frames.shape[-1] != 2:
         raise ValueError(f"frames must have shape [F, N, 2], got {frames.shape}")
@@ -145,6 +153,8 @@ def points_animation(
     for k, points in enumerate(frames):
         figure = _figure(size_px)
         axes = figure.add_axes([0, 0, 1, 1])
+        if reference is not None:
+            _reference_behind(axes, reference)
         axes.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color="tab:blue")
         axes.set_xlim(x0, x1)
         axes.set_ylim(y0, y1)
@@ -205,11 +215,26 @@ def score_field_png(
     return pathlib.Path(path)
 
 
-def save_points(points, path, *, size_px: int = 400) -> pathlib.Path:
+def _reference_behind(axes, reference) -> None:
+    """The real data in light grey under what is drawn next, so a reader sees where samples
+    miss it (a disc over a spiral) without reading a metric."""
+    reference = np.asarray(reference, dtype=np.float64)
+    axes.scatter(
+        reference[:, 0], reference[:, 1], s=2, alpha=0.35, color="0.7", linewidths=0, label="data"
+    )
+
+
+def save_points(points, path, *, reference=None, size_px: int = 400) -> pathlib.Path:
+    """A scatter PNG of points [N, 2]; `reference` [M, 2] (the real data) is drawn faintly
+    behind them, with a legend."""
     points = np.asarray(points, dtype=np.float64)
     figure = _figure(size_px, labelled=True)
     axes = figure.add_subplot(1, 1, 1)
-    axes.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
+    if reference is not None:
+        _reference_behind(axes, reference)
+    axes.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.6, color="tab:blue", label="samples")
+    if reference is not None:
+        axes.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
     axes.set_aspect("equal", adjustable="datalim")
     atomic_write_bytes(path, _png_bytes(_figure_array(figure)))
     return pathlib.Path(path)

@@ -95,12 +95,13 @@ def render_run(
         render.save_image_grid(first, out / "grid.png", columns=columns)
         render.sampling_gif(chain, out / "sampling.gif", columns=columns)
     else:
-        render.save_points(first, out / "grid.png")
-        render.points_animation(chain, out / "sampling.gif")
+        data = reference_points(run.dataset)
+        render.save_points(first, out / "grid.png", reference=data)
+        render.points_animation(chain, out / "sampling.gif", reference=data)
         if restored.objective.family == "score":
-            score_field = _score_field(restored, run.dataset, chain, out / "score_field.png")
+            score_field = _score_field(restored, data, chain, out / "score_field.png")
         elif restored.objective.family == "sde":
-            score_field = _flow_field(restored, run.dataset, out / "score_field.png")
+            score_field = _flow_field(restored, data, out / "score_field.png")
     loss_curve = render.loss_curve_png(log, out / "loss.png") if log.is_file() else None
     renders = RunRenders(
         restored.step, out / "grid.png", out / "sampling.gif", loss_curve, score_field
@@ -157,11 +158,15 @@ def _set_preview(restored, samples, sampler: SamplerSpec, shown: int) -> np.ndar
     return drawn.frames[:, :shown]
 
 
-def _score_field(restored, data, chain, path) -> pathlib.Path:
+def reference_points(dataset, n: int = 2000) -> np.ndarray:
+    """The first `n` points of a 2-D training set: what plots draw behind samples and fields."""
+    return dataset.read(0, min(len(dataset), n)).values
+
+
+def _score_field(restored, points, chain, path) -> pathlib.Path:
     """The learned score at the smallest noise level, in data coordinates (the normalizer's
-    chain rule), with 20 chain paths."""
+    chain rule), over the data `points`, with 20 chain paths."""
     sigma_min = float(np.asarray(restored.objective.sigmas)[-1])
-    points = data.read(0, min(len(data), 2000)).values
     normalizer = restored.normalizer
 
     def score_fn(x):
@@ -172,13 +177,13 @@ def _score_field(restored, data, chain, path) -> pathlib.Path:
     return render.score_field_png(score_fn, points, path, trajectories=chain[:, :20])
 
 
-def _flow_field(restored, data, path) -> pathlib.Path:
-    """A score-SDE run's learned score at its smallest time, in data coordinates, with 20 paths
-    of its probability-flow ODE from the prior to the data (adaptive solver, 41 frames)."""
+def _flow_field(restored, points, path) -> pathlib.Path:
+    """A score-SDE run's learned score at its smallest time, in data coordinates, over the data
+    `points`, with 20 paths of its probability-flow ODE from the prior to the data (adaptive
+    solver, 41 frames)."""
     sde, score = restored.objective.sde_view(restored.model)
     t = sde.default_eps
     paths = draw(restored, SamplerSpec.of("pf_ode"), 20, 1, frames=41).frames
-    points = data.read(0, min(len(data), 2000)).values
     normalizer = restored.normalizer
 
     def score_fn(x):

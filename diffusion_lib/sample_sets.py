@@ -27,6 +27,7 @@ from diffusion_lib.data.manifest import read_manifest
 from diffusion_lib.data.shards import read_header
 from diffusion_lib.data.sources.base import Examples, check_range, register_source
 from diffusion_lib.draw import check_compatible, draw_chunk
+from diffusion_lib.reports import reference_points
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
 
@@ -239,5 +240,9 @@ def generate_samples(
     if manifest.kind == "image":
         render.save_image_grid(first, pathlib.Path(out_dir) / "grid.png", columns=grid)
     else:
-        render.save_points(open_dataset(out_dir).read().values, pathlib.Path(out_dir) / "grid.png")
+        render.save_points(
+            open_dataset(out_dir).read().values,
+            pathlib.Path(out_dir) / "grid.png",
+            reference=reference_points(Run(run_dir).dataset),
+        )
     return manifest

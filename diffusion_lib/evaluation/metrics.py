@@ -10,6 +10,9 @@
                          rarest class's share (a starved class shows here, not in coverage)
     sliced_wasserstein   mean over random directions of the 1-D Wasserstein-1 distance
     mmd_rbf              unbiased MMD^2 with a Gaussian kernel, bandwidth by the median heuristic
+    kde_log_likelihood   mean log-density of points under a Gaussian kernel density on others
+    kde_bandwidth        a KDE's bandwidth by held-out likelihood: the one, on a log grid, under
+                         which a kernel density of one real set best predicts another
 
 The matrix square root uses the symmetric form S1^1/2 S2 S1^1/2, whose eigenvalues are real and
 non-negative, so no complex parts or scipy.linalg.sqrtm round-off appear. Every function checks
@@ -194,3 +197,36 @@ def mmd_rbf(a, b, *, bandwidth: float | None = None) -> float:
     )
     n, m = len(a), len(b)
     return float((kaa.sum() - n) / (n * (n - 1)) + (kbb.sum() - m) / (m * (m - 1)) - 2 * kab.mean())
+
+
+def kde_bandwidth(fit, held_out, *, num: int = 25, lowest: float = 0.01) -> float:
+    """The Gaussian kernel bandwidth that maximises the mean log-likelihood of `held_out` [m, d]
+    under the kernel density on `fit` [n, d], over `num` log-spaced values from `lowest` to 1
+    times the mean per-dimension std of `fit`. Fitted on real data only, it is the finest scale
+    the data supports: a rule of thumb (Scott's) smooths a thin spiral into a band."""
+    fit, held_out = _pair(fit, held_out)
+    scale = float(np.mean(np.std(fit, axis=0)))
+    if not scale > 0:
+        raise MetricInputError("the points to fit a bandwidth to are all the same")
+    grid = scale * np.geomspace(lowest, 1.0, num)
+    scores = [kde_log_likelihood(held_out, fit, bandwidth=h) for h in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def kde_log_likelihood(points, centres, *, bandwidth: float, chunk_rows: int = 1024) -> float:
+    """Mean over `points` [n, d] of log p(x), p the Gaussian kernel density on `centres` [m, d]:
+    log p(x) = logsumexp_j(-|x - c_j|^2 / (2 h^2)) - log m - (d / 2) log(2 pi h^2).
+
+    A point far from every centre gets a very low log-density rather than -inf (logsumexp), so
+    a model that puts samples where the data has none is penalised in proportion to how far."""
+    points, centres = _pair(points, centres, min_rows=1)
+    if not (np.isfinite(bandwidth) and bandwidth > 0):
+        raise MetricInputError(f"bandwidth must be positive and finite, got {bandwidth!r}")
+    d = points.shape[1]
+    const = -np.log(centres.shape[0]) - 0.5 * d * np.log(2 * np.pi * bandwidth**2)
+    total = 0.0
+    for start in range(0, points.shape[0], chunk_rows):  # [chunk, m] at a time
+        exponent = -_pairwise_sq(points[start : start + chunk_rows], centres) / (2 * bandwidth**2)
+        peak = exponent.max(axis=1, keepdims=True)
+        total += float(np.sum(peak[:, 0] + np.log(np.exp(exponent - peak).sum(axis=1))))
+    return total / points.shape[0] + float(const)

@@ -47,9 +47,16 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
     assert last["sliced_wasserstein"]["value"] < 3 * floor
     # The exact log-likelihood of held-out data (the floor) is the mixture's entropy estimate, about -3.35.
     assert report.floors["log_likelihood"] == pytest.approx(-3.35, abs=0.15)
-    assert report.best_step == 600 and report.best_metric == "sliced_wasserstein"
+    # Every 2-D metric has its floor; the best checkpoint is the one both faithful and covering.
+    for name in ("precision", "recall", "kde_real_under_samples", "kde_samples_under_real"):
+        assert last[name]["floor"] == report.floors[name]
+    assert report.floors["balanced_pr"] == 1.0
+    assert last["balanced_pr"]["value"] == pytest.approx(
+        min(last[k]["value"] / report.floors[k] for k in ("precision", "recall"))
+    )
+    assert report.best_step == 600 and report.best_metric == "balanced_pr"
     saved = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert saved["best"] == {"metric": "sliced_wasserstein", "step": 600} and saved["n"] == 1000
+    assert saved["best"] == {"metric": "balanced_pr", "step": 600} and saved["n"] == 1000
 
     def must_not_sample(*args, **kwargs):
         raise AssertionError("a scored checkpoint was sampled again")
@@ -64,9 +71,21 @@ def test_two_dimensional_run_scored_against_floors_and_not_recomputed(tmp_path, 
         tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler=DDPM)
     )
     assert again.rows == report.rows and again.floors == report.floors
-    assert (again.best_step, again.best_metric) == (600, "sliced_wasserstein")
+    assert (again.best_step, again.best_metric) == (600, "balanced_pr")
     assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == written
     monkeypatch.undo()
+    # A report written before balanced_pr existed (rows of sliced Wasserstein and MMD alone):
+    # its rows cannot name the best checkpoint, so they are scored again.
+    older = json.loads(written[0])
+    for row in older["rows"]:
+        row["metrics"] = {k: row["metrics"][k] for k in ("sliced_wasserstein", "mmd")}
+    older["floors"] = {k: older["floors"][k] for k in ("sliced_wasserstein", "mmd")}
+    older["best"] = {"metric": "sliced_wasserstein", "step": 600}
+    metrics.write_text(json.dumps(older))
+    rescored = evaluate_checkpoints(
+        tmp_path / "run", test_dir=tmp_path / "test", spec=EvalSpec(n=1000, sampler=DDPM)
+    )
+    assert rescored.rows == report.rows and rescored.best_metric == "balanced_pr"
     newest = evaluate_checkpoints(
         tmp_path / "run",
         test_dir=tmp_path / "test",
