@@ -10,9 +10,11 @@ its preset (the flow itself, its temporary Prefect server, the training worker, 
 rendering are the ones `python -m flows.train_and_sample` runs). Every configuration runs in a
 fresh child process, alone, and its wall time is the whole job's, start-up included. A row:
 
-    preset  model  changed  wall min  metric / floor  classifier score  classes  smallest share
+    preset  model  changed  wall min  job s  metric / floor  classifier score  classes  smallest
+    share  precision / floor  recall / floor
 
-for the best checkpoint (by FID for images, sliced Wasserstein for points). `default` rows run
+for the best checkpoint (by FID for images, balanced_pr for points); job s is the flow's own
+total of its stages (the wall time adds the interpreter's and the temporary server's start). `default` rows run
 the presets exactly as the README does; `*-before` rows restore the settings of the earlier
 defaults, so before and after are measured on the same machine in the same session.
 """
@@ -24,6 +26,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -50,12 +53,30 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "ncsn-default": ("mnist-cpu", "ncsn", "the preset as it is", {}),
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
-    "tiny-default": ("tiny", "ddpm", "the preset as it is", {}),
+    **{
+        f"{preset}-{model}": (preset, model, "the preset as it is", {})
+        for preset in ("tiny", "swiss-roll")
+        for model in ("ddpm", "ncsn", "sde-vp", "sde-ve")
+    },
     "tiny-before": (
         "tiny",
         "ddpm",
-        "earlier tiny: 60 steps of mlp-tiny",
-        {"train": {"network": "mlp-tiny", "num_steps": 60, "checkpoint_every": 30}},
+        "earlier tiny: 600 steps of batch 128 at a constant 1e-3, DDIM with 10 steps",
+        {
+            "train": {
+                "batch_size": 128,
+                "learning_rate": 1e-3,
+                "warmup_steps": 0,
+                "lr_schedule": "constant",
+                "decay_steps": 0,
+                "final_lr_fraction": 0.0,
+                "num_steps": 600,
+                "checkpoint_every": 300,
+                "log_every": 50,
+            },
+            "eval": {"sampler": "ddim", "num_steps": 10},
+            "samples": {"sampler": "ddim", "num_steps": 10},
+        },
     ),
 }
 
@@ -87,6 +108,12 @@ def _child(name: str, run_name: str, output_root: str, extra: dict) -> None:
     train_and_sample(preset=preset, model=model, output_root=output_root, run_name=run_name)
 
 
+def _job_seconds(log: pathlib.Path) -> float | None:
+    """The flow's closing "Done in N s" figure (its stages' total), from the child's log."""
+    found = re.findall(r"Done in (\d+) s", log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
+
+
 def _row(name: str, run_dir: pathlib.Path, minutes: float, note: str) -> dict:
     preset, model, changed, _ = CONFIGS[name]
     report = json.loads((run_dir / "eval" / "metrics.json").read_text())
@@ -105,7 +132,13 @@ def _row(name: str, run_dir: pathlib.Path, minutes: float, note: str) -> dict:
         "floor": floor,
         "ratio": value / floor if floor else None,
     }
-    for key in ("classifier_score", "classes_covered", "smallest_class_share"):
+    for key in (
+        "classifier_score",
+        "classes_covered",
+        "smallest_class_share",
+        "precision",
+        "recall",
+    ):
         if key in best:
             row[key] = best[key]["value"]
             row[f"{key}_floor"] = best[key]["floor"]
@@ -115,6 +148,12 @@ def _row(name: str, run_dir: pathlib.Path, minutes: float, note: str) -> dict:
     return row
 
 
+def _over_floor(row: dict, key: str) -> str:
+    if key not in row:
+        return "-"
+    return f"{row[key]:.3g} / {row[key + '_floor']:.3g} = {row[key] / row[key + '_floor']:.2f}x"
+
+
 def _format(row: dict) -> str:
     cells = [
         row["config"],
@@ -122,17 +161,21 @@ def _format(row: dict) -> str:
         row["model"],
         row["changed"],
         f"{row['wall_min']:.2f}",
+        "-" if row["job_s"] is None else f"{row['job_s']:.0f}",
         f"{row['metric']} {row['value']:.3g} / {row['floor']:.3g} = {row['ratio']:.2f}x",
-        f"{row.get('classifier_score', float('nan')):.2f}",
+        f"{row['classifier_score']:.2f}" if "classifier_score" in row else "-",
         str(row.get("classes_covered", "-")),
-        f"{row.get('smallest_class_share', float('nan')):.3f}",
+        f"{row['smallest_class_share']:.3f}" if "smallest_class_share" in row else "-",
+        _over_floor(row, "precision"),
+        _over_floor(row, "recall"),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = (
-    "| config | preset | model | changed | wall min | best metric / floor | classifier score "
-    "| classes | smallest class share |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| config | preset | model | changed | wall min | job s | best metric / floor "
+    "| classifier score | classes | smallest class share | precision / floor | recall / floor |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -197,7 +240,7 @@ def main() -> None:
         if code != 0:
             print(f"| {name} | failed with exit {code}: see {log} |", flush=True)
             continue
-        row = _row(name, run_dir, minutes, note)
+        row = _row(name, run_dir, minutes, note) | {"job_s": _job_seconds(log)}
         print(_format(row), flush=True)
         if args.out_jsonl:
             with open(args.out_jsonl, "a") as handle:

@@ -128,7 +128,36 @@ def _tfds(name: str, train: TrainPart, sampler: SamplerSpec) -> Pipeline:
     )
 
 
-_DDIM_10 = SamplerSpec.of("ddim", num_steps=10)
+def _toy_budget(steps: int, checkpoints: int) -> dict[str, Any]:
+    """The 2-D jobs' training, the same for every model family: mlp-small, batch 512, 3e-3
+    after 100 warm-up steps, then a cosine down to a tenth of it at `steps` (and that tenth
+    after, should a run be extended), `checkpoints` checkpoints evenly spaced. Measured by
+    benchmarks/toy_quality.py (benchmarks/README.md): 600 steps of batch 128 at a constant 1e-3
+    drew a disc (k-NN precision 0.37x its floor)."""
+    return {
+        "network": "mlp-small",
+        "batch_size": 512,
+        "learning_rate": 3e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "cosine",
+        "decay_steps": steps,
+        "final_lr_fraction": 0.1,
+        "num_steps": steps,
+        "checkpoint_every": steps // checkpoints,
+        "log_every": steps // 12,
+    }
+
+
+_TINY_BUDGET = _toy_budget(3_000, checkpoints=2)
+_ROLL_BUDGET = _toy_budget(6_000, checkpoints=3)
+# The 2-D samplers: DDPM's own ancestral chain (100 steps; DDIM with 10 lost the roll's thin
+# arms), NCSN's annealed Langevin with 10 steps on each of its 10 levels (step_lr by NCSNv2's
+# technique 4), the VP SDE's ancestral chain over all its 1,000 levels (on swiss-roll k-NN
+# precision 0.97-0.98x its floor; 100 levels, DPM-Solver++ and the adaptive ODE solver all
+# stopped at 0.95-0.96x on the same checkpoint), the VE SDE's DPM-Solver++ in 20 calls.
+_TOY_DDPM = SamplerSpec.of("ddpm")
+_TOY_NCSN = SamplerSpec.of("annealed_langevin", steps_per_level=10, step_lr=4.8e-4)
+_TOY_SDE = {"vp": SamplerSpec.of("sde_ancestral"), "ve": SamplerSpec.of("dpm_solver_pp")}
 # mnist-cpu's training budget: unet-cpu, batch 64, 1,900 steps at a constant 2e-3 after 100
 # warm-up steps (chosen for DDPM, see the preset below); the score-SDE variants train on it.
 _MNIST_CPU_BUDGET = {
@@ -153,28 +182,20 @@ _MNIST_CPU_CONDITIONAL = {
 _DDIM_100_ETA_1 = SamplerSpec.of("ddim", num_steps=100, eta=1.0)
 
 PRESETS: dict[str, Pipeline] = {
-    # 600 steps of mlp-small: sliced Wasserstein 1.7x its floor (60 steps of mlp-tiny: 230x,
-    # samples spread over -250..100); the training itself takes seconds, start-up dominates.
+    # The fast end-to-end check: 3,000 steps on 2,000 points of the roll, scored on 300.
     "tiny": Pipeline(
         _data("swiss_roll", "train", rows_per_shard=1_000, n=2_000),
         _data("swiss_roll", "test", rows_per_shard=1_000, n=1_000),
-        TrainPart.of(
-            "toy-ddpm",
-            network="mlp-small",
-            num_steps=600,
-            checkpoint_every=300,
-            log_every=50,
-            batch_size=128,
-        ),
-        EvalSpec(n=300, sampler=_DDIM_10),
-        SampleSetPart(n=600, sampler=_DDIM_10, rows_per_shard=300, chunk_rows=300),
+        TrainPart.of("toy-ddpm", **_TINY_BUDGET),
+        EvalSpec(n=300, sampler=_TOY_DDPM),
+        SampleSetPart(n=600, sampler=_TOY_DDPM, rows_per_shard=300, chunk_rows=300),
     ),
     "swiss-roll": Pipeline(
         _data("swiss_roll", "train", n=50_000),
         _data("swiss_roll", "test", n=5_000),
-        TrainPart.of("toy-ddpm", num_steps=5_000, checkpoint_every=1_000, log_every=100),
-        EvalSpec(n=2_000, sampler=SamplerSpec.of("ddpm")),
-        SampleSetPart(n=10_000, sampler=SamplerSpec.of("ddpm")),
+        TrainPart.of("toy-ddpm", **_ROLL_BUDGET),
+        EvalSpec(n=2_000, sampler=_TOY_DDPM),
+        SampleSetPart(n=10_000, sampler=_TOY_DDPM),
     ),
     "mnist-cpu": Pipeline(
         _data("mnist_embedded", "train"),
@@ -218,15 +239,9 @@ _NCSN_GPU = SamplerSpec.of("annealed_langevin", steps_per_level=5, step_lr=6.2e-
 # The score-based alternative (NCSN + annealed Langevin dynamics) of a preset: what changes
 # when a flow is run with model="ncsn". Presets without an entry have no score variant.
 SCORE_VARIANTS: dict[str, ModelVariant] = {
-    # toy-ncsn: 10 levels from 5 to 0.05 (gamma = 1.67); step_lr by NCSNv2's technique 4.
-    "tiny": ModelVariant(
-        TrainPart.of("toy-ncsn"),
-        SamplerSpec.of("annealed_langevin", steps_per_level=10, step_lr=4.8e-4),
-    ),
-    "swiss-roll": ModelVariant(
-        TrainPart.of("toy-ncsn"),
-        SamplerSpec.of("annealed_langevin", steps_per_level=100, step_lr=8.1e-5),
-    ),
+    # toy-ncsn: 10 levels from 5 to 0.05 (gamma = 1.67).
+    "tiny": ModelVariant(TrainPart.of("toy-ncsn", **_TINY_BUDGET), _TOY_NCSN),
+    "swiss-roll": ModelVariant(TrainPart.of("toy-ncsn", **_ROLL_BUDGET), _TOY_NCSN),
     # DDPM's network, batch, learning rate and steps on 100 noise levels from 50 to 0.2, sampled
     # by ancestral sampling (one network call a level, like DDPM's 100-step DDIM, so the sample
     # set is again the evaluation's draw), class-conditional like DDPM's, with guidance w = 0.35
@@ -250,28 +265,17 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
         for name in ("mnist", "fashion-mnist")
     },
 }
-_DPM_20 = SamplerSpec.of("dpm_solver_pp", num_steps=20)
 _SDE_ANCESTRAL_100 = SamplerSpec.of("sde_ancestral", num_steps=100)
 # The score-SDE variants (objective "sde"): DDPM's (VP) or NCSN's (VE) network, batch, learning
-# rate and steps in continuous time. 2-D: DPM-Solver++ in 20 network calls. mnist-cpu: the
+# rate and steps in continuous time. mnist-cpu: the
 # ancestral predictor on 100 of the SDE's 1,000 levels, at the cost of DDPM's sampler there;
 # measured on the sde-vp checkpoint (benchmarks/README.md): FID 5.97 against 9.88 for
 # DPM-Solver++ at 20 calls (deterministic samplers trail the stochastic ones on these short
 # runs, as DDIM at eta 0 does).
 SDE_VARIANTS: dict[str, dict[str, ModelVariant]] = {
     kind: {
-        "tiny": ModelVariant(
-            TrainPart.of(
-                f"toy-sde-{kind}",
-                network="mlp-small",
-                num_steps=600,
-                checkpoint_every=300,
-                log_every=50,
-                batch_size=128,
-            ),
-            _DPM_20,
-        ),
-        "swiss-roll": ModelVariant(TrainPart.of(f"toy-sde-{kind}"), _DPM_20),
+        "tiny": ModelVariant(TrainPart.of(f"toy-sde-{kind}", **_TINY_BUDGET), _TOY_SDE[kind]),
+        "swiss-roll": ModelVariant(TrainPart.of(f"toy-sde-{kind}", **_ROLL_BUDGET), _TOY_SDE[kind]),
         "mnist-cpu": ModelVariant(
             TrainPart.of(
                 f"mnist-sde-{kind}",

@@ -133,12 +133,12 @@ def test_bad_choices_are_refused_by_name(arguments, message):
 
 
 def test_settings_changed_by_part():
-    plan = resolve("tiny").with_settings("eval", num_steps=3, n=7)
+    plan = resolve("tiny", model="sde-vp").with_settings("eval", num_steps=3, n=7)
     assert plan.eval.n == 7 and plan.eval.sampler.get("num_steps") == 3
     plan = plan.with_settings("train", learning_rate=None)
     assert (
         plan.train.config("unused").learning_rate
-        == TrainPart.of("toy-ddpm").config("x").learning_rate
+        == TrainPart.of("toy-sde-vp").config("x").learning_rate
     )
     with pytest.raises(ValueError, match="has no setting steps"):
         plan.with_settings("samples", steps=3)
