@@ -247,7 +247,7 @@ def evaluate_checkpoints(
         test_real, train_real = test_real.astype(np.float64), train_real.astype(np.float64)
         bandwidth = M.kde_bandwidth(train_real, test_real)
         floors = _point_metrics(test_real, train_real, mixture, bandwidth)
-        floors["balanced_pr"] = balanced_pr(floors, floors)
+        floors = {"balanced_pr": balanced_pr(floors, floors), **floors}
     # The data's RMS in the network's space: what a healthy sampling chain ends near.
     model_space = Normalizer.of(train.manifest).to_model(train_real)
     data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
@@ -287,7 +287,7 @@ def evaluate_checkpoints(
                 )
         else:
             values = _point_metrics(test_real, drawn.samples, mixture, bandwidth)
-            values["balanced_pr"] = balanced_pr(values, floors)
+            values = {"balanced_pr": balanced_pr(values, floors), **values}  # the ranking first
         if health:
             # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
             values["chain_worst_rms_ratio"] = max(h.ratio for h in health)

@@ -29,7 +29,15 @@ def test_the_metrics_table_has_a_row_a_metric_and_a_column_a_checkpoint(
     ]
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     best = state.result()["best_step"]
-    assert [row["metric"] for row in rows] == ["sliced_wasserstein", "mmd"]
+    assert [row["metric"] for row in rows] == [
+        "balanced_pr",
+        "precision",
+        "recall",
+        "kde_real_under_samples",
+        "kde_samples_under_real",
+        "sliced_wasserstein",
+        "mmd",
+    ]
     steps = [f"step {s}" + (" (best)" if s == best else "") for s in (100, 200)]
     assert list(rows[0]) == ["metric", "real-vs-real floor", *steps]
 
