@@ -10,12 +10,13 @@ from prefect import flow
 from diffusion_lib.run import METRICS_NAME, Run
 from diffusion_lib.run_lock import writing
 from diffusion_lib.samplers import SamplerSpec
-from flows.params import Model, Preset, RunName, Sampler
+from flows.params import Model, Preset, RunName, Sampler, described
 from tasks.evaluate import score_checkpoints
 from tasks.presets import resolve
 
 
 @flow(name="evaluate", log_prints=True)
+@described
 def evaluate_flow(
     preset: Preset,
     run_name: RunName,
@@ -34,3 +35,9 @@ def evaluate_flow(
     run = Run.at(output_root, run_name)
     with writing(run.path):
         return score_checkpoints(str(run.path), str(run.data_dir("test")), spec, report)
+
+
+if __name__ == "__main__":
+    from flows.cli import run_cli
+
+    run_cli(evaluate_flow, prog="python -m flows.evaluate")

@@ -14,6 +14,7 @@ from flows.params import (
     Preset,
     RunName,
     default_run_name,
+    described,
 )
 from tasks.data import finalize_shards, plan_shards, prepare_shards
 from tasks.presets import resolve
@@ -28,6 +29,7 @@ def _prepare(spec: DatasetSpec, directory: str) -> str:
 
 
 @flow(name="prepare-dataset", log_prints=True)
+@described
 def prepare_dataset_flow(
     preset: Preset = "tiny",
     output_root: str = "runs",
@@ -42,3 +44,9 @@ def prepare_dataset_flow(
             split: _prepare(getattr(plan, f"{split}_data"), str(run.data_dir(split)))
             for split in ("train", "test")
         }
+
+
+if __name__ == "__main__":
+    from flows.cli import run_cli
+
+    run_cli(prepare_dataset_flow, prog="python -m flows.prepare_dataset")

@@ -11,7 +11,7 @@ from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma
+from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma, described
 from tasks.presets import resolve
 from tasks.progress import Eta, show_progress
 from tasks.render import render_outputs
@@ -19,6 +19,7 @@ from tasks.sample import finalize_samples, plan_samples, sample_shards
 
 
 @flow(name="sample", log_prints=True)
+@described
 def sample_flow(
     preset: Preset,
     run_name: RunName,
@@ -62,3 +63,9 @@ def sample_flow(
         finalize_samples(spec, samples_dir, futures.result())
         rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
         return {"samples": samples_dir, **rendered}
+
+
+if __name__ == "__main__":
+    from flows.cli import run_cli
+
+    run_cli(sample_flow, prog="python -m flows.sample")

@@ -7,12 +7,13 @@ from prefect import flow
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from flows.params import Minutes, Model, Positive, Preset, RunName
+from flows.params import Minutes, Model, Positive, Preset, RunName, described
 from tasks.presets import resolve
 from tasks.train import find_warm_start, train_model
 
 
 @flow(name="train", log_prints=True)
+@described
 def train_flow(
     preset: Preset,
     run_name: RunName,
@@ -35,3 +36,9 @@ def train_flow(
     config = part.config(data_dir).to_dict()
     with writing(run.path):
         return train_model(config, run_dir, timeout_seconds=timeout_minutes * 60, workers=workers)
+
+
+if __name__ == "__main__":
+    from flows.cli import run_cli
+
+    run_cli(train_flow, prog="python -m flows.train")

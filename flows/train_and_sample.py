@@ -10,19 +10,14 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
 import time
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import ParameterTypeError
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from diffusion_lib.samplers import SAMPLERS
-from flows.console import progress_bars
+from flows.cli import run_cli
 from flows.evaluate import evaluate_flow
 from flows.params import (
     Guidance,
@@ -34,12 +29,13 @@ from flows.params import (
     Sampler,
     Sigma,
     default_run_name,
+    described,
 )
 from flows.prepare_dataset import prepare_dataset_flow
 from flows.sample import sample_flow
 from flows.summary import RunSummary, StageRecord
 from flows.train import train_flow
-from tasks.presets import MODELS, PRESETS, resolve
+from tasks.presets import resolve
 
 
 class StageFailed(RuntimeError):
@@ -85,6 +81,7 @@ def report_failure(flow_obj, flow_run, state) -> None:
 
 
 @flow(name="train-and-sample", on_failure=[report_failure], log_prints=True)
+@described
 def train_and_sample(
     preset: Preset = "tiny",
     output_root: str = "runs",
@@ -101,6 +98,9 @@ def train_and_sample(
     timeout_minutes: Minutes = 120.0,
     warm_start: bool = False,
 ) -> dict:
+    """Prepares the preset's data, trains, scores the checkpoints and samples the best one, each
+    stage a subflow on one run directory. Returns the run directory, the final and best steps,
+    the metrics file and the sample set's files."""
     # Every override is checked here, before any stage starts (a bad value costs nothing).
     resolve(
         preset,
@@ -157,44 +157,15 @@ def train_and_sample(
     return result
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Every flow parameter as a flag (--batch-size for batch_size, ...); unset flags keep the
-    flow's defaults, except the preset, which defaults to the main job's."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    """The flow's command line (flows/cli.py): a flag a parameter, the preset defaulting to the
+    main job's instead of the deployment's `tiny`."""
+    run_cli(
+        train_and_sample,
+        argv,
+        defaults={"preset": "mnist-cpu"},
+        prog="python -m flows.train_and_sample",
     )
-    parser.add_argument("--preset", default="mnist-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--model", default=None, choices=MODELS)
-    parser.add_argument("--output-root", default=None)
-    parser.add_argument("--run-name", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-samples", type=int, default=None)
-    parser.add_argument("--sampler", default=None, choices=sorted(SAMPLERS))
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--guidance-sigma-min", type=float, default=None)
-    parser.add_argument("--guidance-sigma-max", type=float, default=None)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--timeout-minutes", type=float, default=None)
-    parser.add_argument("--warm-start", action="store_true", default=None)
-    args = vars(parser.parse_args(argv))
-    # SIGTERM unwinds like an exception (Prefect marks the run Crashed first), so exit handlers
-    # run: without this, the temporary Prefect server outlived a terminated job.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # Only what was given: the flow validates each value against its parameter's type.
-    try:
-        with progress_bars():  # on a terminal only
-            train_and_sample(**{name: value for name, value in args.items() if value is not None})
-    except (ParameterTypeError, ValueError) as err:  # rejected before any work
-        print(f"train-and-sample: bad parameter: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as err:
-        print(f"train-and-sample failed: {type(err).__name__}: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
