@@ -20,6 +20,8 @@ starting noise and one per chain step, so the same seed gives the same samples, 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -133,10 +135,52 @@ def register_sampler(
     def add(fn: Callable[..., SampleResult]) -> Callable[..., SampleResult]:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
-        SAMPLERS[name] = SamplerInfo(name, family, fn, dict(settings or {}), anneals)
-        return fn
+        sampler = _with_setting_defaults(name, fn, dict(settings or {}))
+        SAMPLERS[name] = SamplerInfo(name, family, sampler, dict(settings or {}), anneals)
+        return sampler
 
     return add
+
+
+def _with_setting_defaults(name: str, fn: Callable, settings: Mapping[str, Setting]) -> Callable:
+    """`fn` with its settings' defaults taken from their `Setting`s, the one place they are
+    stated: each setting is a keyword-only parameter declared without a default (or is passed
+    on through **kwargs), and the returned function fills in those left out and shows them in
+    its signature. A function that gives a setting a default of its own, or takes it by
+    position, is refused here, so the two can never disagree."""
+    signature = inspect.signature(fn)
+    params = dict(signature.parameters)
+    rest = next((p for p in params.values() if p.kind is p.VAR_KEYWORD), None)
+    for key in settings:
+        param = params.get(key)
+        if param is None and rest is not None:
+            continue
+        if param is None or param.kind is not param.KEYWORD_ONLY:
+            raise TypeError(
+                f"sampler {name!r}: setting {key!r} must be a keyword-only parameter of "
+                f"{fn.__name__}"
+            )
+        if param.default is not param.empty:
+            raise TypeError(
+                f"sampler {name!r}: {fn.__name__} gives setting {key!r} a default of its own "
+                f"({param.default!r}); its Setting's ({settings[key].default!r}) is the only one"
+            )
+    defaults = {key: setting.default for key, setting in settings.items()}
+
+    @functools.wraps(fn)
+    def sampler(*args, **kwargs):
+        return fn(*args, **{**defaults, **kwargs})
+
+    shown = [p.replace(default=defaults[k]) if k in defaults else p for k, p in params.items()]
+    passed_on = [
+        inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default)
+        for key, default in defaults.items()
+        if key not in params
+    ]
+    if passed_on:  # before **kwargs, where keyword-only parameters stand
+        shown = shown[:-1] + passed_on + shown[-1:]
+    sampler.__signature__ = signature.replace(parameters=shown)
+    return sampler
 
 
 def get_sampler(name: str) -> SamplerInfo:

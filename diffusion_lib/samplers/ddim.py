@@ -61,19 +61,6 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform")
     return steps
 
 
-def check_timestep_sequence(timesteps: Sequence[int], num_timesteps: int) -> np.ndarray:
-    steps = np.asarray(timesteps)
-    if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
-        raise ValueError(
-            f"timesteps must be a non-empty 1-D sequence of integers, got {timesteps!r}"
-        )
-    if steps[0] < 0 or steps[-1] >= num_timesteps or np.any(np.diff(steps) <= 0):
-        raise ValueError(
-            f"timesteps must be strictly increasing within [0, {num_timesteps}), got {steps.tolist()}"
-        )
-    return steps.astype(np.int64)
-
-
 @register_sampler(
     "ddim",
     family="diffusion",
@@ -88,10 +75,9 @@ def ddim_sample(
     shape: Sequence[int] | None = None,
     *,
     seed,
-    num_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
+    num_steps: int | None,
     spacing: str = "uniform",
-    eta: float = 0.0,
+    eta: float,
     noise: tf.Tensor | None = None,
     clip_x0: tuple[float, float] | None = None,
     frames: Frames = None,
@@ -101,18 +87,13 @@ def ddim_sample(
 ) -> SampleResult:
     """Draws samples of `shape` [B, ...] with DDIM.
 
-    Give `num_steps` (with `spacing`) or an explicit increasing `timesteps` sequence; neither
-    means all T steps. eta in [0, 1] scales the noise (eq. 16).
+    `num_steps` timesteps spaced by `spacing` (None: all T). eta in [0, 1] scales the noise
+    (eq. 16).
     """
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     T = diffusion.num_timesteps
-    if timesteps is not None and num_steps is not None:
-        raise ValueError("give num_steps or timesteps, not both")
-    if timesteps is not None:
-        seq = check_timestep_sequence(timesteps, T)
-    else:
-        seq = ddim_timesteps(T, T if num_steps is None else num_steps, spacing)
+    seq = ddim_timesteps(T, T if num_steps is None else num_steps, spacing)
 
     # Per chain step i (running from the noisiest timestep down): t_i and abar at t_i and the next.
     t_desc = seq[::-1].copy()

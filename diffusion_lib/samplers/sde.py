@@ -286,9 +286,9 @@ def _predictor_sampler(tables_of: Callable[..., PredictorTables], doc: str):
         *,
         x=None,
         seed,
-        corrector_steps: int = 0,
-        snr: float = 0.16,
-        denoise: bool = False,
+        corrector_steps: int,
+        snr: float,
+        denoise: bool,
         frames: Frames = None,
         progress: Progress | None = None,
         strategy: tf.distribute.Strategy | None = None,
@@ -305,7 +305,7 @@ def _predictor_sampler(tables_of: Callable[..., PredictorTables], doc: str):
     return sample
 
 
-def _euler_maruyama_grid(sde: SDE, num_steps: int = 1000, eps: float = 0.0) -> PredictorTables:
+def _euler_maruyama_grid(sde: SDE, num_steps: int, eps: float) -> PredictorTables:
     return euler_maruyama_tables(sde, _checks.positive_int(num_steps, "num_steps"), eps)
 
 
@@ -324,7 +324,7 @@ _DISCRETE_SETTINGS = {"num_steps": Setting(0, low=0), **_PREDICTOR_SETTINGS}
 ancestral_sample, reverse_diffusion_sample = (
     register_sampler(f"sde_{kind}", family="sde", settings=_DISCRETE_SETTINGS)(
         _predictor_sampler(
-            lambda sde, num_steps=0, kind=kind: discrete_tables(sde, num_steps, kind),
+            lambda sde, num_steps, kind=kind: discrete_tables(sde, num_steps, kind),
             f"The {kind.replace('_', ' ')} predictor over `num_steps` levels of the SDE's "
             "discrete chain (0: all N); with corrector_steps > 0, predictor-corrector sampling.",
         )

@@ -97,7 +97,13 @@ def test_a_set_drawn_in_chunks_equals_its_chunks_drawn_alone(ncsn_run):
     sigmas = restored.objective.sigmas
     start = tf.random.stateless_normal((4, 2), [5, 1]) * float(sigmas[0])
     direct = annealed_langevin_dynamics(
-        restored.model, start, sigmas, 3, 4.8e-4, seed=[5, 1], denoise_final=True
+        restored.model,
+        start,
+        sigmas,
+        steps_per_level=3,
+        step_lr=4.8e-4,
+        seed=[5, 1],
+        denoise_final=True,
     )
     np.testing.assert_array_equal(chunks[1].samples, restored.normalizer.to_data(direct.samples))
     assert len(whole.health) == len(sigmas)

@@ -52,7 +52,14 @@ def test_points_animation_lands_on_the_target(tmp_path):
     mixture = GaussianMixture([0.2, 0.8], [[-5.0, -5.0], [5.0, 5.0]], [1.0, 1.0])
     start = tf.random.stateless_uniform([3000, 2], [1, 2], -8.0, 8.0)
     result = annealed_langevin_dynamics(
-        mixture.score, start, sigma_schedule(20.0, 1.0, 20), 100, 0.1, seed=0, frames=12
+        mixture.score,
+        start,
+        sigma_schedule(20.0, 1.0, 20),
+        steps_per_level=100,
+        step_lr=0.1,
+        seed=0,
+        frames=12,
+        denoise_final=False,
     )
     frames = result.frames.numpy()
     info = render.points_animation(frames, tmp_path / "points.gif", hold_last=3, size_px=160)

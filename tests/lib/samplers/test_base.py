@@ -36,8 +36,8 @@ def test_bad_inputs(diffusion):
     model = optimal_eps_fn(diffusion, MU, STD)
     with pytest.raises(ValueError, match="eta"):
         ddim_sample(model, diffusion, (2, 2), seed=0, eta=1.5)
-    with pytest.raises(ValueError, match="timesteps must be strictly increasing"):
-        ddim_sample(model, diffusion, (2, 2), seed=0, timesteps=[5, 3, 900])
+    with pytest.raises(ValueError, match="spacing"):
+        ddim_sample(model, diffusion, (2, 2), seed=0, spacing="cubic")
     with pytest.raises(ValueError, match="num_steps"):
         ddim_sample(model, diffusion, (2, 2), seed=0, num_steps=1001)
     with pytest.raises(ValueError, match="shape"):
@@ -47,17 +47,25 @@ def test_bad_inputs(diffusion):
     with pytest.raises(ValueError, match="model output has shape"):
         ddim_sample(lambda x, t: x[:, :1], diffusion, (2, 2), seed=0, num_steps=3)
     with pytest.raises(ValueError, match="step_size"):
-        langevin_dynamics(lambda x: -x, tf.zeros([2, 2]), -0.1, 10, seed=0)
+        langevin_dynamics(lambda x: -x, tf.zeros([2, 2]), step_size=-0.1, num_steps=10, seed=0)
     with pytest.raises(ValueError, match="score_fn output has shape"):
-        langevin_dynamics(lambda x: -x[:, :1], tf.zeros([2, 2]), 0.1, 10, seed=0)
+        langevin_dynamics(
+            lambda x: -x[:, :1], tf.zeros([2, 2]), step_size=0.1, num_steps=10, seed=0
+        )
     with pytest.raises(TypeError, match="x must be a floating"):
-        langevin_dynamics(lambda x: -x, tf.zeros([2, 2], tf.int32), 0.1, 10, seed=0)
+        langevin_dynamics(
+            lambda x: -x, tf.zeros([2, 2], tf.int32), step_size=0.1, num_steps=10, seed=0
+        )
     with pytest.raises(ValueError, match="sigmas must be non-increasing"):
-        annealed_langevin_dynamics(lambda x, s: -x, tf.zeros([2, 2]), [0.1, 1.0], 10, 0.1, seed=0)
+        annealed_langevin_dynamics(
+            lambda x, s: -x, tf.zeros([2, 2]), [0.1, 1.0], steps_per_level=10, step_lr=0.1, seed=0
+        )
     with pytest.raises(ValueError, match="step_lr must be below 2"):
-        annealed_langevin_dynamics(lambda x, s: -x, tf.zeros([2, 2]), [1.0, 0.05], 10, 0.01, seed=0)
+        annealed_langevin_dynamics(
+            lambda x, s: -x, tf.zeros([2, 2]), [1.0, 0.05], steps_per_level=10, step_lr=0.01, seed=0
+        )
     with pytest.raises(TypeError, match="seed"):
-        langevin_dynamics(lambda x: -x, tf.zeros([2, 2]), 0.1, 10, seed=None)
+        langevin_dynamics(lambda x: -x, tf.zeros([2, 2]), step_size=0.1, num_steps=10, seed=None)
     with pytest.raises(ValueError, match="frames"):
         ddim_sample(model, diffusion, (2, 2), seed=0, num_steps=3, frames=[0, 7])
 
@@ -100,3 +108,49 @@ def test_sampling_split_over_two_replicas(diffusion):
     np.testing.assert_allclose(result.samples.numpy(), single.samples.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="not divisible by 2 replicas"):
         ddim_sample(model, diffusion, (3, D), seed=1, num_steps=5, strategy=strategy)
+
+
+def test_each_sampler_setting_has_one_default_the_registrys():
+    """Every registered sampler function, called without a setting, takes its Setting's
+    default: its signature shows exactly those defaults (a function cannot state its own)."""
+    import inspect
+
+    from diffusion_lib.samplers import SAMPLERS
+
+    for name, info in SAMPLERS.items():
+        parameters = inspect.signature(info.fn).parameters
+        for key, setting in info.settings.items():
+            assert parameters[key].kind is inspect.Parameter.KEYWORD_ONLY, (name, key)
+            assert parameters[key].default == setting.default, (name, key)
+
+
+def test_a_sampler_stating_a_default_of_its_own_or_a_positional_setting_is_refused():
+    from diffusion_lib.samplers.base import Setting, register_sampler
+
+    def own_default(model, diffusion, shape, *, seed, num_steps: int = 7):
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="default of its own .* is the only one"):
+        register_sampler("own-default", "diffusion", settings={"num_steps": Setting(5)})(
+            own_default
+        )
+
+    def positional(score_fn, x, step_size, *, seed):
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="keyword-only"):
+        register_sampler("positional", "score", settings={"step_size": Setting(0.1)})(positional)
+
+    def fine(score_fn, x, *, seed, step_size, **rest):
+        return step_size, rest
+
+    sampler = register_sampler(
+        "fine-for-the-test", "score", settings={"step_size": Setting(0.1), "passed_on": Setting(3)}
+    )(fine)
+    try:
+        assert sampler(None, None, seed=0) == (0.1, {"passed_on": 3})
+        assert sampler(None, None, seed=0, passed_on=4, step_size=0.2) == (0.2, {"passed_on": 4})
+    finally:
+        from diffusion_lib.samplers import SAMPLERS
+
+        del SAMPLERS["fine-for-the-test"]

@@ -28,7 +28,7 @@ def test_langevin_reaches_the_exact_stationary_law_of_its_discretisation():
     AR(1) with stationary variance h / (1 - (1 - h / (2 s^2))^2), slightly above s^2."""
     m, s, h = 1.5, 0.8, 0.05
     x0 = tf.zeros([N, D])
-    result = langevin_dynamics(lambda x: -(x - m) / s**2, x0, h, 2000, seed=5)
+    result = langevin_dynamics(lambda x: -(x - m) / s**2, x0, step_size=h, num_steps=2000, seed=5)
     assert_moments(result.samples, m, h / (1 - (1 - h / (2 * s**2)) ** 2))
 
 
@@ -36,14 +36,17 @@ def test_annealed_langevin_recovers_mixture_weights_where_plain_langevin_does_no
     """Song & Ermon 2019, sec. 3.2 / Fig. 3: 1/5 N((-5,-5), I) + 4/5 N((5,5), I)."""
     mixture = GaussianMixture([0.2, 0.8], [[-5.0, -5.0], [5.0, 5.0]], [1.0, 1.0])
     start = tf.random.stateless_uniform([5000, 2], [1, 2], -8.0, 8.0)
-    plain = langevin_dynamics(lambda x: mixture.score(x), start, 0.1, 2000, seed=0)
+    plain = langevin_dynamics(
+        lambda x: mixture.score(x), start, step_size=0.1, num_steps=2000, seed=0
+    )
     annealed = annealed_langevin_dynamics(
         lambda x, sigma: mixture.score(x, sigma),
         start,
         sigma_schedule(20.0, 1.0, 20),
-        100,
-        0.1,
+        steps_per_level=100,
+        step_lr=0.1,
         seed=0,
+        denoise_final=False,
     )
     plain_weight = float(np.mean(plain.samples.numpy().sum(axis=1) < 0))
     annealed_weight = float(np.mean(annealed.samples.numpy().sum(axis=1) < 0))
@@ -76,7 +79,9 @@ def test_annealed_langevin_moves_the_chain_by_ncsnv2s_step():
     start = 3.0 + tf.random.stateless_normal([N, D], [7, 8], dtype=tf.float64)
     expected = annealed_moments(sigmas, spl, step_lr, 3.0, 1.0, m, s)
     score = lambda x, sigma: -(x - m) / (s**2 + sigma[:, None] ** 2)  # noqa: E731
-    result = annealed_langevin_dynamics(score, start, sigmas, spl, step_lr, seed=2)
+    result = annealed_langevin_dynamics(
+        score, start, sigmas, steps_per_level=spl, step_lr=step_lr, seed=2, denoise_final=False
+    )
     assert_moments(result.samples, *expected[-1])
     for level, (mean, var) in zip(result.health, expected, strict=True):
         assert level.rms == pytest.approx(math.sqrt(mean**2 + var), rel=0.01)
@@ -93,7 +98,16 @@ def test_chain_health_flags_a_chain_that_lags_behind_its_schedule():
     score = lambda x, sigma: -x / (s**2 + sigma[:, None] ** 2)  # noqa: E731
     start = tf.random.stateless_normal([4000, 16], [1, 1]) * 10.0
     for step_lr, low, high in ((2e-3, 1.0, 1.35), (2e-5, 0.95, 70.0)):
-        result = annealed_langevin_dynamics(score, start, sigmas, spl, step_lr, seed=3, data_rms=s)
+        result = annealed_langevin_dynamics(
+            score,
+            start,
+            sigmas,
+            steps_per_level=spl,
+            step_lr=step_lr,
+            seed=3,
+            data_rms=s,
+            denoise_final=False,
+        )
         exact = annealed_moments(sigmas, spl, step_lr, 0.0, 100.0, 0.0, s)
         assert [level.sigma for level in result.health] == pytest.approx(list(sigmas))
         for level, (_, var) in zip(result.health, exact, strict=True):
@@ -128,8 +142,12 @@ def test_final_denoising_step_is_tweedie():
     s, sigma_l = 1.0, 0.5
     score = lambda x, sigma: -x / (s**2 + sigma[:, None] ** 2)  # noqa: E731
     start = tf.random.stateless_normal([N, D], [3, 4]) * math.sqrt(s**2 + sigma_l**2)
-    plain = annealed_langevin_dynamics(score, start, [sigma_l], 1, 1e-4, seed=1)
-    final = annealed_langevin_dynamics(score, start, [sigma_l], 1, 1e-4, seed=1, denoise_final=True)
+    plain = annealed_langevin_dynamics(
+        score, start, [sigma_l], steps_per_level=1, step_lr=1e-4, seed=1, denoise_final=False
+    )
+    final = annealed_langevin_dynamics(
+        score, start, [sigma_l], steps_per_level=1, step_lr=1e-4, seed=1, denoise_final=True
+    )
     np.testing.assert_allclose(
         final.samples.numpy(), plain.samples.numpy() * s**2 / (s**2 + sigma_l**2), rtol=1e-5
     )
