@@ -2,7 +2,7 @@
 everything else (real warnings and errors included) kept.
 
 TensorFlow's start-up notices come from native code straight to file descriptor 2
-(tasks/startup_noise.py says which lines they are). `quiet_startup()` captures that descriptor
+(diffusion_lib/training/startup_noise.py says which lines they are). `quiet_startup()` captures that descriptor
 while TensorFlow loads and initialises its devices, then writes back every line that is not one
 of them.
 """
@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from tasks.startup_noise import is_noise, noise_patterns
+from diffusion_lib.training.startup_noise import is_noise, noise_patterns
 
 
 @contextlib.contextmanager

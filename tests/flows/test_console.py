@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from tasks.startup_noise import NVIDIA_DRIVER
-from tests.tasks.test_startup_noise import CUINIT, NOISE, REAL
+from diffusion_lib.training.startup_noise import NVIDIA_DRIVER
+from tests.lib.training.test_startup_noise import CUINIT, NOISE, REAL
 
 pytestmark = pytest.mark.cost(30)
 CONSOLE = pathlib.Path(__file__).resolve().parents[2] / "flows" / "console.py"
 
 # Loads flows/console.py alone in a child: importing the package starts TensorFlow (5 s a child).
-# It imports tasks.startup_noise, which loads nothing else.
+# It imports diffusion_lib.training.startup_noise, which loads nothing else.
 _CONSOLE = (
     "import importlib.util\n"
     f"spec = importlib.util.spec_from_file_location('console', {str(CONSOLE)!r})\n"
@@ -28,7 +28,7 @@ def _through_filter(lines, driver_present):
     """Writes `lines` to fd 2 from native-like code inside filtered_stderr, in a child process."""
     code = (
         _CONSOLE + "import os\n"
-        "from tasks.startup_noise import noise_patterns\n"
+        "from diffusion_lib.training.startup_noise import noise_patterns\n"
         "filtered_stderr = console.filtered_stderr\n"
         f"with filtered_stderr(noise_patterns(driver_present={driver_present})):\n"
         f"    os.write(2, {''.join(line + chr(10) for line in lines)!r}.encode())\n"

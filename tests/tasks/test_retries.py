@@ -8,8 +8,8 @@ import pytest
 from prefect import Task, flow, task
 
 import tasks
+from diffusion_lib.training.launch import TrainingFailed
 from tasks.retries import is_permanent, worth_retrying
-from tasks.train import TrainingFailed
 
 
 @pytest.mark.parametrize(

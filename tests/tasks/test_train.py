@@ -13,8 +13,9 @@ from prefect import flow
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps
+from diffusion_lib.training.launch import TrainingFailed, worker_environments
 from tasks.presets import TrainPart
-from tasks.train import TrainingFailed, train_model, worker_environments
+from tasks.train import train_model
 
 pytestmark = pytest.mark.cost(110)
 
@@ -114,11 +115,9 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
 def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines():
     """A worker that dies before it can report (an import error, a fatal TensorFlow check, a
     signal) is explained by its own output: the last line naming an error, never one of
-    TensorFlow's start-up notices, and its tail in the log; a signal is named."""
-    import logging
-
-    from tasks.train import _meaning, _why
-    from tests.tasks.test_startup_noise import CUINIT, NOISE
+    TensorFlow's start-up notices; a signal is named."""
+    from diffusion_lib.training.launch import exit_meaning, failure_reason
+    from tests.lib.training.test_startup_noise import CUINIT, NOISE
 
     tail = [
         "Traceback (most recent call last):",
@@ -126,19 +125,18 @@ def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines
         "ModuleNotFoundError: No module named 'pyarrow'",
         "",
     ]
-    logger = logging.getLogger("test")
-    assert _why(None, tail, logger) == "ModuleNotFoundError: No module named 'pyarrow'"
-    assert (
-        _why({"kind": "DataError", "message": "bad shard"}, tail, logger) == "DataError: bad shard"
+    assert failure_reason(None, tail) == "ModuleNotFoundError: No module named 'pyarrow'"
+    assert failure_reason({"kind": "DataError", "message": "bad shard"}, tail) == (
+        "DataError: bad shard"
     )
     # A worker SIGKILLed after its start-up printed TensorFlow's notices: the cuInit line names
     # an error but is not the reason (it used to be given as one).
     started = [*NOISE, CUINIT, ""]
-    assert _why(None, started, logger) == "no output beyond TensorFlow's start-up notices"
-    assert _why(None, [*NOISE, "step 10 of 20", CUINIT], logger) == "step 10 of 20"
-    assert _why(None, [], logger) == "no output"
-    assert _meaning(-9) == "killed by SIGKILL" and _meaning(-6) == "killed by SIGABRT"
-    assert _meaning(2).startswith("bad input") and _meaning(1) == "failed"
+    assert failure_reason(None, started) == "no output beyond TensorFlow's start-up notices"
+    assert failure_reason(None, [*NOISE, "step 10 of 20", CUINIT]) == "step 10 of 20"
+    assert failure_reason(None, []) == "no output"
+    assert exit_meaning(-9) == "killed by SIGKILL" and exit_meaning(-6) == "killed by SIGABRT"
+    assert exit_meaning(2).startswith("bad input") and exit_meaning(1) == "failed"
 
 
 def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):

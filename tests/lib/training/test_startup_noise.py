@@ -1,7 +1,7 @@
 """TensorFlow's start-up notices, told from real output: every pattern matches its notice and
 nothing real; the cuInit line is noise only without an NVIDIA driver."""
 
-from tasks.startup_noise import is_noise, noise_patterns
+from diffusion_lib.training.startup_noise import is_noise, noise_patterns
 
 # As TensorFlow 2.21 prints them at every start on a machine without a GPU.
 NOISE = [

@@ -1,6 +1,6 @@
 """What TensorFlow prints at every start with nothing for the user to do: the console of a flow
 leaves these lines out (flows/console.py), and a failed training worker's reason is never one
-of them (tasks/train.py).
+of them (diffusion_lib/training/launch.py).
 
 TensorFlow 2.21 writes its start-up notices through absl before logging is initialised, so
 TF_CPP_MIN_LOG_LEVEL does not reach them; they come from native code straight to file
