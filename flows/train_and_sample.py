@@ -10,6 +10,7 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 
 from __future__ import annotations
 
+import inspect
 import time
 
 from prefect import flow, get_run_logger, runtime
@@ -40,6 +41,13 @@ from tasks.presets import resolve
 
 class StageFailed(RuntimeError):
     """A stage (subflow) failed; the message names it and keeps the cause's message."""
+
+
+def _taken(fn, values: dict) -> dict:
+    """The entries of `values` that `fn` (a flow or a function) has a parameter of that name for:
+    a stage gets this flow's parameters that it declares, with the same meaning."""
+    names = inspect.signature(getattr(fn, "fn", fn)).parameters
+    return {name: value for name, value in values.items() if name in names}
 
 
 def _stage(summary: RunSummary, name: str, subflow, **parameters):
@@ -101,50 +109,21 @@ def train_and_sample(
     """Prepares the preset's data, trains, scores the checkpoints and samples the best one, each
     stage a subflow on one run directory. Returns the run directory, the final and best steps,
     the metrics file and the sample set's files."""
+    given = dict(locals())  # this flow's parameters, before any other name is bound
     # Every override is checked here, before any stage starts (a bad value costs nothing).
-    resolve(
-        preset,
-        model,
-        steps=steps,
-        batch_size=batch_size,
-        num_samples=num_samples,
-        sampler=sampler,
-        guidance=guidance,
-        guidance_sigma_min=guidance_sigma_min,
-        guidance_sigma_max=guidance_sigma_max,
-    )
-    run_name = run_name or default_run_name(preset, runtime.flow_run.name)
+    resolve(**_taken(resolve, given))
+    given["run_name"] = run_name = run_name or default_run_name(preset, runtime.flow_run.name)
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
     # One writer per run directory: a second run of the same name stops here, naming the
     # first (the stages and the training worker share this lock).
     with writing(Run.at(output_root, run_name).path):
         summary = RunSummary(Run.at(output_root, run_name).path)
         _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
-        trained = _stage(
-            summary,
-            "train",
-            train_flow,
-            **where,
-            steps=steps,
-            batch_size=batch_size,
-            workers=workers,
-            timeout_minutes=timeout_minutes,
-            warm_start=warm_start,
-        )
+        trained = _stage(summary, "train", train_flow, **_taken(train_flow, given))
+        # Scored by the preset's sampler: this flow's `sampler` is the sample set's.
         evaluation = _stage(summary, "evaluate", evaluate_flow, **where)
         best = evaluation["best_step"]
-        sampled = _stage(
-            summary,
-            "sample",
-            sample_flow,
-            **where,
-            step=best,
-            num_samples=num_samples,
-            sampler=sampler,
-            guidance=guidance,
-            guidance_sigma_min=guidance_sigma_min,
-            guidance_sigma_max=guidance_sigma_max,
-        )
+        sampled = _stage(summary, "sample", sample_flow, **_taken(sample_flow, given), step=best)
         result = {
             "run_dir": str(summary.run_dir),
             "final_step": trained["step"],
