@@ -183,6 +183,86 @@ def balanced_pr(values: dict, floors: dict) -> float:
     return min(values[name] / floors[name] for name in ("precision", "recall"))
 
 
+def _draw(restored, spec: EvalSpec, data_rms: float, fraction):
+    """The evaluation's samples of one checkpoint (a Drawn); NaN or Inf in them is a
+    MetricInputError."""
+    try:
+        return draw_set(
+            restored,
+            spec.sampler,
+            n=spec.n,
+            chunk_rows=spec.batch_size,
+            seed=spec.seed,
+            data_rms=data_rms,
+            fraction=fraction,
+        )
+    except SamplerMismatch:
+        raise
+    except ValueError as err:  # NaN or Inf in the samples
+        raise M.MetricInputError(str(err)) from None
+
+
+class _PointScorer:
+    """2-D points: the floors (training against held-out points) and a checkpoint's samples'
+    metrics against the held-out points, at one kernel bandwidth fitted on the real sets."""
+
+    def __init__(self, train, train_real, test_real):
+        self.mixture = None
+        if train.manifest.spec.get("source") == "gaussian_mixture":
+            options = train.manifest.spec["options"]
+            defaults = {
+                "weights": (0.2, 0.8),
+                "means": ((-5.0, -5.0), (5.0, 5.0)),
+                "stds": (1.0, 1.0),
+            }
+            self.mixture = mixture_from_options(
+                **{k: options.get(k, v) for k, v in defaults.items()}
+            )
+        self.test_real = test_real.astype(np.float64)
+        train_real = train_real.astype(np.float64)
+        self.bandwidth = M.kde_bandwidth(train_real, self.test_real)
+        floors = _point_metrics(self.test_real, train_real, self.mixture, self.bandwidth)
+        self.floors = {"balanced_pr": balanced_pr(floors, floors), **floors}
+
+    def score(self, samples, run, restored) -> dict:
+        values = _point_metrics(self.test_real, samples, self.mixture, self.bandwidth)
+        return {"balanced_pr": balanced_pr(values, self.floors), **values}  # the ranking first
+
+
+class _ImageScorer:
+    """Images: the feature classifier, the held-out features and the floors (cached), and a
+    checkpoint's samples' metrics, with the bits/dim the spec asks for."""
+
+    def __init__(self, train, test, train_real, test_real, spec: EvalSpec, cache_dir):
+        self.extractor = load_or_train_classifier(
+            train.directory,
+            test.directory,
+            cache_dir,
+            ClassifierSpec(epochs=spec.classifier_epochs),
+        )
+        self.test_feats, self.floors = _image_reference(
+            self.extractor, train, test, train_real, test_real, spec, cache_dir
+        )
+        self.test_real, self.spec = test_real, spec
+
+    def score(self, samples, run, restored) -> dict:
+        spec = self.spec
+        feats, probs = self.extractor.features_and_probabilities(samples)
+        values = _image_metrics(self.test_feats, feats, probs)
+        # Likelihoods in float32, whatever precision the run computes in.
+        wanted = spec.bpd_examples or spec.ode_bpd_examples
+        exact = run.restore(restored.step, precision="float32") if wanted else restored
+        if exact.objective.family == "diffusion" and spec.bpd_examples:
+            subset = exact.normalizer.to_model(self.test_real[: spec.bpd_examples], np.float32)
+            bound = exact.objective.diffusion.bits_per_dim(exact.model, subset, seed=spec.seed)
+            values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
+        if spec.ode_bpd_examples:
+            values["ode_bits_per_dim"] = _ode_bits_per_dim(
+                exact, self.test_real[: spec.ode_bpd_examples], spec.seed
+            )
+        return values
+
+
 def evaluate_checkpoints(
     run_dir: str | pathlib.Path,
     *,
@@ -223,81 +303,32 @@ def evaluate_checkpoints(
     if not todo:  # a re-run: no references (classifier, features, floors) computed again
         return _report(out_path, previous, rows, previous["floors"], committed, best_metric, spec)
     train_real, test_real = _reference(train, test, spec.n, spec.seed)
-    cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
     if images:
-        extractor = load_or_train_classifier(
-            train.directory,
-            test.directory,
-            cache_dir,
-            ClassifierSpec(epochs=spec.classifier_epochs),
-        )
-        test_feats, floors = _image_reference(
-            extractor, train, test, train_real, test_real, spec, cache_dir
-        )
+        cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
+        scorer = _ImageScorer(train, test, train_real, test_real, spec, cache_dir)
     else:
-        mixture = None
-        if train.manifest.spec.get("source") == "gaussian_mixture":
-            options = train.manifest.spec["options"]
-            defaults = {
-                "weights": (0.2, 0.8),
-                "means": ((-5.0, -5.0), (5.0, 5.0)),
-                "stds": (1.0, 1.0),
-            }
-            mixture = mixture_from_options(**{k: options.get(k, v) for k, v in defaults.items()})
-        test_real, train_real = test_real.astype(np.float64), train_real.astype(np.float64)
-        bandwidth = M.kde_bandwidth(train_real, test_real)
-        floors = _point_metrics(test_real, train_real, mixture, bandwidth)
-        floors = {"balanced_pr": balanced_pr(floors, floors), **floors}
+        scorer = _PointScorer(train, train_real, test_real)
+    floors = scorer.floors
     # The data's RMS in the network's space: what a healthy sampling chain ends near.
     model_space = Normalizer.of(train.manifest).to_model(train_real)
     data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
 
     for done, step in enumerate(todo):
         restored = run.restore(step)
-        try:
-            drawn = draw_set(
-                restored,
-                spec.sampler,
-                n=spec.n,
-                chunk_rows=spec.batch_size,
-                seed=spec.seed,
-                data_rms=data_rms,
-                fraction=None
-                if progress is None
-                else (lambda f, k=done: progress((k + f) / len(todo))),
-            )
-        except SamplerMismatch:
-            raise
-        except ValueError as err:  # NaN or Inf in the samples
-            raise M.MetricInputError(str(err)) from None
-        health = drawn.health
-        if images:
-            feats, probs = extractor.features_and_probabilities(drawn.samples)
-            values = _image_metrics(test_feats, feats, probs)
-            # Likelihoods in float32, whatever precision the run computes in.
-            wanted = spec.bpd_examples or spec.ode_bpd_examples
-            exact = run.restore(step, precision="float32") if wanted else restored
-            if exact.objective.family == "diffusion" and spec.bpd_examples:
-                subset = exact.normalizer.to_model(test_real[: spec.bpd_examples], np.float32)
-                bound = exact.objective.diffusion.bits_per_dim(exact.model, subset, seed=spec.seed)
-                values["bits_per_dim"] = float(np.mean(bound.total.numpy()))
-            if spec.ode_bpd_examples:
-                values["ode_bits_per_dim"] = _ode_bits_per_dim(
-                    exact, test_real[: spec.ode_bpd_examples], spec.seed
-                )
-        else:
-            values = _point_metrics(test_real, drawn.samples, mixture, bandwidth)
-            values = {"balanced_pr": balanced_pr(values, floors), **values}  # the ranking first
-        if health:
+        fraction = None if progress is None else (lambda f, k=done: progress((k + f) / len(todo)))
+        drawn = _draw(restored, spec, data_rms, fraction)
+        values = scorer.score(drawn.samples, run, restored)
+        if drawn.health:
             # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
-            values["chain_worst_rms_ratio"] = max(h.ratio for h in health)
+            values["chain_worst_rms_ratio"] = max(h.ratio for h in drawn.health)
         rows[step] = {
             "step": step,
             "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
         }
-        if health:
+        if drawn.health:
             rows[step]["chain"] = [
-                {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms} for h in health
+                {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms}
+                for h in drawn.health
             ]
 
     return _report(out_path, previous, rows, floors, committed, best_metric, spec)
