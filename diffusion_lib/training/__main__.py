@@ -58,7 +58,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_lib.training",
         description=__doc__,
@@ -80,39 +80,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--deterministic", action="store_true", help="enable op determinism (exact resume on CPU)"
     )
-    args = parser.parse_args(argv)
-    _die_with_parent()
+    return parser
 
+
+def _emit(event: str, **fields) -> None:
+    """One event of the worker protocol: a JSON line on stdout."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _config(args):
+    """The TrainConfig of --config, --preset and --set."""
+    from diffusion_lib.training.config import ConfigError, TrainConfig, config_preset
+
+    fields = {}
+    if args.config:
+        with open(args.config) as handle:
+            fields.update(json.load(handle))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes FIELD=VALUE, got {item!r}")
+        fields[key] = _parse_value(value)
+    return config_preset(args.preset, **fields) if args.preset else TrainConfig.from_dict(fields)
+
+
+def _trainer(args):
+    """(config, strategy, trainer), or the exit status of bad input (its error event sent)."""
     # Imported here so `--help` is instant; the strategy is created before any other TF work,
     # as MultiWorkerMirroredStrategy requires.
     from diffusion_lib.data import DataError
-    from diffusion_lib.networks.config import compute_precision
     from diffusion_lib.training.checkpoints import CheckpointMismatch
-    from diffusion_lib.training.config import ConfigError, TrainConfig, config_preset
-    from diffusion_lib.training.engine import Trainer, TrainingDiverged, enable_determinism
+    from diffusion_lib.training.config import ConfigError
+    from diffusion_lib.training.engine import Trainer, enable_determinism
     from diffusion_lib.training.strategy import choose_strategy
 
-    def emit(event: str, **fields) -> None:
-        print(json.dumps({"event": event, **fields}), flush=True)
-
     try:
-        fields = {}
-        if args.config:
-            with open(args.config) as handle:
-                fields.update(json.load(handle))
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set takes FIELD=VALUE, got {item!r}")
-            fields[key] = _parse_value(value)
-        config = (
-            config_preset(args.preset, **fields) if args.preset else TrainConfig.from_dict(fields)
-        )
+        config = _config(args)
         if args.deterministic or config.deterministic:
             enable_determinism()
         strategy = choose_strategy(config.strategy, config.devices)
         trainer = Trainer(
-            config, args.run_dir, strategy=strategy, warn=lambda m: emit("warning", message=m)
+            config, args.run_dir, strategy=strategy, warn=lambda m: _emit("warning", message=m)
         )
     except (
         ConfigError,
@@ -122,12 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         TypeError,
     ) as err:
-        emit("error", kind=type(err).__name__, message=str(err))
+        _emit("error", kind=type(err).__name__, message=str(err))
         return BAD_INPUT
     except Exception as err:
         traceback.print_exc()
-        emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
+        _emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
         return 1
+    return config, strategy, trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _die_with_parent()
+    built = _trainer(args)
+    if isinstance(built, int):
+        return built
+    config, strategy, trainer = built
+    from diffusion_lib.networks.config import compute_precision
+    from diffusion_lib.training.engine import TrainingDiverged
 
     stop = {"requested": False}
 
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     # Where this worker starts: 0, or the checkpoint it restored (every worker of a cluster must
     # say the same step, which the orchestrator checks).
-    emit(
+    _emit(
         "start",
         step=int(trainer.step.numpy()),
         total=config.num_steps,
@@ -147,20 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = trainer.run(
-            progress=lambda p: emit("progress", **dataclasses.asdict(p)),
+            progress=lambda p: _emit("progress", **dataclasses.asdict(p)),
             should_stop=lambda: stop["requested"],
             max_steps=args.max_steps,
         )
     except TrainingDiverged as err:
-        emit("error", kind="TrainingDiverged", message=str(err))
+        _emit("error", kind="TrainingDiverged", message=str(err))
         return DIVERGED
     except Exception as err:
         # Whatever else: the traceback to stderr (the orchestrator keeps its last lines), the
         # exception's class and message as the error event it reports.
         traceback.print_exc()
-        emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
+        _emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
         return 1
-    emit("done", **dataclasses.asdict(result))
+    _emit("done", **dataclasses.asdict(result))
     return 0
 
 
