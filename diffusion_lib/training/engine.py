@@ -262,6 +262,32 @@ def _prepare_run_dir(
         atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
+def _check_against_data(config: TrainConfig, dataset, replicas: int) -> None:
+    """What the config asks of the data and the replicas: ConfigError naming the field."""
+    if config.flip and dataset.kind != "image":
+        raise ConfigError("flip: only image datasets can be flipped")
+    if config.batch_size > len(dataset):
+        raise ConfigError(
+            f"batch_size: {config.batch_size} is larger than the {len(dataset)} "
+            f"examples of {config.data_dir}"
+        )
+    if config.num_classes:
+        labels = dataset.label_range()
+        if labels is None:
+            raise ConfigError(
+                f"num_classes: {config.data_dir} has no labels to condition on (set 0)"
+            )
+        if labels[0] < 0 or labels[1] >= config.num_classes:
+            raise ConfigError(
+                f"num_classes: {config.num_classes} classes, but the labels of "
+                f"{config.data_dir} span {labels[0]}..{labels[1]}"
+            )
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"batch_size: {config.batch_size} is not divisible by {replicas} replicas"
+        )
+
+
 class Trainer:
     """Builds everything for one run directory and trains; `train()` below is the usual entry."""
 
@@ -284,31 +310,9 @@ class Trainer:
         self.strategy = strategy or choose_strategy(config.strategy, config.devices)
         self.is_chief, self.worker_id = worker_role(self.strategy)
         self.dataset = open_dataset(config.data_dir)
-        if config.flip and self.dataset.kind != "image":
-            raise ConfigError("flip: only image datasets can be flipped")
-        if config.batch_size > len(self.dataset):
-            # Checked before the run directory is written, so a re-run with a sane batch size
-            # is the same run, not "another config".
-            raise ConfigError(
-                f"batch_size: {config.batch_size} is larger than the {len(self.dataset)} "
-                f"examples of {config.data_dir}"
-            )
-        if config.num_classes:
-            labels = self.dataset.label_range()
-            if labels is None:
-                raise ConfigError(
-                    f"num_classes: {config.data_dir} has no labels to condition on (set 0)"
-                )
-            if labels[0] < 0 or labels[1] >= config.num_classes:
-                raise ConfigError(
-                    f"num_classes: {config.num_classes} classes, but the labels of "
-                    f"{config.data_dir} span {labels[0]}..{labels[1]}"
-                )
-        replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % replicas:
-            raise ConfigError(
-                f"batch_size: {config.batch_size} is not divisible by {replicas} replicas"
-            )
+        # Checked before the run directory is written, so a re-run with a sane value is the
+        # same run, not "another config".
+        _check_against_data(config, self.dataset, self.strategy.num_replicas_in_sync)
         self.objective = build_objective(config)
         self.network_config = network_config(config, self.dataset.example_shape, self.objective)
         if self.is_chief:  # one writer per run directory (re-entrant; inherited from a flow)
@@ -320,6 +324,14 @@ class Trainer:
             self.is_chief,
             self.network_config,
         )
+        self._build_state()
+        self._resume(warn)
+        self._train_step = self._make_train_step()
+
+    def _build_state(self) -> None:
+        """The network, optimizer, EMA and step, in the strategy's scope, and their checkpoint
+        store."""
+        config = self.config
         with self.strategy.scope():
             self.model = build_network(self.network_config, seed=config.seed)
             self.optimizer = make_optimizer(config)
@@ -339,6 +351,10 @@ class Trainer:
             keep_every=config.keep_every,
         )
 
+    def _resume(self, warn: Callable[[str], None]) -> None:
+        """From the newest good checkpoint (damaged ones set aside, with a warning), else from
+        the warm start's weights, if any."""
+
         def damaged(step: int, why: str) -> None:
             warn(
                 f"checkpoint ckpt-{step} is damaged ({why}); set aside in "
@@ -351,9 +367,8 @@ class Trainer:
                 raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
             if self.is_chief:
                 _trim_log(self.run_dir / TRAINING_LOG, latest)
-        elif config.init_from:
-            self._warm_start(*init_from_parts(config.init_from))
-        self._train_step = self._make_train_step()
+        elif self.config.init_from:
+            self._warm_start(*init_from_parts(self.config.init_from))
 
     def _warm_start(self, source: str, step: int) -> None:
         """Trained and averaged weights := the EMA weights of `source`'s checkpoint `step`."""
