@@ -87,13 +87,13 @@ def check_compatible(spec: SamplerSpec, objective) -> None:
     family = getattr(type(objective), "family", None)
     if family is None:
         raise SamplerMismatch(f"objective {type(objective).__name__} declares no sampler family")
-    config = getattr(objective, "config", None)
-    if spec.guidance and not getattr(config, "num_classes", 0):
+    config = getattr(objective, "config", None)  # None: an objective made without a config
+    if spec.guidance and not (config is not None and config.network.num_classes):
         raise SamplerMismatch(
             f"guidance={spec.guidance} needs a class-conditional run (num_classes > 0); this run "
             "is unconditional"
         )
-    if spec.guidance and not config.label_dropout:
+    if spec.guidance and not config.network.label_dropout:
         raise SamplerMismatch(
             f"guidance={spec.guidance} needs the unconditional model, which this run never "
             "trained (label_dropout 0)"
@@ -195,7 +195,7 @@ def draw(
     padded = -(-n // replicas) * replicas  # the batch must split evenly over the replicas
     shape = (padded, *restored.example_shape)
     model, info = restored.model, spec.info
-    num_classes = getattr(restored.config, "num_classes", 0)
+    num_classes = restored.config.network.num_classes
     if num_classes:
         model = class_guided(
             model,

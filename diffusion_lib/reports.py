@@ -84,7 +84,7 @@ def render_run(
     (out / STAMP).unlink(missing_ok=True)  # the files below are about to change
     restored = run.restore(step)
     images = restored.normalizer.is_image
-    columns = restored.config.num_classes or 8
+    columns = restored.config.network.num_classes or 8
     shown = 8 * columns if images else 1000
     chain = _set_preview(restored, samples, sampler, shown)
     if chain is None:

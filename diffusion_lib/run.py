@@ -131,12 +131,12 @@ class Run:
         """The run's TrainConfig, its data_dir resolved against the run directory (config.json
         records one inside the run relative to it)."""
         config = TrainConfig.from_dict(self.record["config"])
-        resolved = self.path / config.data_dir
-        if not resolved.exists() and pathlib.Path(config.data_dir).exists():
+        resolved = self.path / config.data.data_dir
+        if not resolved.exists() and pathlib.Path(config.data.data_dir).exists():
             # A run written before data_dir was recorded relative to the run (relative to the
             # working directory then); `dataset` checks it still holds what the run trained on.
-            resolved = pathlib.Path(config.data_dir)
-        return dataclasses.replace(config, data_dir=str(resolved))
+            resolved = pathlib.Path(config.data.data_dir)
+        return config.replace(data_dir=str(resolved))
 
     @functools.cached_property
     def network_config(self) -> NetworkConfig:
@@ -155,11 +155,11 @@ class Run:
     def dataset(self):
         """The training set (opened once, not re-verified); DataError if the directory now holds
         another dataset than the run trained on."""
-        dataset = open_dataset(self.config.data_dir, verify="none")
+        dataset = open_dataset(self.config.data.data_dir, verify="none")
         trained_on = self.record.get("dataset_fingerprint")
         if trained_on and dataset.manifest.fingerprint != trained_on:
             raise DataError(
-                f"{self.config.data_dir} holds another dataset than {self.path} trained on "
+                f"{self.config.data.data_dir} holds another dataset than {self.path} trained on "
                 f"(fingerprint {dataset.manifest.fingerprint}, trained on {trained_on})"
             )
         return dataset

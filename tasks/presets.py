@@ -348,7 +348,7 @@ def resolve(
             f"sampler: {sampler!r} cannot sample a {model} model; use one of {SAMPLERS_OF[model]}"
         )
     if steps is not None:
-        every = min(plan.train.config("unused").checkpoint_every, steps)
+        every = min(plan.train.config("unused").run.checkpoint_every, steps)
         plan = plan.with_settings("train", num_steps=steps, checkpoint_every=every)
     if batch_size is not None:
         plan = plan.with_settings("train", batch_size=batch_size)
@@ -357,7 +357,7 @@ def resolve(
     if sampler is not None and sampler != plan.samples.sampler.name:
         plan = plan.with_settings("samples", sampler=SamplerSpec.of(sampler))
     if guidance is not None:
-        if not plan.train.config("unused").num_classes:
+        if not plan.train.config("unused").network.num_classes:
             raise ValueError(
                 f"guidance: preset {preset!r} trains an unconditional {model} model; guidance "
                 "needs a class-conditional one (num_classes > 0)"

@@ -42,7 +42,6 @@ from diffusion_lib.run import EVAL_DIR, METRICS_NAME, Run
 from diffusion_lib.samplers import SamplerSpec
 from diffusion_lib.sde_likelihood import bits_per_dim, ode_log_likelihood
 from diffusion_lib.training import TrainConfig
-from diffusion_lib.training.config import ARCHITECTURE_FIELDS
 
 LOWER_IS_BETTER = {
     "fid": True,
@@ -283,7 +282,7 @@ def evaluate_checkpoints(
     if not steps:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
     committed, steps = steps, steps[-spec.newest :] if spec.newest else steps
-    train = open_dataset(train_dir or run.config.data_dir)
+    train = open_dataset(train_dir or run.config.data.data_dir)
     test = open_dataset(test_dir)
     if train.example_shape != test.example_shape:
         raise M.MetricInputError(
@@ -377,10 +376,10 @@ def _ode_bits_per_dim(restored, pixels, seed: int) -> float:
 
 def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
     """ "RUN_DIR@STEP" of the best scored checkpoint of the newest run under `root` (newest by
-    its eval/metrics.json) trained on the same dataset as `like.data_dir`, with the same
+    its eval/metrics.json) trained on the same dataset as `like.data.data_dir`, with the same
     architecture and objective; "" if there is none. Runs in `exclude` are skipped."""
-    fingerprint = open_dataset(like.data_dir, verify="none").manifest.fingerprint
-    wanted = {k: like.to_dict()[k] for k in ARCHITECTURE_FIELDS}
+    fingerprint = open_dataset(like.data.data_dir, verify="none").manifest.fingerprint
+    wanted = like.architecture()
     skip = {pathlib.Path(p).resolve() for p in exclude}
     candidates = sorted(
         pathlib.Path(root).glob(f"*/{EVAL_DIR}/{METRICS_NAME}"), key=lambda p: p.stat().st_mtime_ns
@@ -389,11 +388,10 @@ def best_previous_checkpoint(root, like: TrainConfig, exclude=()) -> str:
         run = Run(metrics.parent.parent)
         if run.path.resolve() in skip or not run.config_path.is_file():
             continue
-        config = run.config.to_dict()
         step = json.loads(metrics.read_text())["best"]["step"]
         if (
             run.record.get("dataset_fingerprint") == fingerprint
-            and {k: config[k] for k in ARCHITECTURE_FIELDS} == wanted
+            and run.config.architecture() == wanted
             and step in run.steps()
         ):
             return f"{run.path}@{step}"

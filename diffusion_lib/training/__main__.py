@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override one field (VALUE parsed as JSON when it is JSON)",
+        help="override one field, by name or as section.field (VALUE parsed as JSON when it is JSON)",
     )
     parser.add_argument("--run-dir", required=True)
     parser.add_argument(
@@ -116,9 +116,9 @@ def _trainer(args):
 
     try:
         config = _config(args)
-        if args.deterministic or config.deterministic:
+        if args.deterministic or config.execution.deterministic:
             enable_determinism()
-        strategy = choose_strategy(config.strategy, config.devices)
+        strategy = choose_strategy(config.execution.strategy, config.execution.devices)
         trainer = Trainer(
             config, args.run_dir, strategy=strategy, warn=lambda m: _emit("warning", message=m)
         )
@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     _emit(
         "start",
         step=int(trainer.step.numpy()),
-        total=config.num_steps,
+        total=config.run.num_steps,
         replicas=strategy.num_replicas_in_sync,
-        precision=compute_precision(config.precision),
+        precision=compute_precision(config.execution.precision),
     )
     try:
         result = trainer.run(

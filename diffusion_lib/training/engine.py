@@ -124,12 +124,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     @classmethod
     def of(cls, config: TrainConfig) -> WarmupSchedule:
         return cls(
-            config.learning_rate,
-            config.warmup_steps,
-            config.lr_schedule,
-            config.decay_steps,
-            config.final_lr_fraction,
-            config.cooldown_steps,
+            config.optim.learning_rate,
+            config.optim.warmup_steps,
+            config.optim.lr_schedule,
+            config.optim.decay_steps,
+            config.optim.final_lr_fraction,
+            config.optim.cooldown_steps,
         )
 
 
@@ -149,11 +149,14 @@ class EmaWeights(tf.Module):
 def network_config(config: TrainConfig, data_shape: tuple[int, ...], objective) -> NetworkConfig:
     overrides = {
         **objective.network_overrides(),
-        "num_classes": config.num_classes,
-        **dict(config.network_overrides),
+        "num_classes": config.network.num_classes,
+        **dict(config.network.overrides),
     }
     return preset(
-        config.network, data_shape=tuple(data_shape), precision=config.precision, **overrides
+        config.network.name,
+        data_shape=tuple(data_shape),
+        precision=config.execution.precision,
+        **overrides,
     )
 
 
@@ -183,17 +186,17 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     schedule = WarmupSchedule.of(config)
     common = {
         "learning_rate": schedule,
-        "beta_1": config.beta_1,
-        "beta_2": config.beta_2,
+        "beta_1": config.optim.beta_1,
+        "beta_2": config.optim.beta_2,
         "epsilon": 1e-8,
     }
-    if config.optimizer == "adamw":
+    if config.optim.optimizer == "adamw":
         optimizer = _given_reduced_gradients(keras.optimizers.AdamW)(
-            weight_decay=config.weight_decay, **common
+            weight_decay=config.optim.weight_decay, **common
         )
     else:
         optimizer = _given_reduced_gradients(keras.optimizers.Adam)(**common)
-    if config.precision == "mixed_float16":
+    if config.execution.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -226,13 +229,13 @@ def _prepare_run_dir(
     path = run_dir / CONFIG_NAME
     # A data directory inside the run is recorded relative to it, so the run can be moved,
     # copied or resumed from any working directory; one elsewhere is recorded absolute.
-    data_dir = pathlib.Path(config.data_dir).resolve()
+    data_dir = pathlib.Path(config.data.data_dir).resolve()
     try:
         data_dir = data_dir.relative_to(run_dir.resolve())
     except ValueError:
         pass
     record = {
-        "config": {**config.to_dict(), "data_dir": str(data_dir)},
+        "config": config.replace(data_dir=str(data_dir)).to_dict(),
         "identity": config.identity(),
         "dataset_fingerprint": dataset_fingerprint,
         "network": network.to_dict(),
@@ -241,12 +244,8 @@ def _prepare_run_dir(
         stored = json.loads(path.read_text())
         # Through TrainConfig: a field added since the run began reads as its default, which
         # is what that run trained with, so older run directories stay resumable.
-        before = TrainConfig.from_dict(stored["config"]).identity()
-        differing = sorted(
-            k
-            for k in set(before) | set(config.identity())
-            if before.get(k) != config.identity().get(k)
-        )
+        # A record of an earlier version is migrated on read (TrainConfig.from_dict).
+        differing = TrainConfig.from_dict(stored["config"]).differences(config)
         if differing:
             raise ConfigError(
                 f"run directory {run_dir} belongs to another config (fields differ: {differing}); "
@@ -264,27 +263,27 @@ def _prepare_run_dir(
 
 def _check_against_data(config: TrainConfig, dataset, replicas: int) -> None:
     """What the config asks of the data and the replicas: ConfigError naming the field."""
-    if config.flip and dataset.kind != "image":
-        raise ConfigError("flip: only image datasets can be flipped")
-    if config.batch_size > len(dataset):
+    if config.data.flip and dataset.kind != "image":
+        raise ConfigError("data.flip: only image datasets can be flipped")
+    if config.optim.batch_size > len(dataset):
         raise ConfigError(
-            f"batch_size: {config.batch_size} is larger than the {len(dataset)} "
-            f"examples of {config.data_dir}"
+            f"optim.batch_size: {config.optim.batch_size} is larger than the {len(dataset)} "
+            f"examples of {config.data.data_dir}"
         )
-    if config.num_classes:
+    if config.network.num_classes:
         labels = dataset.label_range()
         if labels is None:
             raise ConfigError(
-                f"num_classes: {config.data_dir} has no labels to condition on (set 0)"
+                f"network.num_classes: {config.data.data_dir} has no labels to condition on (set 0)"
             )
-        if labels[0] < 0 or labels[1] >= config.num_classes:
+        if labels[0] < 0 or labels[1] >= config.network.num_classes:
             raise ConfigError(
-                f"num_classes: {config.num_classes} classes, but the labels of "
-                f"{config.data_dir} span {labels[0]}..{labels[1]}"
+                f"network.num_classes: {config.network.num_classes} classes, but the labels of "
+                f"{config.data.data_dir} span {labels[0]}..{labels[1]}"
             )
-    if config.batch_size % replicas:
+    if config.optim.batch_size % replicas:
         raise ConfigError(
-            f"batch_size: {config.batch_size} is not divisible by {replicas} replicas"
+            f"optim.batch_size: {config.optim.batch_size} is not divisible by {replicas} replicas"
         )
 
 
@@ -303,13 +302,15 @@ class Trainer:
         damaged checkpoint set aside); default: the `diffusion_lib.training` logger."""
         warn = warn or logging.getLogger("diffusion_lib.training").warning
         config.validate()
-        if not config.data_dir:
-            raise ConfigError("data_dir: must name a prepared dataset directory")
+        if not config.data.data_dir:
+            raise ConfigError("data.data_dir: must name a prepared dataset directory")
         self.config = config
         self.run_dir = pathlib.Path(run_dir)
-        self.strategy = strategy or choose_strategy(config.strategy, config.devices)
+        self.strategy = strategy or choose_strategy(
+            config.execution.strategy, config.execution.devices
+        )
         self.is_chief, self.worker_id = worker_role(self.strategy)
-        self.dataset = open_dataset(config.data_dir)
+        self.dataset = open_dataset(config.data.data_dir)
         # Checked before the run directory is written, so a re-run with a sane value is the
         # same run, not "another config".
         _check_against_data(config, self.dataset, self.strategy.num_replicas_in_sync)
@@ -333,7 +334,7 @@ class Trainer:
         store."""
         config = self.config
         with self.strategy.scope():
-            self.model = build_network(self.network_config, seed=config.seed)
+            self.model = build_network(self.network_config, seed=config.run.seed)
             self.optimizer = make_optimizer(config)
             # Built inside the scope before the first distributed step (a Keras 3 requirement).
             self.optimizer.build(self.model.trainable_variables)
@@ -347,8 +348,8 @@ class Trainer:
             self.checkpoint,
             is_chief=self.is_chief,
             worker_id=self.worker_id,
-            keep_last=config.keep_last,
-            keep_every=config.keep_every,
+            keep_last=config.run.keep_last,
+            keep_every=config.run.keep_every,
         )
 
     def _resume(self, warn: Callable[[str], None]) -> None:
@@ -367,8 +368,8 @@ class Trainer:
                 raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
             if self.is_chief:
                 _trim_log(self.run_dir / TRAINING_LOG, latest)
-        elif self.config.init_from:
-            self._warm_start(*init_from_parts(self.config.init_from))
+        elif self.config.run.init_from:
+            self._warm_start(*init_from_parts(self.config.run.init_from))
 
     def _warm_start(self, source: str, step: int) -> None:
         """Trained and averaged weights := the EMA weights of `source`'s checkpoint `step`."""
@@ -392,12 +393,12 @@ class Trainer:
             self.optimizer,
             self.objective,
         )
-        global_batch = config.batch_size
-        base_seed = tf.constant([config.seed, 0x5EED], tf.int64)
+        global_batch = config.optim.batch_size
+        base_seed = tf.constant([config.run.seed, 0x5EED], tf.int64)
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        clip = float(config.grad_clip_norm)
-        decay = float(config.ema_decay)
-        warmup = bool(config.ema_warmup)
+        clip = float(config.optim.grad_clip_norm)
+        decay = float(config.optim.ema_decay)
+        warmup = bool(config.optim.ema_warmup)
         variables = model.trainable_variables
 
         def loss_and_grads(x, labels, step_seed, offset):
@@ -415,7 +416,7 @@ class Trainer:
         # without). The trained weights are bit-identical either way.
         compute = (
             tf.function(loss_and_grads, jit_compile=True, autograph=False)
-            if config.jit_compile
+            if config.execution.jit_compile
             else loss_and_grads
         )
 
@@ -465,12 +466,12 @@ class Trainer:
 
         def dataset_fn(ctx):
             return self.dataset.tf_dataset(
-                config.batch_size,
+                config.optim.batch_size,
                 input_context=ctx,
-                seed=config.seed,
+                seed=config.run.seed,
                 start_step=start_step,
-                flip=config.flip,
-                shuffle_window=config.shuffle_window,
+                flip=config.data.flip,
+                shuffle_window=config.data.shuffle_window,
             )
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -492,7 +493,11 @@ class Trainer:
         """
         config = self.config
         start = int(self.step.numpy())
-        end = config.num_steps if max_steps is None else min(config.num_steps, start + max_steps)
+        end = (
+            config.run.num_steps
+            if max_steps is None
+            else min(config.run.num_steps, start + max_steps)
+        )
         iterator = iter(self._dataset(start))
         writer = (
             tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_DIR))
@@ -514,13 +519,13 @@ class Trainer:
             self.step.assign(step + 1)
             window_steps += 1
             done = step + 1
-            if done % config.log_every == 0 or done == end:
+            if done % config.run.log_every == 0 or done == end:
                 elapsed = time.perf_counter() - window_start
-                last_rate = window_steps * config.batch_size / max(elapsed, 1e-9)
+                last_rate = window_steps * config.optim.batch_size / max(elapsed, 1e-9)
                 last_loss = float(loss)
                 report = Progress(
                     done,
-                    config.num_steps,
+                    config.run.num_steps,
                     last_loss,
                     last_rate,
                     self.learning_rate(step),
@@ -531,11 +536,11 @@ class Trainer:
                     progress(report)
                 window_start, window_steps = time.perf_counter(), 0
             stop = should_stop is not None and should_stop()
-            if done % config.checkpoint_every == 0 or done == end or stop:
+            if done % config.run.checkpoint_every == 0 or done == end or stop:
                 self._save(done, last_loss)
                 saved = done
             if stop:
-                stopped_early = done < config.num_steps
+                stopped_early = done < config.run.num_steps
                 break
         if writer is not None:
             writer.close()
@@ -550,7 +555,7 @@ class Trainer:
             checkpoint,
             last_loss,
             last_rate,
-            stopped_early or final < config.num_steps,
+            stopped_early or final < config.run.num_steps,
         )
 
     def _save(self, step: int, loss: float | None) -> None:

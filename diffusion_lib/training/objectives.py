@@ -25,7 +25,7 @@ interval of noise levels reads it.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -46,9 +46,7 @@ from diffusion_lib.sde import (
     ve_sde_of,
     vp_sde_of,
 )
-
-if TYPE_CHECKING:  # only a type here: the config imports OBJECTIVES to validate names
-    from diffusion_lib.training.config import TrainConfig
+from diffusion_lib.training.config import TrainConfig
 
 
 def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
@@ -56,15 +54,18 @@ def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
 
 
 def _level_sampler(config: TrainConfig, sigmas, uniform):
-    """draw(global_batch, seed) -> level indices [global_batch] int32 by `config.noise_sampling`
+    """draw(global_batch, seed) -> level indices [global_batch] int32 by `config.model.noise_sampling`
     over the levels with noise stds `sigmas`: for "uniform" the objective's own `uniform` draw
     (as it always was, so its runs stay bit-identical)."""
-    if config.noise_sampling == "uniform":
+    if config.model.noise_sampling == "uniform":
         return uniform
     logits = tf.constant(
-        level_log_probs(sigmas, config.noise_sampling, config.noise_log_mean, config.noise_log_std)[
-            None
-        ],
+        level_log_probs(
+            sigmas,
+            config.model.noise_sampling,
+            config.model.noise_log_mean,
+            config.model.noise_log_std,
+        )[None],
         tf.float32,
     )
 
@@ -94,7 +95,7 @@ def _replica_labels(config: TrainConfig, labels, seed, offset, global_batch):
     null label K = num_classes with probability `label_dropout` (drawn for the global batch from
     a stream of its own, so an unconditional run's draws are untouched); {} when the run is not
     class-conditional (its network is called as it always was)."""
-    if not config.num_classes:
+    if not config.network.num_classes:
         return {}
     if labels is None:
         raise ValueError("a class-conditional objective needs the batch's labels")
@@ -102,7 +103,11 @@ def _replica_labels(config: TrainConfig, labels, seed, offset, global_batch):
     local = tf.shape(labels)[0]
     drop_seed = tf.random.experimental.stateless_fold_in(seed, 0x1ABE1)
     dropped = tf.random.stateless_uniform([global_batch], drop_seed)[offset : offset + local]
-    return {"labels": tf.where(dropped < config.label_dropout, config.num_classes, labels)}
+    return {
+        "labels": tf.where(
+            dropped < config.network.label_dropout, config.network.num_classes, labels
+        )
+    }
 
 
 @dataclasses.dataclass
@@ -113,25 +118,27 @@ class DdpmObjective:
     def __post_init__(self):
         c = self.config
         self.diffusion = GaussianDiffusion(
-            beta_schedule(c.schedule, c.num_timesteps, c.beta_start, c.beta_end),
-            model_mean_type=c.mean_type,
-            model_var_type=c.var_type,
-            loss_type=c.loss_type,
-            loss_weighting=c.loss_weighting,
-            min_snr_gamma=c.min_snr_gamma,
+            beta_schedule(
+                c.model.schedule, c.model.num_timesteps, c.model.beta_start, c.model.beta_end
+            ),
+            model_mean_type=c.model.mean_type,
+            model_var_type=c.model.var_type,
+            loss_type=c.model.loss_type,
+            loss_weighting=c.model.loss_weighting,
+            min_snr_gamma=c.model.min_snr_gamma,
         )
         abar = self.diffusion.alphas_cumprod
         self._level_sigmas = np.sqrt((1.0 - abar) / abar)
         self._draw_levels = _level_sampler(
             c,
             self._level_sigmas,
-            lambda n, seed: self.diffusion.sample_timesteps(n, seed, antithetic=c.antithetic),
+            lambda n, seed: self.diffusion.sample_timesteps(n, seed, antithetic=c.model.antithetic),
         )
 
     def network_overrides(self) -> dict:
         return {
             "conditioning": "timestep",
-            "output_channels_factor": 2 if self.config.var_type == "learned_range" else 1,
+            "output_channels_factor": 2 if self.config.model.var_type == "learned_range" else 1,
         }
 
     def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
@@ -169,8 +176,8 @@ class _SigmaConditionedScore(_ConditionedOnSigma):
     def network_overrides(self) -> dict:
         return {
             "conditioning": "log_sigma",
-            "output_scaling": self.config.score_output_scaling,
-            "input_scaling": self.config.score_input_scaling,
+            "output_scaling": self.config.model.score_output_scaling,
+            "input_scaling": self.config.model.score_input_scaling,
         }
 
 
@@ -180,7 +187,7 @@ class NcsnObjective(_SigmaConditionedScore):
 
     def __post_init__(self):
         c = self.config
-        self.sigmas = sigma_schedule(c.sigma_max, c.sigma_min, c.num_levels)
+        self.sigmas = sigma_schedule(c.model.sigma_max, c.model.sigma_min, c.model.num_levels)
         self._draw_levels = _level_sampler(
             c,
             self.sigmas,
@@ -210,15 +217,18 @@ class DsmObjective(_SigmaConditionedScore):
     config: TrainConfig
 
     def __post_init__(self):
-        self.sigmas = np.array([self.config.sigma], np.float64)
+        self.sigmas = np.array([self.config.model.sigma], np.float64)
 
     def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         noise_seed, dropout_seed = _split(seed, 2)
         noise = _global_normal(x, noise_seed, offset, global_batch)
-        sigma = tf.fill([tf.shape(x)[0]], tf.constant(self.config.sigma, x.dtype))
+        sigma = tf.fill([tf.shape(x)[0]], tf.constant(self.config.model.sigma, x.dtype))
         drop = tf.random.experimental.stateless_fold_in(dropout_seed, offset)
         return denoising_score_matching_loss(
-            lambda v: model(v, sigma, training=True, seed=drop), x, self.config.sigma, noise=noise
+            lambda v: model(v, sigma, training=True, seed=drop),
+            x,
+            self.config.model.sigma,
+            noise=noise,
         )
 
 
@@ -230,7 +240,7 @@ class SsmObjective(_ConditionedOnSigma):
     family: ClassVar[str] = "score"
 
     def __post_init__(self):
-        self.sigmas = np.array([self.config.sigma_min], np.float64)
+        self.sigmas = np.array([self.config.model.sigma_min], np.float64)
 
     def network_overrides(self) -> dict:
         return {"conditioning": "log_sigma", "output_scaling": "none"}
@@ -238,16 +248,16 @@ class SsmObjective(_ConditionedOnSigma):
     def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
         local = tf.random.experimental.stateless_fold_in(seed, offset)
         sigma = tf.fill(
-            [tf.shape(x)[0] * self.config.num_projections],
-            tf.constant(self.config.sigma_min, x.dtype),
+            [tf.shape(x)[0] * self.config.model.num_projections],
+            tf.constant(self.config.model.sigma_min, x.dtype),
         )
         return sliced_score_matching_loss(
             lambda v: model(v, sigma[: tf.shape(v)[0]], training=True, seed=local),
             x,
-            self.config.num_projections,
+            self.config.model.num_projections,
             seed=local,
-            projection=self.config.projection,
-            variance_reduction=self.config.variance_reduction,
+            projection=self.config.model.projection,
+            variance_reduction=self.config.model.variance_reduction,
         )
 
 
@@ -272,11 +282,11 @@ class SdeObjective:
 
     def __post_init__(self):
         c = self.config
-        if c.sde == "ve":
-            params = {"sigma_min": c.sigma_min, "sigma_max": c.sigma_max}
+        if c.model.sde == "ve":
+            params = {"sigma_min": c.model.sigma_min, "sigma_max": c.model.sigma_max}
         else:
-            params = {"beta_min": c.beta_min, "beta_max": c.beta_max}
-        self.sde = make_sde(c.sde, num_steps=c.num_timesteps, **params)
+            params = {"beta_min": c.model.beta_min, "beta_max": c.model.beta_max}
+        self.sde = make_sde(c.model.sde, num_steps=c.model.num_timesteps, **params)
 
     def network_overrides(self) -> dict:
         if isinstance(self.sde, VESDE):
@@ -307,7 +317,7 @@ class SdeObjective:
         return self.sde, self.score_fn(model)
 
     def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
-        eps = self.config.sde_eps
+        eps = self.config.model.sde_eps
         t, noise, drop = _replica_draws(
             lambda n, t_seed: tf.random.stateless_uniform([n], t_seed, eps, 1.0, dtype=tf.float64),
             x,
@@ -322,7 +332,7 @@ class SdeObjective:
         )
         _, std = self.sde.marginal(t, x.dtype)
         std = expand_to_rank(std, x.shape.rank)
-        if self.config.likelihood_weighting:
+        if self.config.model.likelihood_weighting:
             g2 = expand_to_rank(tf.square(self.sde.diffusion(t, x.dtype)), x.shape.rank)
             per_element = g2 * tf.square(score + noise / std)
         else:

@@ -230,7 +230,7 @@ def _check_what_was_deployed_and_run(api: str, runs: pathlib.Path) -> tuple:
     assert {"checkpoint-metrics", "sample-report"} <= keys
     assert any(a.type == "progress" and a.data == 100.0 for a in artifacts)
     assert (runs / "live" / "render" / "sampling.gif").is_file()
-    last = resolve("tiny").train.config("unused").num_steps  # the default deployment's preset
+    last = resolve("tiny").train.config("unused").run.num_steps  # the default deployment's preset
     assert (runs / "live" / "checkpoints" / f"ckpt-{last}.json").is_file()
     # The newest version of each key (every version is listed).
     latest = {a.key: a for a in sorted(artifacts, key=lambda a: a.created) if a.key}

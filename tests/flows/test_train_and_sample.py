@@ -30,7 +30,7 @@ pytestmark = pytest.mark.cost(125)
 
 # The tiny preset's checkpoints, as the preset says (its first one and its last).
 _TINY = resolve("tiny").train.config("unused")
-FIRST, LAST = _TINY.checkpoint_every, _TINY.num_steps
+FIRST, LAST = _TINY.run.checkpoint_every, _TINY.run.num_steps
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_
     assert second.is_completed(), second.message
     best = first.result()["best_step"]
     config = json.loads((tmp_path / "s2" / "train-config.json").read_text())
-    assert config["init_from"] == f"{run}@{best}"
+    assert config["run"]["init_from"] == f"{run}@{best}"
     assert second.result()["step"] == 30
 
 

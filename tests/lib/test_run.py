@@ -1,14 +1,14 @@
 """`Run`: one run directory as one object: its config, paths, checkpoints, and weights restored
 once per step, with errors that name the directory."""
 
-import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 from diffusion_lib.run import Run
-from diffusion_lib.training import CheckpointMismatch
+from diffusion_lib.training import CheckpointMismatch, train
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,9 @@ def test_what_the_run_trained_and_where_its_parts_live(run):
     assert Run.at(run.path.parent, run.path.name).path == run.path
     # config.json as written, but for data_dir: recorded relative to the run, read resolved.
     stored = json.loads(run.config_path.read_text())["config"]
-    assert stored["data_dir"] == "data/train"
-    assert stored == {**run.config.to_dict(), "data_dir": "data/train"}
-    assert run.config.data_dir == str(run.path / "data" / "train")
+    assert stored["data"]["data_dir"] == "data/train"
+    assert stored == run.config.replace(data_dir="data/train").to_dict()
+    assert run.config.data.data_dir == str(run.path / "data" / "train")
 
 
 def test_weights_load_once_per_step_and_differ_between_steps(run):
@@ -107,7 +107,8 @@ def test_a_run_moved_elsewhere_and_resumed_from_another_directory_finds_its_data
     )
     monkeypatch.chdir(tmp_path / "a")
     train(config, "run")
-    assert json.loads((original / "config.json").read_text())["config"]["data_dir"] == "data/train"
+    stored = json.loads((original / "config.json").read_text())["config"]
+    assert stored["data"]["data_dir"] == "data/train"
     moved = tmp_path / "b" / "moved"
     shutil.copytree(original, moved)
     shutil.rmtree(original)
@@ -117,10 +118,46 @@ def test_a_run_moved_elsewhere_and_resumed_from_another_directory_finds_its_data
     from diffusion_lib.draw import draw
 
     assert draw(run.restore(), SamplerSpec.of("ddim", num_steps=5), 8, 0).samples.shape == (8, 2)
-    train(dataclasses.replace(config, data_dir=str(moved / "data" / "train"), num_steps=30), moved)
+    train(config.replace(data_dir=str(moved / "data" / "train"), num_steps=30), moved)
     assert Run(moved).steps() == [10, 20, 30]
     # The same place now holding another dataset: refused by fingerprint, never read.
     shutil.rmtree(moved / "data" / "train")
     prepare_dataset(DatasetSpec.create("moons", n=500), moved / "data" / "train")
     with pytest.raises(DataError, match="holds another dataset than"):
         _ = Run(moved).dataset
+
+
+def test_a_run_directory_of_the_flat_configuration_resumes_evaluates_and_samples(tmp_path):
+    """tests/fixtures/run-v1 was written before the configuration had sections (config.json
+    flat, version 1) and stopped after its step-10 checkpoint of 20: it is read through the
+    migration, resumes to step 20 with its own settings, and is scored and sampled."""
+    import shutil
+
+    from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
+    from diffusion_lib.sample_sets import generate_samples
+    from diffusion_lib.samplers import SamplerSpec
+
+    fixture = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "run-v1"
+    run_dir = tmp_path / "run-v1"
+    shutil.copytree(fixture, run_dir)
+    run = Run(run_dir)
+    assert "version" not in run.record["config"]
+    assert run.config.network.name == "mlp-tiny" and run.config.run.num_steps == 20
+    assert run.steps() == [10]
+    resumed = train(run.config, run_dir)
+    assert resumed.step == 20 and Run(run_dir).steps() == [10, 20]
+    # Each step is logged once: the row of step 20 the killed run had written was dropped.
+    logged = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged == [10, 20]
+    report = evaluate_checkpoints(
+        run_dir,
+        test_dir=run_dir / "data" / "test",
+        spec=EvalSpec(n=64, sampler=SamplerSpec.of("ddim", num_steps=5), batch_size=64),
+    )
+    assert [row["step"] for row in report.rows] == [10, 20] and report.best_step in (10, 20)
+    manifest = generate_samples(
+        run_dir, tmp_path / "samples", n=32, sampler=SamplerSpec.of("ddim", num_steps=5)
+    )
+    assert manifest.num_examples == 32

@@ -26,7 +26,7 @@ from tasks.presets import (
 def test_score_variants_step_by_technique_4(preset):
     plan = resolve(preset, "ncsn")
     config = plan.train.config("unused")
-    sigmas = sigma_schedule(config.sigma_max, config.sigma_min, config.num_levels)
+    sigmas = sigma_schedule(config.model.sigma_max, config.model.sigma_min, config.model.num_levels)
     for sampler in (plan.eval.sampler, plan.samples.sampler):
         if sampler.name == "ve_ancestral":
             continue  # ancestral sampling has no step size: its steps are the levels' gaps
@@ -74,15 +74,19 @@ def test_the_flows_flat_parameters_change_one_field_each():
     base = resolve("mnist-cpu")
     plan = resolve("mnist-cpu", steps=90, batch_size=8, num_samples=5, sampler="ddpm")
     config = plan.train.config("unused")
-    assert (config.num_steps, config.checkpoint_every, config.batch_size) == (90, 90, 8)
-    assert config.learning_rate == base.train.config("unused").learning_rate
+    assert (config.run.num_steps, config.run.checkpoint_every, config.optim.batch_size) == (
+        90,
+        90,
+        8,
+    )
+    assert config.optim.learning_rate == base.train.config("unused").optim.learning_rate
     assert plan.samples.n == 5 and plan.samples.sampler == SamplerSpec.of("ddpm")
     assert plan.eval == base.eval  # the sample set's sampler only
     same = resolve("mnist-cpu", sampler="ddim")
     assert same.samples.sampler == base.samples.sampler  # its settings kept
     guided = resolve("mnist-cpu", sampler="ddpm", guidance=0.5)
     assert guided.samples.sampler == SamplerSpec.of("ddpm", guidance=0.5)
-    assert guided.eval == base.eval and base.train.config("unused").num_classes == 10
+    assert guided.eval == base.eval and base.train.config("unused").network.num_classes == 10
     # NCSN guides in an interval of noise levels: another weight keeps it, no guidance drops it.
     ncsn = resolve("mnist-cpu", "ncsn").samples.sampler
     assert ncsn.guidance == 0.35 and ncsn.guidance_interval == (0.5, 10.0)
@@ -137,8 +141,8 @@ def test_settings_changed_by_part():
     assert plan.eval.n == 7 and plan.eval.sampler.get("num_steps") == 3
     plan = plan.with_settings("train", learning_rate=None)
     assert (
-        plan.train.config("unused").learning_rate
-        == TrainPart.of("toy-sde-vp").config("x").learning_rate
+        plan.train.config("unused").optim.learning_rate
+        == TrainPart.of("toy-sde-vp").config("x").optim.learning_rate
     )
     with pytest.raises(ValueError, match="has no setting steps"):
         plan.with_settings("samples", steps=3)

@@ -89,8 +89,7 @@ def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_p
 
 
 def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
-    config = _toy_config(data_dir, num_steps=10)
-    config["data_dir"] = str(tmp_path / "missing")
+    config = _toy_config(str(tmp_path / "missing"), num_steps=10)
     with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
     with pytest.raises(Exception, match="num_steps"):
@@ -107,7 +106,8 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
     with pytest.raises(
         TrainingFailed, match=r"exited with 2 .*batch_size: 100000 is larger than the 4000"
     ):
-        train_model.fn({**config, "batch_size": 100_000}, str(run_dir), timeout_seconds=120)
+        too_large = _toy_config(data_dir, num_steps=4, checkpoint_every=4, batch_size=100_000)
+        train_model.fn(too_large, str(run_dir), timeout_seconds=120)
     assert not (run_dir / "config.json").exists()
     assert train_model.fn(config, str(run_dir), timeout_seconds=120)["step"] == 4
 

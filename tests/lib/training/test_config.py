@@ -15,7 +15,7 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"objective": "gan"}, "objective"),
         ({"ema_decay": 1.0}, "ema_decay"),
-        ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min"),
+        ({"objective": "ncsn", "sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min"),
         ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start"),
         ({"var_type": "learned_range"}, "loss_type"),
         ({"precision": "float8"}, "precision"),
@@ -25,7 +25,7 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
         ({"grad_clip_norm": float("nan")}, "grad_clip_norm"),
         ({"grad_clip_norm": float("inf")}, "grad_clip_norm"),
         ({"ema_decay": float("nan")}, "ema_decay"),
-        ({"sigma_max": float("inf")}, "sigma_max"),
+        ({"objective": "sde", "sigma_max": float("inf")}, "sigma_max"),
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"lr_schedule": "cosine", "warmup_steps": 100, "decay_steps": 100}, "decay_steps"),
         ({"final_lr_fraction": 1.5}, "final_lr_fraction"),
@@ -51,8 +51,8 @@ from diffusion_lib.training import ConfigError, TrainConfig, config_preset, conf
     ],
 )
 def test_impossible_values_name_the_field(changes, field):
-    with pytest.raises(ConfigError, match=f"^{field}:"):
-        TrainConfig(**changes)
+    with pytest.raises(ConfigError, match=rf"^(\w+\.)?{field}:"):
+        TrainConfig.of(**changes)
 
 
 def test_round_trip_and_unknown_fields():
@@ -110,9 +110,71 @@ def test_learning_rate_schedules_by_their_formulas(fields, expected):
     from diffusion_lib.training.engine import WarmupSchedule
 
     final = {"final_lr_fraction": 0.1} if fields else {}
-    config = TrainConfig(learning_rate=1e-3, warmup_steps=100, **final, **fields)
+    config = TrainConfig.of(learning_rate=1e-3, warmup_steps=100, **final, **fields)
     schedule = WarmupSchedule.of(config)
     restored = WarmupSchedule.from_config(schedule.get_config())
     for step, value in {0: 1e-5, 49: 5e-4, 100: 1e-3, **expected}.items():
         assert float(schedule(step)) == pytest.approx(value, rel=1e-5), step
         assert float(restored(step)) == pytest.approx(value, rel=1e-5), step
+
+
+def test_each_section_validates_itself_and_names_where_it_stands():
+    with pytest.raises(ConfigError, match=r"^optim\.batch_size: must be positive, got 0"):
+        TrainConfig.of(batch_size=0)
+    with pytest.raises(ConfigError, match=r"^model\.sigma_min: must not exceed sigma_max"):
+        TrainConfig.of(objective="ncsn", sigma_min=2.0, sigma_max=1.0)
+    # A family's setting on another family is refused by name, with the families that have it.
+    with pytest.raises(ConfigError, match=r"sigma_min: no such setting for objective 'ddpm' \("):
+        TrainConfig.of(sigma_min=0.5)
+    with pytest.raises(ConfigError, match=r"optim\.learning_rat: no such setting"):
+        TrainConfig.of(**{"optim.learning_rat": 1e-3})
+
+
+def test_overrides_by_name_by_dotted_path_and_by_family():
+    by_name = TrainConfig.of(learning_rate=1e-3, network="mlp-tiny", num_levels=7, objective="ncsn")
+    by_path = TrainConfig.of(
+        objective="ncsn",
+        **{"optim.learning_rate": 1e-3, "network.name": "mlp-tiny", "model.num_levels": 7},
+    )
+    assert by_name == by_path and by_name.optim.learning_rate == 1e-3
+    assert by_name.network.name == "mlp-tiny" and by_name.model.num_levels == 7
+    # Another objective starts its own section from its defaults; the common sections stay.
+    sde = by_name.replace(objective="sde")
+    assert sde.model == type(sde.model)() and sde.optim == by_name.optim
+
+
+def test_every_objective_has_a_configuration_section_and_the_reverse():
+    from diffusion_lib.training.config import FAMILIES
+    from diffusion_lib.training.objectives import OBJECTIVES
+
+    assert set(FAMILIES) == set(OBJECTIVES)
+
+
+def test_a_flat_version_1_record_is_migrated_on_read():
+    """The fixture's config.json (written before the configuration had sections) reads as the
+    same configuration, and its identity is that of the preset it was made from."""
+    record = json.loads((FIXTURE / "config.json").read_text())
+    assert "version" not in record["config"]
+    migrated = TrainConfig.from_dict(record["config"])
+    assert migrated.to_dict()["version"] == 2
+    made_from = config_preset(
+        "toy-ddpm",
+        data_dir="data/train",
+        network="mlp-tiny",
+        num_steps=20,
+        checkpoint_every=10,
+        log_every=10,
+        batch_size=64,
+    )
+    assert migrated == made_from
+    # Each flat field is where its section keeps it; another family's fields are dropped.
+    flat = record["config"]
+    assert migrated.optim.learning_rate == flat["learning_rate"]
+    assert migrated.model.num_timesteps == flat["num_timesteps"]
+    assert "num_levels" in flat and not hasattr(migrated.model, "num_levels")
+    assert TrainConfig.from_dict(migrated.to_dict()) == migrated
+    with pytest.raises(ConfigError, match="version: 3 is a newer configuration"):
+        TrainConfig.from_dict({**migrated.to_dict(), "version": 3})
+
+
+FIXTURE = __import__("pathlib").Path(__file__).resolve().parents[2] / "fixtures" / "run-v1"

@@ -135,7 +135,7 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
     train(config, tmp_path / "run")
     before = _mtimes(tmp_path / "run" / "checkpoints")
     with pytest.raises(
-        ConfigError, match=r"belongs to another config \(fields differ: \['learning_rate'\]\)"
+        ConfigError, match=r"belongs to another config \(fields differ: \['optim.learning_rate'\]\)"
     ):
         train(config.replace(learning_rate=0.5), tmp_path / "run")
     assert _mtimes(tmp_path / "run" / "checkpoints") == before
@@ -145,12 +145,18 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
     # a value other than that default is still refused.
     path = tmp_path / "run" / "config.json"
     record = json.loads(path.read_text())
-    for part in ("config", "identity"):
-        for field in ("lr_schedule", "loss_weighting", "num_classes", "label_dropout"):
-            del record[part][field]
+    for section, field in (
+        ("optim", "lr_schedule"),
+        ("model", "loss_weighting"),
+        ("network", "num_classes"),
+        ("network", "label_dropout"),
+    ):
+        del record["config"][section][field]
     path.write_text(json.dumps(record))
     assert train(config.replace(num_steps=6), tmp_path / "run").step == 6
-    with pytest.raises(ConfigError, match=r"fields differ: \['decay_steps', 'lr_schedule'\]"):
+    with pytest.raises(
+        ConfigError, match=r"fields differ: \['optim.decay_steps', 'optim.lr_schedule'\]"
+    ):
         train(config.replace(lr_schedule="cosine", decay_steps=9), tmp_path / "run")
 
 
@@ -160,11 +166,11 @@ def test_class_conditioning_needs_labels_within_its_classes(mnist, tmp_path):
     roll = tmp_path / "roll"
     prepare_dataset(DatasetSpec.create("swiss_roll", n=500), roll)
     config = config_preset("toy-ddpm", data_dir=str(roll), network="mlp-tiny", num_classes=8)
-    with pytest.raises(ConfigError, match=r"^num_classes: .* has no labels"):
+    with pytest.raises(ConfigError, match=r"^network.num_classes: .* has no labels"):
         Trainer(config, tmp_path / "a")
     config = config_preset("mnist-ddpm-tiny", data_dir=mnist, num_classes=5)
     with pytest.raises(
-        ConfigError, match=r"^num_classes: 5 classes, but the labels .* span 0\.\.9"
+        ConfigError, match=r"^network.num_classes: 5 classes, but the labels .* span 0\.\.9"
     ):
         Trainer(config, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -91,11 +91,11 @@ def test_sde_objective_loss_with_the_exact_score_is_its_closed_form(sde):
     x = tf.constant(data.sample(40_000, 0))
     seed = tf.constant([3, 4], tf.int64)
     losses = objective.losses(_oracle_network(objective, data), x, seed, 0, 40_000).numpy()
-    ts = np.linspace(config.sde_eps, 1.0, 4001)
+    ts = np.linspace(config.model.sde_eps, 1.0, 4001)
     alpha, std = (v.numpy() for v in objective.sde.marginal(ts))
     values = np.linalg.eigvalsh(data.cov)
     inverse_trace = np.sum(1.0 / (alpha[:, None] ** 2 * values + std[:, None] ** 2), axis=1)
-    expected = np.trapezoid(1.0 - std**2 * inverse_trace / 2, ts) / (1.0 - config.sde_eps)
+    expected = np.trapezoid(1.0 - std**2 * inverse_trace / 2, ts) / (1.0 - config.model.sde_eps)
     se = losses.std() / np.sqrt(losses.size)
     assert abs(losses.mean() - expected) < 4 * se, (losses.mean(), expected, se)
     # A score 10% too small adds 0.01 E ||std s||^2 / D = 0.01 (1 - expected): paired on the
@@ -113,11 +113,10 @@ def test_log_normal_noise_sampling_draws_log_sigma_as_configured(objective):
     """The objective's draw of levels: log sigma (a DDPM timestep's sqrt((1 - abar) / abar))
     has the configured mean within 4 standard errors over 20,000 draws; the default draw stays
     the uniform one, value for value (so existing runs are bit-identical)."""
+    levels = {"num_levels": 100, "sigma_max": 50.0, "sigma_min": 0.005}
     config = config_preset(
         "mnist-ddpm" if objective == "ddpm" else "mnist-ncsn",
-        num_levels=100,
-        sigma_max=50.0,
-        sigma_min=0.005,
+        **({} if objective == "ddpm" else levels),
     )
     seed = tf.constant([3, 4], tf.int64)
     default = build_objective(config)._draw_levels(64, seed).numpy()
@@ -182,14 +181,18 @@ def test_noise_level_is_the_sigma_the_networks_condition_stands_for(preset, over
     c = objective.config
     if c.objective == "ddpm":
         cond = np.array([0, 1, 250, 999])
-        abar = np.cumprod(1.0 - np.linspace(c.beta_start, c.beta_end, c.num_timesteps))
+        abar = np.cumprod(
+            1.0 - np.linspace(c.model.beta_start, c.model.beta_end, c.model.num_timesteps)
+        )
         expected = np.sqrt((1.0 - abar[cond]) / abar[cond])
-    elif c.objective == "sde" and c.sde != "ve":
+    elif c.objective == "sde" and c.model.sde != "ve":
         t = np.array([0.01, 0.3, 0.5, 1.0])
         cond = TIME_SCALE * t
-        log_alpha = -0.25 * t**2 * (c.beta_max - c.beta_min) - 0.5 * t * c.beta_min
+        log_alpha = (
+            -0.25 * t**2 * (c.model.beta_max - c.model.beta_min) - 0.5 * t * c.model.beta_min
+        )
         alpha = np.exp(log_alpha)
-        std = np.sqrt(1.0 - alpha**2) if c.sde == "vp" else 1.0 - alpha**2
+        std = np.sqrt(1.0 - alpha**2) if c.model.sde == "vp" else 1.0 - alpha**2
         expected = std / alpha
     else:
         cond = expected = np.array([0.01, 0.3, 5.0, 50.0])
