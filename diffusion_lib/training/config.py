@@ -310,9 +310,9 @@ class _LevelSampling:
     """Which noise levels training draws (`schedules.level_log_probs`): "uniform" over the
     timesteps / levels, or "log_normal": log sigma close to N(noise_log_mean, noise_log_std^2)
     (EDM's p_train), sigma being a level's noise std in model units (a DDPM timestep's
-    sqrt((1 - abar_t) / abar_t)). Measured on mnist-cpu's 1,900-step jobs with EDM's -1.2 / 1.2,
-    it is far worse there: both families draw 2% of their levels above sigma 3.4, where the
-    samplers spend 39-50% of their steps (benchmarks/README.md)."""
+    sqrt((1 - abar_t) / abar_t)). With EDM's -1.2 / 1.2 it draws few levels above sigma 3.4,
+    where the samplers spend much of their steps: short runs do not learn that range
+    (benchmarks/README.md)."""
 
     noise_sampling: str = "uniform"
     noise_log_mean: float = -1.2
@@ -505,9 +505,6 @@ class TrainConfig:
                 f"network.num_classes: class-conditional training needs objective "
                 f"{' or '.join(map(repr, conditional))}, got {self.objective!r}"
             )
-
-    def validate(self) -> None:
-        """Every section checked itself when it was made: nothing is left to check."""
 
     def sections(self) -> dict[str, Section]:
         return {name: getattr(self, name) for name in (*_COMMON, "model")}

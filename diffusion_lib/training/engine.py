@@ -301,7 +301,6 @@ class Trainer:
         """`warn(message)` hears what the user should know but does not stop the run (a
         damaged checkpoint set aside); default: the `diffusion_lib.training` logger."""
         warn = warn or logging.getLogger("diffusion_lib.training").warning
-        config.validate()
         if not config.data.data_dir:
             raise ConfigError("data.data_dir: must name a prepared dataset directory")
         self.config = config
