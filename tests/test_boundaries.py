@@ -1,4 +1,4 @@
-"""The house rules of STYLE.md, checked: the library never loads the orchestrator, and the
+"""The layers of CONTRIBUTING.md, checked: the library never loads the orchestrator, and the
 math does not reach into training, data, evaluation or rendering."""
 
 import ast
