@@ -11,7 +11,7 @@ and of --images (default 1,000,000) 28x28 images, each measured in a fresh proce
 
 The images are real MNIST digits (the embedded 5,000), tiled with shifts so that compression
 behaves as on real data; 32x32x3 pads them and puts three different digits in the channels.
-The bar (issue 3): reading >= 50,000 28x28 images/s on 2 cores; peak memory independent of size.
+The aim: reading >= 50,000 28x28 images/s on 2 cores; peak memory independent of size.
 """
 
 from __future__ import annotations

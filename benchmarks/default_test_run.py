@@ -1,4 +1,4 @@
-"""The default test run's wall time (issue 13's bar: 5 minutes or less on 2 cores, no test lost).
+"""The default test run's wall time (the aim: 5 minutes or less on 2 cores, no test lost).
 
     python benchmarks/default_test_run.py [--against REF] [--repeats N]
 

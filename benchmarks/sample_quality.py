@@ -16,7 +16,7 @@ fresh child process, alone, and its wall time is the whole job's, start-up inclu
 for the best checkpoint (by FID for images, balanced_pr for points); job s is the flow's own
 total of its stages (the wall time adds the interpreter's and the temporary server's start). `default` rows run
 the presets exactly as the README does; `*-before` rows restore the settings of the earlier
-defaults, so before and after are measured on the same machine in the same session.
+defaults, so before and after are measured on the same machine, one after the other.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ unet-small preset at 28x28 (random weights: the cost of a step does not depend o
 peak RSS of generating sample sets of 1,000 and 10,000 images (unet-tiny, DDIM with 5 steps,
 chunks of 1,000), each in a fresh process. On a CPU, DDPM's 1,000 steps make large n slow,
 hence the small default n for it; on a GPU raise both.
-The bar (issue 6): memory for n = 10,000 about equal to n = 1,000.
+The aim: memory for n = 10,000 about equal to n = 1,000.
 """
 
 from __future__ import annotations

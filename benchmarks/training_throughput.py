@@ -12,7 +12,7 @@ FLOPs are counted, not guessed: TensorFlow's profiler counts the floating-point 
 the forward graph at the benchmark's batch size; a training step is counted as 3x the forward
 (backward = 2x forward, the usual estimate for conv nets), which leaves out the optimizer and
 EMA updates (a few FLOPs per parameter).
-The bar (issue 4): the training step at >= 70% of the measured matmul throughput on CPU.
+The aim: the training step at >= 70% of the measured matmul throughput on CPU.
 """
 
 from __future__ import annotations

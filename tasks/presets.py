@@ -200,17 +200,11 @@ PRESETS: dict[str, Pipeline] = {
     "mnist-cpu": Pipeline(
         _data("mnist_embedded", "train"),
         _data("mnist_embedded", "test"),
-        # Chosen by benchmarks/sample_quality.py and sampler_settings.py (benchmarks/README.md):
-        # lr 2e-3 over 1e-3 (classifier score 6.42 vs 6.15 at the same sampler), constant after
-        # warm-up (a cosine decay was worse: FID 7.3 vs 5.6), 1,900 steps (FID 2.90x the floor;
-        # 1,800: 3.13x), paid for by the sample set reusing the evaluation's draw. Class-
-        # conditional on the digits' labels (10% of them dropped, so guidance stays possible),
-        # drawn one class a row in turn without guidance: FID 2.56 (1.23x the floor) and
-        # classifier score 8.53 where the unconditional network scored 5.43 and 6.45, at the
-        # same cost (guidance w = 0.25 / 0.5 / 1: classifier score 9.2 / 9.5 / 9.7, FID 2.8 /
-        # 4.4 / 8.9, and twice the network calls). That job took 10.08 minutes, so DDPM now
-        # stops at 1,600 steps: 9.28 minutes, FID 3.17 (1.52x), classifier score 8.21; with
-        # GroupNorm + SiLU fused (a 1.15x step) 5.84 minutes in a fast hour, 2.89 and 8.14.
+        # Chosen by benchmarks/sample_quality.py and sampler_settings.py (figures in
+        # benchmarks/README.md): lr 2e-3 constant after warm-up, 1,600 steps, class-conditional
+        # on the digits' labels (10% dropped, so guidance stays possible) and drawn one class a
+        # row in turn without guidance, which scores well above the unconditional network at
+        # the same cost.
         TrainPart.of("mnist-ddpm", **_MNIST_CPU_CONDITIONAL),
         # The last checkpoint is the one worth scoring. The sample set is the evaluation's draw
         # (the same sampler, seed and one chunk of 400), so it costs nothing more.
@@ -245,13 +239,9 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
     # DDPM's network, batch, learning rate and steps on 100 noise levels from 50 to 0.2, sampled
     # by ancestral sampling (one network call a level, like DDPM's 100-step DDIM, so the sample
     # set is again the evaluation's draw), class-conditional like DDPM's, with guidance w = 0.35
-    # at the 54 levels from sigma 10 down to 0.5 (twice the network calls there). Measured
-    # (benchmarks/README.md), FID over sampling seeds 0 / 1 / 2: levels down to 0.05 averaged
-    # 4.89, 6.09 and 5.45 on three checkpoints (DDPM's 2.71-2.92), a fifth of training's draws
-    # falling below sigma 0.2, where denoising a digit is nearly trivial; down to 0.1 3.88, to
-    # 0.2 3.07 (classifier score 8.43-8.77), to 0.3 3.16; DDPM the same session 2.92. Earlier:
-    # unconditional, levels down to 0.01, FID 14.6; annealed Langevin (3 steps a level, 3x the
-    # calls) 21.0 on that checkpoint; guidance w = 0 / 0.35 / 0.7 at 0.05: 5.94 / 4.66 / 5.88.
+    # at the 54 levels from sigma 10 down to 0.5 (twice the network calls there). The floor of
+    # 0.2: lower levels, where denoising a digit is nearly trivial, took a fifth of training's
+    # draws and scored worse (figures in benchmarks/README.md).
     "mnist-cpu": ModelVariant(
         TrainPart.of("mnist-ncsn", num_levels=100, sigma_min=0.2, **_MNIST_CPU_CONDITIONAL),
         SamplerSpec.of(

@@ -276,7 +276,7 @@ def test_warm_start_copies_the_donor_ema_into_weights_and_average(eight, tmp_pat
 def replica_agreement(data_dir: str, root: pathlib.Path) -> list[int]:
     """Trains the same 6 steps on 1, 2 and (with 4 logical devices) 4 replicas and checks them
     against each other; returns the replica counts checked. Run by the test below in a process
-    of its own with 4 logical CPUs (this session has 2, and a second MirroredStrategy with the
+    of its own with 4 logical CPUs (this process has 2, and a second MirroredStrategy with the
     default reduction in one process clashes with the first)."""
     config = config_preset(
         "toy-ddpm",
