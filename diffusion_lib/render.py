@@ -232,7 +232,9 @@ def save_points(points, path, *, reference=None, size_px: int = 400) -> pathlib.
     axes = figure.add_subplot(1, 1, 1)
     if reference is not None:
         _reference_behind(axes, reference)
-    axes.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.6, color="tab:blue", label="samples")
+    # Fainter as they grow past a thousand, so the data behind 10,000 samples still shows.
+    alpha = 0.6 * min(1.0, (1000 / max(len(points), 1)) ** 0.5)
+    axes.scatter(points[:, 0], points[:, 1], s=1.5, alpha=alpha, color="tab:blue", label="samples")
     if reference is not None:
         axes.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
     axes.set_aspect("equal", adjustable="datalim")
