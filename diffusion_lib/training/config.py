@@ -100,13 +100,8 @@ class Section:
 
 
 def _plain(value):
-    """JSON-ready: tuples as lists, (key, value) pairs as a dict."""
-    if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-        if value and all(isinstance(v[0], str) for v in value):
-            return {k: _plain(v) for k, v in value}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
+    """JSON-ready: tuples as lists."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _check_type(section: Section, name: str, kind: str, value) -> None:
@@ -170,6 +165,9 @@ class NetworkSection(Section):
 
     def check(self) -> None:
         _in_range(self, "label_dropout", 0.0, 1.0, open_high=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "overrides": {k: _plain(v) for k, v in self.overrides}}
 
 
 @dataclasses.dataclass(frozen=True)
