@@ -30,15 +30,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _value_schema(prop: dict) -> tuple[dict, bool]:
-    """(the schema of a value, whether None is allowed): `X | None` is anyOf [X, null]."""
+def _value_schema(prop: dict) -> dict:
+    """The schema of a value given on the command line: X of `X | None` (anyOf [X, null])."""
     options = prop.get("anyOf")
     if not options:
-        return prop, False
+        return prop
     values = [option for option in options if option.get("type") != "null"]
     if len(values) != 1:
         raise TypeError(f"{prop.get('title')}: a flag takes one type, got {options}")
-    return values[0], len(values) < len(options)
+    return values[0]
 
 
 def _constraint(value: dict) -> str:
@@ -78,7 +78,7 @@ def parser_for(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, prop in sorted(schema["properties"].items(), key=lambda item: item[1]["position"]):
-        value, _ = _value_schema(prop)
+        value = _value_schema(prop)
         default = defaults.get(name, prop.get("default"))
         required = name in schema.get("required", ()) and name not in defaults
         options: dict[str, Any] = {"dest": name, "help": _help(prop, value, default, required)}

@@ -89,19 +89,22 @@ def _emit(event: str, **fields) -> None:
 
 
 def _config(args):
-    """The TrainConfig of --config, --preset and --set."""
+    """The TrainConfig of --config (a stored config) or --preset, with --set's changes."""
     from diffusion_lib.training.config import ConfigError, TrainConfig, config_preset
 
-    fields = {}
-    if args.config:
-        with open(args.config) as handle:
-            fields.update(json.load(handle))
+    changes = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set takes FIELD=VALUE, got {item!r}")
-        fields[key] = _parse_value(value)
-    return config_preset(args.preset, **fields) if args.preset else TrainConfig.from_dict(fields)
+        changes[key] = _parse_value(value)
+    if args.preset:
+        return config_preset(args.preset, **changes)
+    stored = {}
+    if args.config:
+        with open(args.config) as handle:
+            stored = json.load(handle)
+    return TrainConfig.from_dict(stored).replace(**changes)
 
 
 def _trainer(args):

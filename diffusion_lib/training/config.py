@@ -286,6 +286,13 @@ class ExecutionConfig(Section):
 FAMILIES: dict[str, type[Section]] = {}
 
 
+def _family(objective: str) -> type[Section]:
+    """The section of `objective`'s family; ConfigError naming the field if there is none."""
+    if objective not in FAMILIES:
+        raise ConfigError(f"objective: must be one of {tuple(FAMILIES)}, got {objective!r}")
+    return FAMILIES[objective]
+
+
 def register_family(objective: str):
     """Registers a family's section under its objective's name."""
 
@@ -485,11 +492,7 @@ class TrainConfig:
     model: FamilyConfig | None = None  # None: the objective's family at its defaults
 
     def __post_init__(self):
-        if self.objective not in FAMILIES:
-            raise ConfigError(
-                f"objective: must be one of {tuple(FAMILIES)}, got {self.objective!r}"
-            )
-        family = FAMILIES[self.objective]
+        family = _family(self.objective)
         if self.model is None:
             object.__setattr__(self, "model", family())
         if type(self.model) is not family:
@@ -531,9 +534,7 @@ class TrainConfig:
         """This config with `changes` (see the module docstring). `objective` first: a new
         family starts from its defaults."""
         objective = changes.pop("objective", self.objective)
-        if objective not in FAMILIES:
-            raise ConfigError(f"objective: must be one of {tuple(FAMILIES)}, got {objective!r}")
-        family = FAMILIES[objective]
+        family = _family(objective)
         values = {name: section.to_dict() for name, section in self.sections().items()}
         if objective != self.objective:
             values["model"] = {}
@@ -547,9 +548,8 @@ class TrainConfig:
 
     @staticmethod
     def _build(objective: str, values: dict[str, dict]) -> TrainConfig:
-        family = FAMILIES[objective]
         sections = {}
-        for name, cls in {**_COMMON, "model": family}.items():
+        for name, cls in {**_COMMON, "model": _family(objective)}.items():
             fields = dict(values.get(name, {}))
             unknown = sorted(set(fields) - set(_field_names(cls)))
             if unknown:
@@ -584,8 +584,6 @@ class TrainConfig:
                 f"version: {version} is a newer configuration than this code reads ({VERSION})"
             )
         objective = data.pop("objective", "ddpm")
-        if objective not in FAMILIES:
-            raise ConfigError(f"objective: must be one of {tuple(FAMILIES)}, got {objective!r}")
         unknown = sorted(set(data) - {*_COMMON, "model"})
         if unknown:
             raise ConfigError(f"unknown config sections {unknown}")
@@ -637,30 +635,14 @@ _V1_FIELDS = (
 
 
 def _from_v1(data: dict[str, Any]) -> TrainConfig:
-    """A flat record: each field to its section; another family's fields (they had no effect
-    on this objective's run) are dropped."""
+    """A flat record: each field to its section, as `replace` places a field's own name;
+    another family's fields (they had no effect on this objective's run) are dropped."""
     unknown = sorted(set(data) - _V1_FIELDS)
     if unknown:
         raise ConfigError(f"unknown config fields {unknown}")
-    objective = data.get("objective", "ddpm")
-    if objective not in FAMILIES:
-        raise ConfigError(f"objective: must be one of {tuple(FAMILIES)}, got {objective!r}")
-    family = _field_names(FAMILIES[objective])
-    values: dict[str, dict] = {name: {} for name in (*_COMMON, "model")}
-    for key, value in data.items():
-        if key == "objective":
-            continue
-        key = _V1_NAMES.get(key, key)
-        if "." in key:
-            section, _, field = key.partition(".")
-            values[section][field] = value
-            continue
-        owner = next((n for n, cls in _COMMON.items() if key in _field_names(cls)), None)
-        if owner is not None:
-            values[owner][key] = value
-        elif key in family:
-            values["model"][key] = value
-    return TrainConfig._build(objective, values)
+    own = set(_field_names(_family(data.get("objective", "ddpm"))))
+    others = {f for cls in FAMILIES.values() for f in _field_names(cls)} - own
+    return TrainConfig.of(**{k: v for k, v in data.items() if k not in others})
 
 
 def _presets() -> dict[str, TrainConfig]:
