@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from diffusion_lib._atomic import atomic_path, atomic_write_bytes
 from diffusion_lib.data import open_dataset
-from diffusion_lib.data.sources.toy2d import mixture_from_options
+from diffusion_lib.data.sources.toy2d import stored_mixture
 from diffusion_lib.draw import SamplerMismatch, draw_set
 from diffusion_lib.evaluation import metrics as M
 from diffusion_lib.evaluation.classifier import ClassifierSpec, load_or_train_classifier
@@ -208,15 +208,7 @@ class _PointScorer:
     def __init__(self, train, train_real, test_real):
         self.mixture = None
         if train.manifest.spec.get("source") == "gaussian_mixture":
-            options = train.manifest.spec["options"]
-            defaults = {
-                "weights": (0.2, 0.8),
-                "means": ((-5.0, -5.0), (5.0, 5.0)),
-                "stds": (1.0, 1.0),
-            }
-            self.mixture = mixture_from_options(
-                **{k: options.get(k, v) for k, v in defaults.items()}
-            )
+            self.mixture = stored_mixture(train.manifest.spec["options"])
         self.test_real = test_real.astype(np.float64)
         train_real = train_real.astype(np.float64)
         self.bandwidth = M.kde_bandwidth(train_real, self.test_real)

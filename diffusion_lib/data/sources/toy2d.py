@@ -9,6 +9,7 @@ No scikit-learn: the formulas below are those of sklearn.datasets and of FFJORD'
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -182,3 +183,14 @@ def gaussian_mixture(
         return mixture.means[labels] + mixture.stds[labels, None] * noise, labels
 
     return ToySource("gaussian_mixture", split, n, seed, generate, has_labels=True)
+
+
+def stored_mixture(options: dict) -> GaussianMixture:
+    """The exact density of a prepared `gaussian_mixture` dataset, from its manifest's options
+    (those left out at the source's defaults, read from its signature)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(gaussian_mixture).parameters.items()
+        if name in ("weights", "means", "stds")
+    }
+    return mixture_from_options(**{k: options.get(k, v) for k, v in defaults.items()})
