@@ -31,6 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
+
 from diffusion_lib.data import DatasetSpec, open_dataset, prepare_dataset, register_source  # noqa: E402
 from diffusion_lib.data.sources.base import Examples  # noqa: E402
 from diffusion_lib.data.sources.mnist_embedded import _load_all  # noqa: E402
@@ -162,6 +165,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1_000_000, help="size of the large dataset")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     parser.add_argument("--peak-memory-child", default=None, help=argparse.SUPPRESS)
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.peak_memory_child == "baseline":
         baseline_child()
@@ -170,8 +174,17 @@ def main() -> None:
         peak_memory_child(args.peak_memory_child)
         return
 
+    machine = measure_machine()
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="diffusion_bench_"))
-    print(f"workdir: {workdir}  (cores: {os.cpu_count()})")
+    print(f"workdir: {workdir}")
+    speed = Table(
+        "data_throughput:speed",
+        ["images", "count", "MiB on disk", "write images/s (end to end)", "shard writer alone /s"]
+        + ["source alone /s", "read images/s"],
+        n="1 run per row; reading times 400 batches after 20 warm-up batches",
+        caption="writing: source rows into zstd Parquet shards and a manifest; reading: "
+        "shuffled, normalised float32 batches of 256 out of tf.data, what training receives",
+    )
     for size, channels, n in ((28, 1, 200_000), (32, 3, 100_000)):
         directory = workdir / f"tiled_{size}x{size}x{channels}_{n}"
         generated = source_throughput(n, size, channels)
@@ -179,35 +192,44 @@ def main() -> None:
         writer_only = 1 / (1 / write - 1 / generated)
         read = read_throughput(directory, batches=400)
         mib = sum(p.stat().st_size for p in directory.glob("*.parquet")) / 2**20
-        print(
-            f"{size}x{size}x{channels}: write {write:,.0f} images/s end to end "
-            f"({writer_only:,.0f}/s for the shard writer alone, source {generated:,.0f}/s); "
-            f"read {read:,.0f} images/s (batches of 256, shuffled, normalised, out of tf.data); "
-            f"{n:,} images in {mib:.1f} MiB on disk"
+        speed.add(
+            f"{size}x{size}x{channels}",
+            f"{n:,}",
+            f"{mib:.1f}",
+            f"{write:,.0f}",
+            f"{writer_only:,.0f}",
+            f"{generated:,.0f}",
+            f"{read:,.0f}",
         )
 
-    floor = peak_memory(None)
-    print(
-        f"TensorFlow with a trivial tf.data pipeline (the floor): peak RSS {floor['peak_mib']:.0f} MiB, "
-        f"RSS at the end {floor['now_mib']:.0f} MiB"
+    memory = Table(
+        "data_throughput:memory",
+        ["reader over one epoch of", "peak RSS MiB", "RSS after 50 batches", "highest RSS after"]
+        + ["growth MiB"],
+        n="1 fresh process per row",
+        caption="28x28 images, batches of 256; memory holds one shuffle window and a batch, "
+        "whatever the dataset's size",
     )
-    results = {}
+    floor = peak_memory(None)
+    memory.add(
+        "nothing (TensorFlow and a trivial tf.data pipeline)",
+        f"{floor['peak_mib']:.0f}",
+        "-",
+        f"{floor['now_mib']:.0f}",
+        "-",
+    )
     for n in (100_000, args.images):
         directory = workdir / f"tiled_28x28x1_{n}"
         write_throughput(directory, n, 28, 1)
-        results[n] = peak_memory(directory)
-        r = results[n]
-        print(
-            f"reader over one epoch of {n:,} 28x28 images ({r['examples']:,} streamed): peak RSS "
-            f"{r['peak_mib']:.0f} MiB; RSS after 50 batches {r['warm_mib']:.0f} MiB, highest while "
-            f"streaming {r['streaming_max_mib']:.0f} MiB "
-            f"(growth {r['streaming_max_mib'] - r['warm_mib']:+.0f} MiB)"
+        r = peak_memory(directory)
+        memory.add(
+            f"{n:,} images ({n * 784 / 2**20:,.0f} MiB of pixels)",
+            f"{r['peak_mib']:.0f}",
+            f"{r['warm_mib']:.0f}",
+            f"{r['streaming_max_mib']:.0f}",
+            f"{r['streaming_max_mib'] - r['warm_mib']:+.0f}",
         )
-    small, large = results[100_000]["streaming_max_mib"], results[args.images]["streaming_max_mib"]
-    print(
-        f"streaming memory ratio {args.images:,} / 100,000 images: {large / small:.2f} "
-        f"(dataset {args.images / 100_000:.0f}x larger, raw pixels {args.images * 784 / 2**20:,.0f} MiB)"
-    )
+    publish(__file__, args, [speed, memory], machine)
 
 
 if __name__ == "__main__":

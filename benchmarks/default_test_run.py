@@ -26,6 +26,9 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
+
 BAR_SECONDS = 300.0
 SUMMARY = re.compile(r"(\d+) passed.* in ([\d.]+)s")
 
@@ -76,9 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", help="a commit to run alternately with the working tree")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side (default 1)")
+    add_markdown_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: must be 1 or more")
+    machine = measure_machine()
+    table = Table(
+        "default_test_run",
+        ["side", "run", "wall", "pytest's figure", "CPU", "passed", f"within {BAR_SECONDS:.0f} s"],
+        n=f"{args.repeats} run(s) of each side, alternated, each alone",
+        caption="`python -m pytest -q` with pyproject.toml's options (two worker processes)",
+    )
 
     sides = {"working tree": ROOT}
     scratch = None
@@ -106,25 +117,24 @@ def main(argv: list[str] | None = None) -> None:
             ):
                 for test_id in sorted(only):
                     print(f"  {name}: {test_id}")
-        print(
-            f"{'side':<24} {'run':>3} {'wall':>14} {'pytest':>14} {'CPU':>14} {'passed':>6}"
-            f"  bar ({BAR_SECONDS:.0f} s, pytest's figure)"
-        )
         results: dict[str, list[dict]] = {name: [] for name in sides}
         for repeat in range(1, args.repeats + 1):
             for name, directory in sides.items():
                 row = _run(directory)
                 results[name].append(row)
-                met = "met" if row["pytest"] <= BAR_SECONDS else "NOT met"
-                print(
-                    f"{name:<24} {repeat:>3} {_minutes(row['wall']):>14} "
-                    f"{_minutes(row['pytest']):>14} {_minutes(row['cpu']):>14} "
-                    f"{row['passed']:>6}  {met}",
-                    flush=True,
+                table.add(
+                    name,
+                    repeat,
+                    _minutes(row["wall"]),
+                    _minutes(row["pytest"]),
+                    _minutes(row["cpu"]),
+                    row["passed"],
+                    "yes" if row["pytest"] <= BAR_SECONDS else "NO",
                 )
         for name, rows in results.items():
             mean = sum(row["pytest"] for row in rows) / len(rows)
             print(f"mean of {name}: {_minutes(mean)} (pytest's figure, n = {len(rows)})")
+        publish(__file__, args, [table], machine)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

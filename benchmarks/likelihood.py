@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=1, help="repeats with other probes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vlb", action="store_true")
+    add_markdown_option(parser)
     args = parser.parse_args()
 
     import numpy as np
@@ -44,9 +48,13 @@ def main() -> None:
     test = open_dataset(run.data_dir("test"))
     pixels = test.read_rows(np.arange(args.n)).values
     dim = int(np.prod(pixels.shape[1:]))
-    print(f"run {run.path} step {restored.step}: {args.n} test images, {dim} dims")
-    print(
-        "| figure | bits/dim | standard error | evaluations / solve | s |\n| --- | --- | --- | --- | --- |"
+    machine = measure_machine()
+    table = Table(
+        "likelihood",
+        ["figure", "bits/dim", "standard error", "network evaluations / solve", "seconds"],
+        n=f"{args.n} held-out images x {args.probes} probe(s) each",
+        caption=f"the {restored.config.objective} checkpoint at step {restored.step} of "
+        f"`{run.path.name}`, {dim} dimensions",
     )
     sde, score_fn = restored.objective.sde_view(restored.model)
     values, evaluations = [], []
@@ -65,24 +73,29 @@ def main() -> None:
         evaluations.append(out.evaluations)
     values = np.concatenate(values)
     seconds = time.perf_counter() - start
-    print(
-        f"| probability-flow ODE ({sde.name}, rtol {args.rtol:g}, {args.probes} probe(s) an image) "
-        f"| {values.mean():.3f} | {values.std(ddof=1) / np.sqrt(values.size):.3f} "
-        f"| {np.mean(evaluations):.0f} | {seconds:.0f} |",
-        flush=True,
+    table.add(
+        f"probability-flow ODE ({sde.name}, rtol {args.rtol:g})",
+        f"{values.mean():.3f}",
+        f"{values.std(ddof=1) / np.sqrt(values.size):.3f}",
+        f"{np.mean(evaluations):.0f}",
+        f"{seconds:.0f}",
     )
     if args.no_vlb or restored.objective.family != "diffusion":
+        publish(__file__, args, [table], machine)
         return
     start = time.perf_counter()
     bound = restored.objective.diffusion.bits_per_dim(
         restored.model, run.normalizer.to_model(pixels, np.float32), seed=args.seed
     )
     total = bound.total.numpy()
-    print(
-        f"| variational bound (DDPM, all {restored.objective.diffusion.num_timesteps} terms) "
-        f"| {total.mean():.3f} | {total.std(ddof=1) / np.sqrt(total.size):.3f} "
-        f"| {restored.objective.diffusion.num_timesteps} | {time.perf_counter() - start:.0f} |"
+    table.add(
+        f"variational bound (DDPM, all {restored.objective.diffusion.num_timesteps} terms)",
+        f"{total.mean():.3f}",
+        f"{total.std(ddof=1) / np.sqrt(total.size):.3f}",
+        restored.objective.diffusion.num_timesteps,
+        f"{time.perf_counter() - start:.0f}",
     )
+    publish(__file__, args, [table], machine)
 
 
 if __name__ == "__main__":

@@ -8,31 +8,34 @@ Each configuration is a preset and model of the `train-and-sample` flow plus cha
 preset's train / eval / samples settings, applied in the child process before the flow resolves
 its preset (the flow itself, its temporary Prefect server, the training worker, evaluation and
 rendering are the ones `python -m flows.train_and_sample` runs). Every configuration runs in a
-fresh child process, alone, and its wall time is the whole job's, start-up included. A row:
-
-    preset  model  changed  wall min  job s  metric / floor  classifier score  classes  smallest
-    share  precision / floor  recall / floor
-
-for the best checkpoint (by FID for images, balanced_pr for points); job s is the flow's own
-total of its stages (the wall time adds the interpreter's and the temporary server's start). `default` rows run
-the presets exactly as the README does; `*-before` rows restore the settings of the earlier
-defaults, so before and after are measured on the same machine, one after the other.
+fresh child process, alone, and its wall time is the whole job's, start-up included. One table
+per preset, a row per job: its best checkpoint (by FID for images, balanced_pr for points)
+against the real-versus-real floors; job s is the flow's own total of its stages (the wall time
+adds the interpreter's and the temporary server's start). The presets' own rows (`default`,
+`ncsn-default`, ...) run them exactly as `make run` does and also fill the README's table of
+the main job; `*-before` rows restore earlier defaults, so a change is measured before and
+after on the same machine, one after the other. With --markdown the tables replace their
+sections in README.md and docs/ (benchmarks/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
 
 # name: (preset, model, what changed, {part: overrides of the preset's (or score variant's)
 # settings}). A training override of None goes back to the training preset's value. The
@@ -88,6 +91,7 @@ def _apply(changes: dict) -> None:
 
     original = presets.resolve
 
+    @functools.wraps(original)  # the flow passes resolve() the parameters its signature names
     def resolve(*args, **kwargs):
         plan = original(*args, **kwargs)
         for part, overrides in changes.items():
@@ -95,6 +99,20 @@ def _apply(changes: dict) -> None:
         return plan
 
     presets.resolve = resolve
+
+
+# The main job's pictures, shown by README.md and the documentation's home page.
+PICTURES = {"grid.png": "main-job-grid.png", "sampling.gif": "main-job-sampling.gif"}
+
+
+def _publish_pictures(run_dir: pathlib.Path, assets: pathlib.Path = REPO / "docs" / "assets"):
+    """Copies the main job's grid and sampling GIF from `run_dir`'s render/ into `assets`."""
+    for name, target in PICTURES.items():
+        source = run_dir / "render" / name
+        staged = assets / f".{target}.partial"
+        shutil.copyfile(source, staged)
+        os.replace(staged, assets / target)
+        print(f"updated {(assets / target).relative_to(REPO)}")
 
 
 def _child(name: str, run_name: str, output_root: str, extra: dict) -> None:
@@ -125,6 +143,7 @@ def _row(name: str, run_dir: pathlib.Path, minutes: float, note: str) -> dict:
         "preset": preset,
         "model": model,
         "changed": changed + (f"; {note}" if note else ""),
+        "note": note,
         "wall_min": round(minutes, 2),
         "best_step": step,
         "metric": metric,
@@ -154,29 +173,62 @@ def _over_floor(row: dict, key: str) -> str:
     return f"{row[key]:.3g} / {row[key + '_floor']:.3g} = {row[key] / row[key + '_floor']:.2f}x"
 
 
-def _format(row: dict) -> str:
-    cells = [
-        row["config"],
-        row["preset"],
-        row["model"],
-        row["changed"],
-        f"{row['wall_min']:.2f}",
-        "-" if row["job_s"] is None else f"{row['job_s']:.0f}",
-        f"{row['metric']} {row['value']:.3g} / {row['floor']:.3g} = {row['ratio']:.2f}x",
-        f"{row['classifier_score']:.2f}" if "classifier_score" in row else "-",
-        str(row.get("classes_covered", "-")),
-        f"{row['smallest_class_share']:.3f}" if "smallest_class_share" in row else "-",
-        _over_floor(row, "precision"),
-        _over_floor(row, "recall"),
-    ]
-    return "| " + " | ".join(cells) + " |"
+def _tables() -> dict[str, report.Table]:
+    """One table per preset (its key `sample_quality:PRESET`), and the main job's in README."""
+    image_columns = ["config", "model", "changed", "wall min", "job s", "best step"]
+    image_columns += ["FID / floor", "classifier score", "classes", "smallest class share"]
+    point_columns = ["config", "model", "changed", "wall min", "job s", "best step"]
+    point_columns += ["balanced_pr", "precision / floor", "recall / floor"]
+    tables = {
+        preset: report.Table(
+            f"sample_quality:{preset}",
+            image_columns if preset.startswith("mnist") else point_columns,
+            caption=f"`{preset}`, the best checkpoint of each job",
+        )
+        for preset in sorted({preset for preset, _, _, _ in CONFIGS.values()})
+    }
+    tables["main-job"] = report.Table(
+        "sample_quality:main-job",
+        [
+            "model",
+            "job time",
+            "FID (real-vs-real floor)",
+            "classifier score",
+            "classes",
+            "rarest class",
+        ],
+        stream=False,
+    )
+    return tables
 
 
-HEADER = (
-    "| config | preset | model | changed | wall min | job s | best metric / floor "
-    "| classifier score | classes | smallest class share | precision / floor | recall / floor |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-)
+def _add(tables: dict[str, report.Table], row: dict) -> None:
+    cells = [row["config"], row["model"], row["changed"], f"{row['wall_min']:.2f}"]
+    cells += ["-" if row["job_s"] is None else f"{row['job_s']:.0f}", row["best_step"]]
+    if row["metric"] != "fid":
+        tables[row["preset"]].add(
+            *cells,
+            f"{row['value']:.3f}",
+            _over_floor(row, "precision"),
+            _over_floor(row, "recall"),
+        )
+        return
+    tables[row["preset"]].add(
+        *cells,
+        f"{row['value']:.3g} / {row['floor']:.3g} = {row['ratio']:.2f}x",
+        f"{row['classifier_score']:.2f} (real {row['classifier_score_floor']:.2f})",
+        row["classes_covered"],
+        f"{row['smallest_class_share']:.3f}",
+    )
+    if row["preset"] == "mnist-cpu" and CONFIGS[row["config"]][3] == {} and not row["note"]:
+        tables["main-job"].add(
+            f"`--model {row['model']}`",
+            f"{row['job_s'] / 60:.1f} min" if row["job_s"] else f"{row['wall_min']:.1f} min",
+            f"{row['value']:.2f} ({row['floor']:.2f}, {row['ratio']:.2f}x)",
+            f"{row['classifier_score']:.2f} (real digits {row['classifier_score_floor']:.2f})",
+            f"{row['classes_covered']} of 10",
+            f"{row['smallest_class_share']:.1%} of the samples",
+        )
 
 
 def main() -> None:
@@ -197,6 +249,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--run-name", help=argparse.SUPPRESS)
     parser.add_argument("--out-jsonl", default=None, help="append each row as JSON here")
+    report.add_markdown_option(parser)
     args = parser.parse_args()
 
     extra: dict = {}
@@ -217,7 +270,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configurations {unknown}; --list shows them")
     note = ", ".join(args.set)
-    print(HEADER, flush=True)
+    machine = report.measure_machine()
+    tables = _tables()
+    failed: list[str] = []
     for name in args.configs:
         run_name = name + args.suffix
         run_dir = pathlib.Path(args.output_root) / run_name
@@ -238,13 +293,24 @@ def main() -> None:
             )
         minutes = (time.perf_counter() - start) / 60
         if code != 0:
-            print(f"| {name} | failed with exit {code}: see {log} |", flush=True)
+            failed.append(f"{name} (exit {code}, log {log})")
+            print(f"{name} failed with exit {code}: see {log}", flush=True)
             continue
         row = _row(name, run_dir, minutes, note) | {"job_s": _job_seconds(log)}
-        print(_format(row), flush=True)
+        _add(tables, row)
         if args.out_jsonl:
             with open(args.out_jsonl, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+    runs = (
+        f"{len(args.configs)} job(s), one after another, each alone; the samplers' seeds are fixed"
+    )
+    for table in tables.values():
+        table.n = f"1 job per row ({runs})"
+    if failed:
+        sys.exit("not published, a job failed: " + "; ".join(failed))
+    report.publish(__file__, args, list(tables.values()), machine)
+    if args.markdown and "default" in args.configs and not args.set:
+        _publish_pictures(pathlib.Path(args.output_root) / f"default{args.suffix}")
 
 
 if __name__ == "__main__":

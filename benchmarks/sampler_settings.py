@@ -26,9 +26,12 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
 
 
 def main() -> None:
@@ -65,6 +68,13 @@ def main() -> None:
         metavar="NAME[:KEY=VALUE,...]",
         help="a sampler and its settings (JSON values), e.g. dpm_solver_pp:num_steps=10,order=3",
     )
+    parser.add_argument(
+        "--table",
+        default=None,
+        metavar="NAME",
+        help="the table's section, sampler_settings:NAME (default: the run's objective)",
+    )
+    add_markdown_option(parser)
     args = parser.parse_args()
 
     import numpy as np
@@ -102,20 +112,28 @@ def main() -> None:
     train_real = train.read_rows(np.arange(min(len(train), 2000))).values
     data_rms = float(np.sqrt(np.mean(np.square(run.normalizer.to_model(train_real)))))
 
-    print(f"run {run.path} step {step}; FID floor {floor}")
-    print(
-        "| setting | evals/sample | s | FID | FID/floor | classifier score | smallest share "
-        "| worst chain ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    machine = measure_machine()
+    table = Table(
+        f"sampler_settings:{args.table or restored.config.objective}",
+        ["setting", "network calls a sample", "seconds", "FID", "FID / floor"]
+        + ["classifier score", "smallest class share", "worst chain RMS ratio"],
+        n=f"{args.n} samples a row, sampling seed {args.seed}",
+        caption=f"the {restored.config.objective} checkpoint at step {step} of `{run.path.name}`"
+        + (f"; FID floor {floor:.2f}" if floor else ""),
     )
 
     def score(name, evals, seconds, samples, worst=float("nan")):
         feats, probs = extractor.features_and_probabilities(samples)
         value = fid(test_feats, feats)
-        print(
-            f"| {name} | {evals} | {seconds:.0f} | {value:.2f} "
-            f"| {value / floor if floor else float('nan'):.2f} | {classifier_score(probs):.2f} "
-            f"| {class_histogram(probs).smallest_share:.3f} | {worst:.2f} |",
-            flush=True,
+        table.add(
+            name,
+            evals,
+            f"{seconds:.0f}",
+            f"{value:.2f}",
+            f"{value / floor:.2f}" if floor else "-",
+            f"{classifier_score(probs):.2f}",
+            f"{class_histogram(probs).smallest_share:.3f}",
+            "-" if np.isnan(worst) else f"{worst:.2f}",
         )
 
     # Network evaluations per sample, counted as the sampler calls the network (a guided call
@@ -145,6 +163,7 @@ def main() -> None:
         worst = max((h.ratio for h in out.health), default=float("nan"))
         score(text, evals, time.perf_counter() - start, out.samples, worst)
     if args.spec:
+        publish(__file__, args, [table], machine)
         return
     if restored.objective.family == "diffusion":
         for steps in args.ddim_steps:
@@ -158,6 +177,7 @@ def main() -> None:
                     time.perf_counter() - start,
                     out.samples,
                 )
+        publish(__file__, args, [table], machine)
         return
     sigmas_run = np.asarray(restored.objective.sigmas)
 
@@ -202,6 +222,7 @@ def main() -> None:
                     out.samples,
                     max(h.ratio for h in out.health),
                 )
+    publish(__file__, args, [table], machine)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
 
 
 def make_run(root: pathlib.Path, network: str) -> pathlib.Path:
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--ddim-n", type=int, default=256)
     parser.add_argument("--ddpm-n", type=int, default=32)
     parser.add_argument("--memory-child", nargs=3, default=None, help=argparse.SUPPRESS)
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
@@ -73,10 +76,17 @@ def main() -> None:
     from diffusion_lib.run import Run
     from diffusion_lib.samplers import ddim_sample, ddpm_sample
 
+    machine = measure_machine()
     root = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_sampling_bench_"))
     restored = Run(make_run(root, "unet-small")).restore()
     model, diffusion = restored.model, restored.objective.diffusion
-    print(f"cores: {os.cpu_count()}; unet-small, 28x28x1, batch = n")
+    speed = Table(
+        "sampling_throughput:speed",
+        ["sampler", "network calls a sample", "samples", "seconds", "samples/s"],
+        n="1 run per row, after a traced warm-up",
+        caption="unet-small at 28x28x1 (random weights: a step's cost does not depend on them), "
+        "the whole batch at once",
+    )
     ddim_sample(model, diffusion, (8, 28, 28, 1), seed=0, num_steps=2)  # trace
     for steps in (20, 50):
         start = time.perf_counter()
@@ -84,16 +94,18 @@ def main() -> None:
             model, diffusion, (args.ddim_n, 28, 28, 1), seed=0, num_steps=steps
         ).samples.numpy()
         elapsed = time.perf_counter() - start
-        print(
-            f"DDIM {steps:>4} steps: {args.ddim_n / elapsed:8.2f} samples/s ({args.ddim_n} samples in {elapsed:.1f} s)"
-        )
+        speed.add("DDIM", steps, args.ddim_n, f"{elapsed:.1f}", f"{args.ddim_n / elapsed:.2f}")
     start = time.perf_counter()
     ddpm_sample(model, diffusion, (args.ddpm_n, 28, 28, 1), seed=0).samples.numpy()
     elapsed = time.perf_counter() - start
-    print(
-        f"DDPM 1000 steps: {args.ddpm_n / elapsed:8.2f} samples/s ({args.ddpm_n} samples in {elapsed:.1f} s)"
-    )
+    speed.add("DDPM", 1000, args.ddpm_n, f"{elapsed:.1f}", f"{args.ddpm_n / elapsed:.2f}")
 
+    memory = Table(
+        "sampling_throughput:memory",
+        ["sample set", "peak RSS MiB", "seconds"],
+        n="1 fresh process per row",
+        caption="unet-tiny, DDIM with 5 steps, chunks of 1,000: memory holds one chunk",
+    )
     tiny = make_run(root, "unet-tiny")
     for n in (1_000, 10_000):
         out = subprocess.run(
@@ -103,10 +115,8 @@ def main() -> None:
             check=True,
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"sample set of {n:>6,} images (unet-tiny, DDIM 5 steps): peak RSS {result['peak_mib']:.0f} MiB, "
-            f"{result['seconds']:.0f} s"
-        )
+        memory.add(f"{n:,} images", f"{result['peak_mib']:.0f}", f"{result['seconds']:.0f}")
+    publish(__file__, args, [speed, memory], machine)
 
 
 if __name__ == "__main__":

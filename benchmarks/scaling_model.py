@@ -40,6 +40,7 @@ tf.config.set_logical_device_configuration(
 )
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
 from training_throughput import forward_flops  # noqa: E402
 
 from diffusion_lib.networks import build_network, preset  # noqa: E402
@@ -106,7 +107,9 @@ def main() -> None:
     parser.add_argument("--gpus-per-host", type=int, default=8)
     parser.add_argument("--bf16-allreduce", action="store_true", help="2-byte gradients")
     parser.add_argument("--no-trace", action="store_true", help="skip the traced-step check")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    machine = measure_machine()
 
     import tempfile
 
@@ -119,6 +122,17 @@ def main() -> None:
         f"GB/s within a host of {args.gpus_per_host}, {', '.join(f'{b:g}' for b in args.inter_gbs)} "
         f"GB/s per GPU between hosts; ring all-reduce 2(N-1)/N x {grad_bytes_per_param}-byte "
         "gradients, after the backward pass (no overlap) or hidden under it (overlap)\n"
+    )
+    summary = Table(
+        "scaling_model",
+        ["network", "parameters", "GFLOP a training example", "all-reduced per step", "GPUs"]
+        + ["link", "90% from a per-GPU batch of", "with the all-reduce overlapped"],
+        n="a model: FLOPs counted by the profiler, reductions counted on a traced step",
+        caption=f"assumed: {args.peak_tflops:.0f} TFLOP/s x {args.utilization:.0%} per GPU, "
+        f"{args.nvlink_gbs:.0f} GB/s all-reduce bus within a host of {args.gpus_per_host}, the "
+        "link's GB/s per GPU between hosts, a ring all-reduce of "
+        f"{grad_bytes_per_param}-byte gradients",
+        stream=False,
     )
     for network in args.presets:
         shape = SHAPES[network]
@@ -157,11 +171,23 @@ def main() -> None:
                     continue
                 comm = 2 * (gpus - 1) / gpus * grad_bytes / (bandwidth * 1e9)
                 smallest = math.ceil(9 * comm * flops_rate / per_example)
+                hidden = math.ceil(0.9 * comm * flops_rate / per_example)
                 print(
                     f"- {gpus} GPUs over {name}: >= 90% efficiency (no overlap) from a per-GPU "
-                    f"batch of {smallest} (global {smallest * gpus})"
+                    f"batch of {smallest} (global {smallest * gpus}); overlapped {hidden}"
+                )
+                summary.add(
+                    network,
+                    f"{params:,}",
+                    f"{per_example / 1e9:.2f}",
+                    f"{traced:,} elements" if isinstance(traced, int) else traced,
+                    gpus,
+                    name,
+                    smallest,
+                    hidden,
                 )
         print()
+    publish(__file__, args, [summary], machine)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python benchmarks/training_throughput.py [--presets unet-tiny unet-small] [--steps 20]
 
 Prints, in one run on one machine:
-  - fp32 matrix-multiply GFLOP/s (2048x2048 tf.matmul, best of several), the reference;
+  - the machine: cores, float32 and bfloat16 matrix-multiply GFLOP/s (2048x2048, best of 10);
   - per preset, fp32 with and without XLA, and mixed bfloat16: training images/s through the real engine (data
     pipeline, distributed step, EMA), achieved GFLOP/s and its fraction of the matmul figure;
   - forward-only model evaluations (images) per second at batch 256, as a sampler sees them.
@@ -12,7 +12,8 @@ FLOPs are counted, not guessed: TensorFlow's profiler counts the floating-point 
 the forward graph at the benchmark's batch size; a training step is counted as 3x the forward
 (backward = 2x forward, the usual estimate for conv nets), which leaves out the optimizer and
 EMA updates (a few FLOPs per parameter).
-The aim: the training step at >= 70% of the measured matmul throughput on CPU.
+The aim: the training step at >= 70% of the measured matmul throughput on CPU. --markdown writes
+the table into the benchmarks page (benchmarks/report.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -31,24 +33,14 @@ from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
 from diffusion_lib.networks import build_network, preset  # noqa: E402
 from diffusion_lib.training import Trainer, config_preset  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from report import Table, add_markdown_option, matmul_gflops, measure_machine, publish  # noqa: E402
+
 VARIANTS = {
     "fp32": ("float32", False),
     "fp32-xla": ("float32", True),
     "bf16": ("mixed_bfloat16", False),
 }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
-    product = tf.function(lambda x, y: tf.matmul(x, y))
-    product(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def forward_flops(model, batch: int, shape) -> float:
@@ -129,34 +121,46 @@ def main() -> None:
         choices=list(VARIANTS),
         help="which precision/XLA combinations to run (unet-standard takes minutes per variant)",
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
 
+    machine = measure_machine()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_train_bench_"))
     data_dir = str(workdir / "mnist")
     prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), data_dir)
-    print(f"cores: {os.cpu_count()}; fp32 matmul (2048^2): {matmul_gflops():.1f} GFLOP/s")
+    table = Table(
+        "training_throughput",
+        ["network", "parameters", "MFLOP a training image", "precision", "XLA"]
+        + ["train images/s", "train GFLOP/s", "share of matmul", "forward images/s"],
+        n=f"{args.steps} timed steps of batch {args.batch} per row, after 3 warm-up steps",
+        caption="28x28x1, the real training step (data pipeline, distributed step, EMA); "
+        "the share is of the matmul of the row's precision, measured right before and after it",
+    )
     for network in args.presets:
         model = build_network(preset(network))
         per_image = forward_flops(model, args.batch, (28, 28, 1)) / args.batch
-        print(
-            f"{network}: {model.count_params():,} parameters, {per_image / 1e6:.1f} MFLOP forward per image "
-            f"(training counted as 3x: {3 * per_image / 1e6:.1f} MFLOP)"
-        )
         for variant in args.variants:
             precision, xla = VARIANTS[variant]
             # The matmul figure drifts by +-8% between minutes on a shared machine: measure it
             # right before and right after, and compare against the higher (the harsher test).
-            before = matmul_gflops()
+            dtype = "bfloat16" if "bfloat16" in precision else "float32"
+            before = matmul_gflops(dtype)
             rate = train_rate(data_dir, network, args.batch, args.steps, xla, workdir, precision)
-            reference = max(before, matmul_gflops())
+            reference = max(before, matmul_gflops(dtype))
             achieved = rate * 3 * per_image / 1e9
             forward = forward_rate(network, 256, xla, precision=precision)
-            label = f"{precision:>14} {'XLA   ' if xla else 'no XLA'}"
-            print(
-                f"  {label}: train {rate:,.0f} images/s = {achieved:.1f} GFLOP/s "
-                f"({100 * achieved / reference:.0f}% of matmul at {reference:.0f}); forward {forward:,.0f} images/s "
-                f"= {forward * per_image / 1e9:.1f} GFLOP/s"
+            table.add(
+                network,
+                f"{model.count_params():,}",
+                f"{3 * per_image / 1e6:.1f}",
+                precision,
+                "yes" if xla else "no",
+                f"{rate:,.0f}",
+                f"{achieved:.1f}",
+                f"{achieved / reference:.0%} of {reference:.0f}",
+                f"{forward:,.0f}",
             )
+    publish(__file__, args, [table], machine)
 
 
 if __name__ == "__main__":
