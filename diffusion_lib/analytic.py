@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from diffusion_lib import _checks
 
@@ -30,7 +31,7 @@ class GaussianMixture:
       stds: [K] per-component standard deviations s_k.
     """
 
-    def __init__(self, weights, means, stds):
+    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike):
         weights = np.asarray(weights, dtype=np.float64)
         means = np.asarray(means, dtype=np.float64)
         stds = np.asarray(stds, dtype=np.float64)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from diffusion_lib import _checks
 from diffusion_lib.likelihoods import discretized_gaussian_log_likelihood, normal_kl
@@ -135,7 +136,7 @@ class GaussianDiffusion:
 
     def __init__(
         self,
-        betas,
+        betas: ArrayLike,
         model_mean_type: ModelMeanType | str = ModelMeanType.EPS,
         model_var_type: ModelVarType | str = ModelVarType.FIXED_SMALL,
         loss_type: LossType | str = LossType.SIMPLE,

@@ -131,9 +131,9 @@ def _tfds(name: str, train: TrainPart, sampler: SamplerSpec) -> Pipeline:
 def _toy_budget(steps: int, checkpoints: int) -> dict[str, Any]:
     """The 2-D jobs' training, the same for every model family: mlp-small, batch 512, 3e-3
     after 100 warm-up steps, then a cosine down to a tenth of it at `steps` (and that tenth
-    after, should a run be extended), `checkpoints` checkpoints evenly spaced. Measured by
-    benchmarks/toy_quality.py (benchmarks/README.md): 600 steps of batch 128 at a constant 1e-3
-    drew a disc (k-NN precision 0.37x its floor)."""
+    after, should a run be extended), `checkpoints` checkpoints evenly spaced. Shorter runs of smaller batches
+    at a constant rate draw a disc of the roll's spread instead of its spiral; every family
+    reaches its floors' precision and recall with this one (docs/benchmarks.md)."""
     return {
         "network": "mlp-small",
         "batch_size": 512,
@@ -170,15 +170,15 @@ _MNIST_CPU_BUDGET = {
     "learning_rate": 2e-3,
 }
 # DDPM's and NCSN's: the same, class-conditional on the digits, 1,600 steps in precision="auto"
-# (measured in benchmarks/README.md; see each preset below).
+# (see each preset below).
 _MNIST_CPU_CONDITIONAL = {
     **_MNIST_CPU_BUDGET,
     "num_steps": 1_600,
     "precision": "auto",
     "num_classes": 10,
 }
-# Stochastic DDIM (eta 1) with 100 steps: FID 11.7 -> 5.6 on the same mnist-cpu checkpoint as
-# deterministic DDIM with 20 (benchmarks/README.md).
+# Stochastic DDIM (eta 1) with 100 steps: on these short runs the stochastic samplers score
+# well ahead of the deterministic ones at equal network calls (docs/samplers.md).
 _DDIM_100_ETA_1 = SamplerSpec.of("ddim", num_steps=100, eta=1.0)
 
 PRESETS: dict[str, Pipeline] = {
@@ -200,11 +200,10 @@ PRESETS: dict[str, Pipeline] = {
     "mnist-cpu": Pipeline(
         _data("mnist_embedded", "train"),
         _data("mnist_embedded", "test"),
-        # Chosen by benchmarks/sample_quality.py and sampler_settings.py (figures in
-        # benchmarks/README.md): lr 2e-3 constant after warm-up, 1,600 steps, class-conditional
-        # on the digits' labels (10% dropped, so guidance stays possible) and drawn one class a
-        # row in turn without guidance, which scores well above the unconditional network at
-        # the same cost.
+        # Chosen by benchmarks/sample_quality.py and sampler_settings.py: lr 2e-3 constant
+        # after warm-up, 1,600 steps, class-conditional on the digits' labels (10% dropped, so
+        # guidance stays possible) and drawn one class a row in turn without guidance, which
+        # scores well above the unconditional network at the same cost.
         TrainPart.of("mnist-ddpm", **_MNIST_CPU_CONDITIONAL),
         # The last checkpoint is the one worth scoring. The sample set is the evaluation's draw
         # (the same sampler, seed and one chunk of 400), so it costs nothing more.
@@ -240,8 +239,8 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
     # by ancestral sampling (one network call a level, like DDPM's 100-step DDIM, so the sample
     # set is again the evaluation's draw), class-conditional like DDPM's, with guidance w = 0.35
     # at the 54 levels from sigma 10 down to 0.5 (twice the network calls there). The floor of
-    # 0.2: lower levels, where denoising a digit is nearly trivial, took a fifth of training's
-    # draws and scored worse (figures in benchmarks/README.md).
+    # 0.2: lower levels, where denoising a digit is nearly trivial, would take a fifth of
+    # training's draws away from the levels that shape the digits, and score worse.
     "mnist-cpu": ModelVariant(
         TrainPart.of("mnist-ncsn", num_levels=100, sigma_min=0.2, **_MNIST_CPU_CONDITIONAL),
         SamplerSpec.of(
@@ -257,11 +256,9 @@ SCORE_VARIANTS: dict[str, ModelVariant] = {
 }
 _SDE_ANCESTRAL_100 = SamplerSpec.of("sde_ancestral", num_steps=100)
 # The score-SDE variants (objective "sde"): DDPM's (VP) or NCSN's (VE) network, batch, learning
-# rate and steps in continuous time. mnist-cpu: the
-# ancestral predictor on 100 of the SDE's 1,000 levels, at the cost of DDPM's sampler there;
-# measured on the sde-vp checkpoint (benchmarks/README.md): FID 5.97 against 9.88 for
-# DPM-Solver++ at 20 calls (deterministic samplers trail the stochastic ones on these short
-# runs, as DDIM at eta 0 does).
+# rate and steps in continuous time. mnist-cpu: the ancestral predictor on 100 of the SDE's
+# 1,000 levels, at the cost of DDPM's sampler there (deterministic samplers such as
+# DPM-Solver++ trail the stochastic ones on these short runs, as DDIM at eta 0 does).
 SDE_VARIANTS: dict[str, dict[str, ModelVariant]] = {
     kind: {
         "tiny": ModelVariant(TrainPart.of(f"toy-sde-{kind}", **_TINY_BUDGET), _TOY_SDE[kind]),

@@ -1,18 +1,18 @@
-"""How the default test run fits in 5 minutes on 2 cores: what this plugin buys, measured in
-default runs (two pytest-xdist workers, `--dist loadscope`).
+"""How the default test run fits in 5 minutes on 2 cores (benchmarks/default_test_run.py
+measures it): two pytest-xdist workers, `--dist loadscope`, and these tunings.
 
 - Thread counts: each TensorFlow process gets its share of the cores instead of a thread per
-  core in each of its pools (training, network and sampler tests: 175 s against 194-209 s with
-  TensorFlow's defaults, for the same CPU time).
-- scikit-learn is kept out: no test uses it, and Keras imports it (1.9 s a process) only for
-  its scikit-learn wrappers, as the training worker does (diffusion_lib/training/__main__.py).
-- Scheduling: the costliest test modules first, longest first, by their `cost` marks (without
-  it one worker ran the last long module alone for about three minutes).
+  core in each of its pools; two processes with a full set each spend the same CPU time
+  slower, contending for the cores.
+- scikit-learn is kept out: no test uses it, and Keras imports it (about 2 s a process) only
+  for its scikit-learn wrappers, as the training worker does (diffusion_lib/training/__main__.py).
+- Scheduling: the costliest test modules first, longest first, by their `cost` marks, so both
+  workers finish together instead of one running the last long module alone.
 - One Prefect server for both workers, started by the controlling process before they exist:
-  its start (10-15 s) overlaps theirs and a second server's CPU (15-25 s a run) is not spent.
-- A worker ends with os._exit once it has sent its last report, skipping pytest's five full
-  garbage collections of a heap TensorFlow, Keras and Prefect have filled and the interpreter's
-  teardown (from the last test's end to the session's end: about 10 s before, 0.2 s after).
+  its start overlaps theirs, and a second server's CPU is not spent.
+- A worker ends with os._exit once it has sent its last report, skipping pytest's full garbage
+  collections of a heap TensorFlow, Keras and Prefect have filled, and the interpreter's
+  teardown.
 
 tests/conftest.py imports this module before anything imports TensorFlow and registers it as a
 plugin; the `prefect_server` fixture there reads the shared server's address from it.
@@ -106,8 +106,8 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    """A worker: exit at once, its last report sent (pytest-xdist sends "workerfinished" at
-    session finish, before this hook). The controlling process: stop the shared server."""
+    """A worker: exit at once, its last report sent (pytest-xdist sends "workerfinished" when
+    its tests are done, before this hook). The controlling process: stop the shared server."""
     if hasattr(config, "workerinput"):
         sys.stdout.flush()
         sys.stderr.flush()

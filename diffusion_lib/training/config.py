@@ -316,8 +316,8 @@ class _LevelSampling:
     timesteps / levels, or "log_normal": log sigma close to N(noise_log_mean, noise_log_std^2)
     (EDM's p_train), sigma being a level's noise std in model units (a DDPM timestep's
     sqrt((1 - abar_t) / abar_t)). With EDM's -1.2 / 1.2 it draws few levels above sigma 3.4,
-    where the samplers spend much of their steps: short runs do not learn that range
-    (benchmarks/README.md)."""
+    where the samplers spend much of their steps: short runs do not learn that range without
+    EDM's preconditioning and loss weight."""
 
     noise_sampling: str = "uniform"
     noise_log_mean: float = -1.2
