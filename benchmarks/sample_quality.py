@@ -101,16 +101,33 @@ def _apply(changes: dict) -> None:
     presets.resolve = resolve
 
 
-# The main job's pictures, shown by README.md and the documentation's home page.
+# The main job's pictures, shown by README.md and the documentation's home page: the grid, and
+# the sampling GIF's first rows (the whole GIF is several MB).
 PICTURES = {"grid.png": "main-job-grid.png", "sampling.gif": "main-job-sampling.gif"}
+GIF_ROWS = 3
 
 
 def _publish_pictures(run_dir: pathlib.Path, assets: pathlib.Path = REPO / "docs" / "assets"):
-    """Copies the main job's grid and sampling GIF from `run_dir`'s render/ into `assets`."""
+    """Copies the main job's grid and the top of its sampling GIF from `run_dir`'s render/ into
+    `assets`."""
+    import imageio.v3 as iio
+
     for name, target in PICTURES.items():
         source = run_dir / "render" / name
         staged = assets / f".{target}.partial"
-        shutil.copyfile(source, staged)
+        if name.endswith(".gif"):
+            frames = iio.imread(source, index=None)
+            durations = [iio.immeta(source, index=i)["duration"] for i in range(len(frames))]
+            tile = 28 * 3 + 1  # render.sampling_gif's 28-pixel digits at scale 3, 1-pixel gaps
+            iio.imwrite(
+                staged,
+                frames[:, : 1 + GIF_ROWS * tile],
+                extension=".gif",
+                duration=durations,
+                loop=0,
+            )
+        else:
+            shutil.copyfile(source, staged)
         os.replace(staged, assets / target)
         print(f"updated {(assets / target).relative_to(REPO)}")
 

@@ -85,9 +85,9 @@ def train_rate(
     next(iterator)
     start = time.perf_counter()
     for k in range(steps):
-        batch = next(iterator)
+        examples = next(iterator)
         loss, _, _ = trainer._train_step(
-            batch.x, batch.label, tf.constant(start_step + k, tf.int64)
+            examples.x, examples.label, tf.constant(start_step + k, tf.int64)
         )
     float(loss)
     return steps * batch / (time.perf_counter() - start)
