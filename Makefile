@@ -15,6 +15,7 @@ OUTPUT_ROOT := runs
 ARGS :=
 PYTEST_ARGS :=
 PORT := 4200
+DOCS_PORT := 8000
 LOCAL_DEPLOY := .deploy-local
 
 VPY := $(abspath $(VENV))/bin/python
@@ -24,7 +25,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-system ci check system-deps deploy-local deploy-stop clean-venv
+.PHONY: help venv run test test-system ci check docs system-deps deploy-local deploy-stop clean-venv
 
 help: ## list the targets and their settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -36,13 +37,13 @@ help: ## list the targets and their settings
 	@echo "  ARGS='...' more flags for the job (python -m flows.train_and_sample --help)"
 	@echo "  PYTEST_ARGS='...' for pytest, e.g. PYTEST_ARGS='-k sampler -n 0'"
 	@echo "  PYTHON=$(PYTHON) makes $(VENV); ISOLATED=1 hides the packages it already has;"
-	@echo "  VERBOSE=1 shows pip's output; PORT=$(PORT) for deploy-local"
+	@echo "  VERBOSE=1 shows pip's output; PORT=$(PORT) for deploy-local, DOCS_PORT=$(DOCS_PORT) for docs"
 
 venv: ## create or refresh .venv (reused while pyproject.toml is unchanged)
 	@$(PYTHON) scripts/ensure_venv.py --venv "$(VENV)" \
 		$(if $(filter 1,$(ISOLATED)),--isolated) $(if $(filter 1,$(VERBOSE)),--verbose)
 
-run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn), RUN_NAME, OUTPUT_ROOT, ARGS
+run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn|sde-vp|sde-ve), RUN_NAME, OUTPUT_ROOT, ARGS
 	$(VPY) -m flows.train_and_sample --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) \
 		--output-root $(OUTPUT_ROOT) --run-name $(RUN) $(ARGS)
 
@@ -59,6 +60,9 @@ ci: ## what CI runs (.ci/run): make test, then make test-system
 check: ## ruff and pytest in .venv, without preparing anything first
 	$(VPY) -m ruff check .
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+docs: venv ## the documentation site at http://127.0.0.1:8000 (DOCS_PORT), rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 system-deps: ## Debian's chromium for the browser test: installed when root, else a note
 	@if command -v chromium >/dev/null 2>&1; then :; \

@@ -19,6 +19,17 @@ import pytest
 from tests.local_servers import free_port, healthy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The commands of the documentation's blocks marked "runs in tests/test_make.py" (README.md's two
+# commands, the docs' first job and local deploy), as the test below runs each: `make run` on
+# the `tiny` preset, `make test` on a selection of tests, deploy-local on a free port.
+# tests/test_docs.py checks that those blocks hold no other command.
+DOC_COMMANDS = (
+    "make run",
+    "make test",
+    "make run PRESET=tiny",
+    "make deploy-local PORT=4200",
+    "make deploy-stop PORT=4200",
+)
 
 pytestmark = [
     pytest.mark.system,

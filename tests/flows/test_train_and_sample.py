@@ -280,8 +280,8 @@ def test_bad_parameter_is_rejected_before_any_work(prefect_server, tmp_path, par
 
 
 def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
-    """`python -m flows.train_and_sample --help` has a flag per flow parameter, and the README's
-    parameter list names exactly the flow's parameters."""
+    """`python -m flows.train_and_sample --help` has a flag per flow parameter, and the getting
+    started page's parameter list names exactly the flow's parameters."""
     import inspect
     import re
 
@@ -294,8 +294,8 @@ def test_the_cli_offers_every_flow_parameter_and_the_readme_lists_each(capsys):
         main(["--help"])
     usage = capsys.readouterr().out
     assert [n for n in names if f"--{n.replace('_', '-')}" not in usage] == []
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    paragraph = readme[readme.index("Flow parameters are flat") :].split("\n\n")[0]
+    page = (pathlib.Path(__file__).parents[2] / "docs" / "getting-started.md").read_text()
+    paragraph = page[page.index("Flow parameters are flat") :].split("\n\n")[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph.split("Bad values")[0])
     values = set(SAMPLERS) | set(MODELS)  # the choices it names beside the parameters
     assert set(listed) - values == set(names)
