@@ -144,11 +144,50 @@ class GaussianData:
         """score_fn(x, t): the exact score of p_t, for x [B, d] and t [B]."""
 
         def score(x, t):
-            alpha, _, values = self._spectrum(sde, tf.cast(t, tf.float64), x.dtype)
-            rotated = self._centered_rotated(x, alpha) / values
-            return -tf.matmul(rotated, tf.constant(self._basis.T, x.dtype))
+            alpha, std = sde.marginal(tf.cast(t, tf.float64), tf.float64)
+            return self._score(x, alpha, std)
 
         return score
+
+    def _score(self, x, alpha, std):
+        """The score of N(alpha mean, alpha^2 cov + std^2 I) at x [B, d]; alpha, std [B]."""
+        values = tf.square(alpha)[:, None] * self._values[None, :] + tf.square(std)[:, None]
+        rotated = self._centered_rotated(x, tf.cast(alpha, x.dtype)) / tf.cast(values, x.dtype)
+        return -tf.matmul(rotated, tf.constant(self._basis.T, x.dtype))
+
+    def sigma_score_fn(self):
+        """score_fn(x, sigma) of the data under noise N(0, sigma^2 I), sigma [B]: the exact
+        model a noise-conditional score network (NCSN) learns."""
+
+        def score(x, sigma):
+            sigma = tf.cast(sigma, tf.float64)
+            return self._score(x, tf.ones_like(sigma), sigma)
+
+        return score
+
+    def eps_fn(self, diffusion):
+        """model(x_t, t) = E[eps | x_t] under a DDPM's `diffusion`, t integer [B]: the exact
+        model its noise-predicting network learns (-sqrt(1 - abar_t) times the score)."""
+        abar_table = tf.constant(diffusion.alphas_cumprod, tf.float64)
+
+        def model(x_t, t):
+            abar = tf.gather(abar_table, t)
+            score = self._score(x_t, tf.sqrt(abar), tf.sqrt(1.0 - abar))
+            return -tf.cast(tf.sqrt(1.0 - abar), x_t.dtype)[:, None] * score
+
+        return model
+
+    def conditional(self, known, values) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [B, u], cov [u, u]) of the coordinates not in `known` (a boolean mask [d])
+        given theirs, `values` [B, k]: mu_u + S_uk S_kk^-1 (v - mu_k), S_uu - S_uk S_kk^-1 S_ku."""
+        known = np.asarray(known, bool)
+        if known.shape != (self.dim,) or known.all() or not known.any():
+            raise ValueError(f"known must mark some but not all of the {self.dim} coordinates")
+        u, k = ~known, known
+        gain = self.cov[np.ix_(u, k)] @ np.linalg.inv(self.cov[np.ix_(k, k)])
+        values = np.atleast_2d(np.asarray(values, np.float64))
+        mean = self.mean[u][None, :] + (values - self.mean[k][None, :]) @ gain.T
+        return mean, self.cov[np.ix_(u, u)] - gain @ self.cov[np.ix_(k, u)]
 
     def log_prob(self, sde, x, t) -> tf.Tensor:
         """log p_t(x) [B] in nats (t a number or [B])."""

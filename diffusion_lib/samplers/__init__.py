@@ -20,6 +20,7 @@ from diffusion_lib.samplers.base import (
 )
 from diffusion_lib.samplers.ddim import ddim_sample, ddim_timesteps
 from diffusion_lib.samplers.ddpm import ddpm_sample
+from diffusion_lib.samplers.known import Known, resampling_schedule
 from diffusion_lib.samplers.langevin import (
     annealed_langevin_dynamics,
     langevin_dynamics,
@@ -37,6 +38,7 @@ from diffusion_lib.samplers.ve_ancestral import ve_ancestral_coefficients, ve_an
 __all__ = [
     "SAMPLERS",
     "Frames",
+    "Known",
     "LevelHealth",
     "SampleResult",
     "SamplerInfo",
@@ -53,6 +55,7 @@ __all__ = [
     "langevin_dynamics",
     "pf_ode_sample",
     "register_sampler",
+    "resampling_schedule",
     "reverse_diffusion_sample",
     "technique4_step_lr",
     "ve_ancestral_coefficients",

@@ -28,6 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from diffusion_lib import _checks
+from diffusion_lib.samplers.known import (
+    Known,
+    Move,
+    check_marginals,
+    paste,
+    resampling_schedule,
+)
 
 Progress = Callable[[int, int], None]
 # How many frames (evenly spaced), which chain steps, or a function of the chain's length
@@ -274,6 +281,8 @@ def run_chain(
     watch: Callable[[int, tf.Tensor], None] | None = None,
     watch_at: Collection[int] = (),
     sample_of: Callable | None = None,
+    known: Known | None = None,
+    marginals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SampleResult:
     """Applies x <- step(x, i, seed_i) for i = 0..num_steps-1, recording requested frames.
 
@@ -281,12 +290,29 @@ def run_chain(
     The chain's state may be a tuple of tensors, each [B, ...] (a multistep solver carries its
     previous predictions); `sample_of(state)` then picks the samples out of it.
 
+    With `known` entries (see `samplers.known`), the chain's `marginals` (alpha, std at each of
+    its num_steps + 1 positions) re-noise them after every step, and the chain follows
+    `resampling_schedule`; frames, `watch` and `progress` see each position's last visit.
+
     `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
     With a `strategy`, the batch is split evenly over its replicas and every step runs on all of
     them at once; each replica folds its id into the step seed, so the samples are a function of
     (seed, replica count).
     """
     wanted = frame_indices(frames, num_steps)
+    moves = [Move(True, step=i) for i in range(num_steps)]
+    lift = None
+    if known is not None:
+        if marginals is None:
+            raise ValueError("this sampler cannot take known entries (it gives no marginals)")
+        if sample_of is not None:
+            raise ValueError("a multistep sampler cannot take known entries")
+        known.check_fits(tf.nest.flatten(x)[0].shape)
+        step, lift, x = _known_chain(
+            step, x, known, check_marginals(marginals, num_steps), chain_seed
+        )
+        sample_of = lambda state: state[0]  # noqa: E731
+        moves = resampling_schedule(num_steps, known.jump_length, known.resamplings)
     advance, gather = step, lambda v: v
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
@@ -303,28 +329,96 @@ def run_chain(
                 whole_state,
             )
         )
-
-        def replica_step(x_r, i, seed):
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            return step(x_r, i, tf.random.experimental.stateless_fold_in(seed, replica))
-
-        advance = tf.function(lambda x_d, i, seed: strategy.run(replica_step, args=(x_d, i, seed)))
+        advance, lift = (_on_replicas(fn, strategy) if fn else None for fn in (step, lift))
         gather = lambda v: tf.concat(strategy.experimental_local_results(v), axis=0)  # noqa: E731
     if sample_of is not None:
         inner = gather
         gather = lambda v: inner(sample_of(v))  # noqa: E731
-    recorded = [gather(x)] if 0 in wanted else []
-    for i in range(num_steps):
-        i_tensor = tf.constant(i, tf.int32)
-        x = advance(x, i_tensor, tf.random.experimental.stateless_fold_in(chain_seed, i_tensor))
-        record, look = i + 1 in wanted, watch is not None and i + 1 in watch_at
-        if record or look:
-            whole = gather(x)  # once, for both
-            if record:
-                recorded.append(whole)
-            if look:
-                watch(i + 1, whole)
-        if progress is not None:
-            progress(i + 1, num_steps)
-    stacked = tf.stack(recorded, axis=0) if recorded else None
-    return SampleResult(samples=gather(x), frames=stacked, frame_steps=wanted)
+    # Each position's last visit (the plain chain visits each once).
+    last = {move.step + 1: k for k, move in enumerate(moves) if move.down}
+    recorded = {0: gather(x)} if 0 in wanted else {}
+    downs = sum(move.down for move in moves)
+    done = 0
+    for k, move in enumerate(moves):
+        if move.down:
+            i_tensor = tf.constant(move.step, tf.int32)
+            seed = tf.random.experimental.stateless_fold_in(chain_seed, i_tensor)
+            if move.visit:
+                seed = tf.random.experimental.stateless_fold_in(seed, move.visit)
+            x = advance(x, i_tensor, seed)
+            done += 1
+        else:
+            seed = tf.random.experimental.stateless_fold_in(chain_seed, num_steps + 1 + move.start)
+            seed = tf.random.experimental.stateless_fold_in(seed, move.visit)
+            x = lift(x, tf.constant(move.start, tf.int32), tf.constant(move.end, tf.int32), seed)
+        reached = move.step + 1
+        if move.down and last[reached] == k:
+            record, look = reached in wanted, watch is not None and reached in watch_at
+            if record or look:
+                whole = gather(x)  # once, for both
+                if record:
+                    recorded[reached] = whole
+                if look:
+                    watch(reached, whole)
+        if progress is not None and move.down:
+            progress(done, downs)
+    samples = paste(gather(x), known)
+    if num_steps in recorded:  # the last frame is the samples
+        recorded[num_steps] = samples
+    stacked = tf.stack([recorded[p] for p in sorted(recorded)], axis=0) if recorded else None
+    return SampleResult(samples=samples, frames=stacked, frame_steps=wanted)
+
+
+def _on_replicas(fn: Callable, strategy: tf.distribute.Strategy) -> Callable:
+    """fn(state, *args, seed) run on every replica's part of a distributed state, each replica
+    folding its id into the seed."""
+
+    def replica_fn(state, *args):
+        *rest, seed = args
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return fn(state, *rest, tf.random.experimental.stateless_fold_in(seed, replica))
+
+    return tf.function(lambda state, *args: strategy.run(replica_fn, args=(state, *args)))
+
+
+# Folded into a step's seed for the draw that re-noises the known entries.
+_KNOWN_NOISE = 7919
+
+
+def _known_chain(step: Callable, x: tf.Tensor, known: Known, marginals, chain_seed: tf.Tensor):
+    """(step, lift, state) of a chain whose state is (x, values, mask): step runs the sampler's
+    step on x and then puts the known entries back at their marginal of the position reached;
+    lift noises the state up from one position to a noisier one. The starting state has the
+    known entries at position 0's marginal."""
+    alpha_np, std_np = marginals
+    alpha, std = tf.constant(alpha_np), tf.constant(std_np)
+    dtype = x.dtype
+    values = tf.cast(known.values, dtype)
+    mask = tf.broadcast_to(tf.cast(known.mask, dtype), tf.shape(x))
+
+    def settle(x_p, values_p, mask_p, p, seed):
+        dt = x_p.dtype
+        z = tf.random.stateless_normal(tf.shape(x_p), seed, dtype=dt)
+        noised = tf.cast(alpha[p], dt) * values_p + tf.cast(std[p], dt) * z
+        return tf.where(mask_p > 0.5, noised, x_p)
+
+    @tf.function
+    def known_step(state, i, seed):
+        x_i, values_i, mask_i = state
+        x_next = step(x_i, i, seed)
+        noise_seed = tf.random.experimental.stateless_fold_in(seed, _KNOWN_NOISE)
+        return settle(x_next, values_i, mask_i, i + 1, noise_seed), values_i, mask_i
+
+    @tf.function
+    def lift(state, start, end, seed):
+        x_s, values_s, mask_s = state
+        dt = x_s.dtype
+        ratio = alpha[end] / alpha[start]
+        spread = tf.sqrt(tf.maximum(tf.square(std[end]) - tf.square(ratio * std[start]), 0.0))
+        z = tf.random.stateless_normal(tf.shape(x_s), seed, dtype=dt)
+        return tf.cast(ratio, dt) * x_s + tf.cast(spread, dt) * z, values_s, mask_s
+
+    start_seed = tf.random.experimental.stateless_fold_in(_checks.seed_tensor(0), _KNOWN_NOISE)
+    # The start's known entries from a seed of their own: the chain's seeds stay as they are.
+    x0 = settle(x, values, mask, 0, start_seed)
+    return known_step, lift, (x0, values, mask)

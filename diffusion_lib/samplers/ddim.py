@@ -29,6 +29,7 @@ from diffusion_lib.samplers.base import (
     run_chain,
     split_seed,
 )
+from diffusion_lib.samplers.known import Known
 
 SPACINGS = ("uniform", "quad")
 
@@ -84,11 +85,12 @@ def ddim_sample(
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
     dtype: tf.DType = tf.float32,
+    known: Known | None = None,
 ) -> SampleResult:
     """Draws samples of `shape` [B, ...] with DDIM.
 
     `num_steps` timesteps spaced by `spacing` (None: all T). eta in [0, 1] scales the noise
-    (eq. 16).
+    (eq. 16). known: entries given in advance (`samplers.known`: inpainting), in model units.
     """
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -118,4 +120,16 @@ def ddim_sample(
         z = tf.random.stateless_normal(tf.shape(x_t), step_seed, dtype=dt)
         return mean + tf.cast(sigma_table[i], dt) * z
 
-    return run_chain(step, x, len(t_desc), chain_seed, frames, progress, strategy)
+    at = np.append(abar, 1.0)  # position p at timestep t_desc[p]; the last one is x_0
+    marginals = (np.sqrt(at), np.sqrt(1.0 - at))
+    return run_chain(
+        step,
+        x,
+        len(t_desc),
+        chain_seed,
+        frames,
+        progress,
+        strategy,
+        known=known,
+        marginals=marginals,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from diffusion_lib.diffusion import GaussianDiffusion, Model
@@ -22,6 +23,7 @@ from diffusion_lib.samplers.base import (
     run_chain,
     split_seed,
 )
+from diffusion_lib.samplers.known import Known
 
 
 @register_sampler("ddpm", family="diffusion")
@@ -37,11 +39,13 @@ def ddpm_sample(
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
     dtype: tf.DType = tf.float32,
+    known: Known | None = None,
 ) -> SampleResult:
     """Draws samples of `shape` [B, ...] (or from starting `noise` x_T) with all T steps.
 
     clip_x0: clip the predicted x_0 to this range at every step (e.g. (-1, 1) for images).
     frames: an int or chain steps (0 = x_T, T = samples) to return the trajectory, for GIFs.
+    known: entries given in advance (`samplers.known`: inpainting), in model units.
     """
     init_seed, chain_seed = split_seed(seed)
     x = initial_state(noise, shape, init_seed, dtype, "noise")
@@ -56,4 +60,17 @@ def ddpm_sample(
         keep = tf.cast(i < num_timesteps - 1, x_t.dtype)
         return out.mean + keep * tf.exp(0.5 * out.log_variance) * z
 
-    return run_chain(step, x, num_timesteps, chain_seed, frames, progress, strategy)
+    # Position p holds x at timestep T - 1 - p; the last one is x_0.
+    abar = np.append(diffusion.alphas_cumprod[::-1], 1.0)
+    marginals = (np.sqrt(abar), np.sqrt(1.0 - abar))
+    return run_chain(
+        step,
+        x,
+        num_timesteps,
+        chain_seed,
+        frames,
+        progress,
+        strategy,
+        known=known,
+        marginals=marginals,
+    )

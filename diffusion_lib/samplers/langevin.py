@@ -49,6 +49,7 @@ from diffusion_lib.samplers.base import (
     score_table_step,
     split_seed,
 )
+from diffusion_lib.samplers.known import Known
 
 ScoreFn = Callable[..., tf.Tensor]
 
@@ -145,13 +146,15 @@ def annealed_langevin_dynamics(
     frames: Frames = None,
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    known: Known | None = None,
 ) -> SampleResult:
     """Annealed Langevin dynamics (NCSNv2 Alg. 1) from x [B, ...] over decreasing `sigmas` [L],
     score_fn(x, sigma [B]): x + alpha_i s + sqrt(2 alpha_i) z, alpha_i = step_lr sigma_i^2 / sigma_L^2.
 
     The chain has L * steps_per_level steps (plus one if `denoise_final`); frames index it.
     `data_rms` is the data's root mean square (1 for standardised data), used only for the
-    per-level health figures in the result.
+    per-level health figures in the result. `known`: entries given in advance
+    (`samplers.known`), in model units, re-noised to each step's level.
     """
     sigmas = _checks.noise_levels(sigmas)
     if np.any(np.diff(sigmas) > 0):
@@ -189,7 +192,21 @@ def annealed_langevin_dynamics(
     total = num_langevin + (1 if denoise_final else 0)
     level_ends = {(i + 1) * steps_per_level: float(sigma) for i, sigma in enumerate(sigmas)}
     health, watch = level_health_watch(level_ends, data_rms)
+    # Position p (after p steps) at the level of step p - 1; after the denoising step, x_0.
+    at = np.append(sigmas[0], level_sigma)
+    at = np.append(at, 0.0) if denoise_final else at
+    marginals = (np.ones(total + 1), at)
     result = run_chain(
-        step, x, total, chain_seed, frames, progress, strategy, watch=watch, watch_at=level_ends
+        step,
+        x,
+        total,
+        chain_seed,
+        frames,
+        progress,
+        strategy,
+        watch=watch,
+        watch_at=level_ends,
+        known=known,
+        marginals=marginals,
     )
     return dataclasses.replace(result, health=tuple(health))

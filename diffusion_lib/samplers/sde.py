@@ -54,6 +54,7 @@ from diffusion_lib.samplers.base import (
     run_chain,
     split_seed,
 )
+from diffusion_lib.samplers.known import Known, paste
 from diffusion_lib.sde import SDE, VESDE, SubVPSDE, data_prediction, discrete_times
 
 ScoreFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -76,6 +77,8 @@ class PredictorTables:
     # The Langevin corrector's r at each step (1 - beta on VP chains, 1 on VE).
     corrector_ratio: np.ndarray
     final_time: float  # where `denoise` applies Tweedie's formula
+    # (alpha, std) of the marginal at each of the K + 1 positions the chain visits.
+    marginals: tuple[np.ndarray, np.ndarray]
 
 
 def _eps(sde: SDE, eps: float) -> float:
@@ -95,7 +98,8 @@ def euler_maruyama_tables(sde: SDE, num_steps: int, eps: float = 0.0) -> Predict
         ratio = np.ones_like(now)
     else:
         ratio = 1.0 - (sde.beta_min + now * (sde.beta_max - sde.beta_min)) / sde.N
-    return PredictorTables(now, 1.0 - d * dt, g2 * dt, spread, ratio, float(grid[-1]))
+    alpha, std = (v.numpy() for v in sde.marginal(grid))
+    return PredictorTables(now, 1.0 - d * dt, g2 * dt, spread, ratio, float(grid[-1]), (alpha, std))
 
 
 def chain_levels(sde: SDE, num_steps: int) -> np.ndarray:
@@ -130,6 +134,7 @@ def discrete_tables(sde: SDE, num_steps: int, kind: str) -> PredictorTables:
         else:
             spread = np.sqrt(jump)
         ratio = np.ones_like(jump)
+        marginals = (np.ones(len(levels) + 1), np.sqrt(np.append(var_now, 0.0)))
     else:
         abar = np.cumprod(1.0 - chain["betas"])
         abar_now = abar[levels]
@@ -143,9 +148,12 @@ def discrete_tables(sde: SDE, num_steps: int, kind: str) -> PredictorTables:
             drift = beta
         spread = np.sqrt(beta)
         ratio = 1.0 - beta
+        at = np.append(abar_now, 1.0)
+        marginals = (np.sqrt(at), np.sqrt(1.0 - at))
     spread = spread.copy()
     spread[-1] = 0.0
-    return PredictorTables(times, scale, drift, spread, ratio, float(times[-1]))
+    # The last step goes to the data: its position's marginal is x_0 itself.
+    return PredictorTables(times, scale, drift, spread, ratio, float(times[-1]), marginals)
 
 
 def _score_at(score_fn: ScoreFn, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
@@ -249,15 +257,24 @@ def _run_predictor(
     corrector_steps: int,
     snr: float,
     denoise_last: bool,
+    known: Known | None = None,
 ) -> SampleResult:
     x, chain_seed = _start(sde, x, shape, seed, dtype)
     step = pc_step(score_fn, tables, corrector_steps, snr)
-    result = run_chain(step, x, len(tables.times), chain_seed, frames, progress, strategy)
+    result = run_chain(
+        step, x, len(tables.times), chain_seed, frames, progress, strategy,
+        known=known, marginals=tables.marginals,
+    )  # fmt: skip
     # Network calls per sample: the predictor's one a step and the corrector's, and Tweedie's.
     calls = len(tables.times) * (1 + corrector_steps)
     if not denoise_last:
         return dataclasses.replace(result, evaluations=calls)
     result = denoise_result(result, score_fn, sde, tables.final_time, strategy, len(tables.times))
+    if known is not None:  # Tweedie's formula moved the known entries too
+        result = dataclasses.replace(result, samples=paste(result.samples, known))
+        if result.frames is not None and result.frame_steps[-1] == len(tables.times):
+            frames = tf.concat([result.frames[:-1], result.samples[None]], axis=0)
+            result = dataclasses.replace(result, frames=frames)
     return dataclasses.replace(result, evaluations=calls + 1)
 
 
@@ -293,12 +310,13 @@ def _predictor_sampler(tables_of: Callable[..., PredictorTables], doc: str):
         progress: Progress | None = None,
         strategy: tf.distribute.Strategy | None = None,
         dtype: tf.DType = tf.float32,
+        known: Known | None = None,
         **grid,
     ) -> SampleResult:
         return _run_predictor(
             tables_of(sde, **grid), score_fn, sde, shape, x=x, seed=seed, frames=frames,
             progress=progress, strategy=strategy, dtype=dtype, corrector_steps=corrector_steps,
-            snr=snr, denoise_last=denoise,
+            snr=snr, denoise_last=denoise, known=known,
         )  # fmt: skip
 
     sample.__doc__ = doc

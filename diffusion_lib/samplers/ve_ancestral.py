@@ -38,6 +38,7 @@ from diffusion_lib.samplers.base import (
     score_table_step,
     split_seed,
 )
+from diffusion_lib.samplers.known import Known
 
 
 def ve_ancestral_coefficients(sigmas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +65,11 @@ def ve_ancestral_sample(
     frames: Frames = None,
     progress: Progress | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    known: Known | None = None,
 ) -> SampleResult:
     """Ancestral sampling from x [B, ...] ~ N(0, sigma_1^2 I) over decreasing `sigmas` [L]: L
-    steps, the last to the posterior mean at sigma_L. `data_rms` scales the health figures only."""
+    steps, the last to the posterior mean at sigma_L. `data_rms` scales the health figures only;
+    `known`: entries given in advance (`samplers.known`), in model units."""
     drift, spread = ve_ancestral_coefficients(sigmas)
     sigmas = np.asarray(sigmas, np.float64)
     data_rms = _checks.positive_number(data_rms, "data_rms")
@@ -77,7 +80,19 @@ def ve_ancestral_sample(
     # Health after step i (i < L): the chain should carry noise sigma_{i+1} on top of the data.
     carries = {i + 1: float(sigma) for i, sigma in enumerate(sigmas[1:])}
     health, watch = level_health_watch(carries, data_rms)
+    # Position p at sigma_p; the last one, after Tweedie's formula, is x_0.
+    marginals = (np.ones(sigmas.size + 1), np.append(sigmas, 0.0))
     result = run_chain(
-        step, x, sigmas.size, chain_seed, frames, progress, strategy, watch=watch, watch_at=carries
+        step,
+        x,
+        sigmas.size,
+        chain_seed,
+        frames,
+        progress,
+        strategy,
+        watch=watch,
+        watch_at=carries,
+        known=known,
+        marginals=marginals,
     )
     return dataclasses.replace(result, health=tuple(health))
