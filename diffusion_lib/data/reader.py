@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from diffusion_lib.data.errors import DataError
 from diffusion_lib.data.manifest import Manifest, read_manifest
-from diffusion_lib.data.shards import decode_values, file_sha256
+from diffusion_lib.data.shards import decode_extra, decode_values, file_sha256
 from diffusion_lib.data.sources.base import Examples
 from diffusion_lib.normalizer import Normalizer
 
@@ -237,6 +237,19 @@ class ShardedDataset:
         if not values:
             return self.read(0, 0)
         return Examples(np.concatenate(values), np.concatenate(labels) if self.has_labels else None)
+
+    def read_extra(self, names) -> dict[str, np.ndarray]:
+        """The extra columns `names` of every row, in index order (see `Examples.extra`)."""
+        out: dict[str, list] = {name: [] for name in names}
+        for group in self._groups:
+            path = self.directory / self.manifest.shards[group.shard].file
+            try:
+                table = self._file(group.shard).read_row_group(group.group, columns=list(names))
+            except Exception as err:
+                raise DataError(f"{path}: columns {list(names)} unreadable ({err})") from None
+            for name in names:
+                out[name].append(decode_extra(table, name, self.example_shape))
+        return {name: np.concatenate(parts) for name, parts in out.items()}
 
     # ---------------------------------------------------------------- stream
 

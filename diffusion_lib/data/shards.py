@@ -138,6 +138,28 @@ def _value_array(kind: str, values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
+def _extra_array(array: np.ndarray) -> pa.Array:
+    """An extra column: uint8 examples as image bytes, float examples as point lists, one
+    integer or string a row as such."""
+    if array.ndim > 1:
+        kind = "image" if array.dtype == np.uint8 else "points"
+        return _value_array(kind, array.reshape(len(array), -1) if kind == "points" else array)
+    if array.dtype.kind in "iu":
+        return pa.array(array, type=pa.int64())
+    return pa.array([str(v) for v in array], type=pa.string())
+
+
+def decode_extra(table: pa.Table, name: str, example_shape: tuple[int, ...]) -> np.ndarray:
+    """An extra column back as written: [n, *example_shape] for examples, [n] otherwise."""
+    column = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_binary(column.type):
+        return decode_values(pa.table({"image": column}), "image", example_shape)
+    if pa.types.is_fixed_size_list(column.type):
+        flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        return flat.reshape(len(column), *example_shape)
+    return column.to_numpy(zero_copy_only=False)
+
+
 def write_shard(
     path: pathlib.Path, examples: Examples, header: ShardHeader, row_group_size: int
 ) -> None:
@@ -151,6 +173,10 @@ def write_shard(
         columns["label"] = pa.array(examples.labels, type=pa.int64())
         small.append("label")
     columns[VALUE_COLUMNS[header.kind]] = _value_array(header.kind, examples.values)
+    for name, array in examples.extra.items():
+        if name in columns or len(array) != n:
+            raise DataError(f"{path.name}: extra column {name!r} clashes or has the wrong length")
+        columns[name] = _extra_array(np.asarray(array))
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: header.to_json()})
     with atomic_path(path) as tmp:
         pq.write_table(

@@ -23,10 +23,14 @@ Kind = Literal["image", "points"]
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-    """values: uint8 [n, H, W, C] (images) or float32 [n, d] (points); labels: int64 [n] or None."""
+    """values: uint8 [n, H, W, C] (images) or float32 [n, d] (points); labels: int64 [n] or None.
+    extra: more columns of the rows, stored beside them in a shard (name -> [n, ...]: uint8
+    arrays as images are, float32 as points are, integers [n], strings [n]); readers of the
+    examples ignore them, `ShardedDataset.read_extra` reads them."""
 
     values: np.ndarray
     labels: np.ndarray | None
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 class Source(Protocol):
