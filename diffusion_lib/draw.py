@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 
@@ -44,7 +45,7 @@ import tensorflow as tf
 
 from diffusion_lib._checks import seed_tensor
 from diffusion_lib.render import gif_frame_steps
-from diffusion_lib.samplers import Frames, LevelHealth, SamplerSpec
+from diffusion_lib.samplers import SAMPLERS, Frames, Known, LevelHealth, SamplerSpec
 from diffusion_lib.samplers.base import Progress
 from diffusion_lib.sde import clip_data_prediction
 
@@ -80,6 +81,60 @@ class Drawn:
     frames: np.ndarray | None = None
     health: tuple[LevelHealth, ...] = ()
     evaluations: int = 0  # network calls per sample, where the sampler reports them
+
+
+@dataclasses.dataclass(frozen=True)
+class Given:
+    """What is known of each of n samples, in data units (uint8 images, points in the data's
+    coordinates): `values` [n, ...] where `mask` ([n, ...] or one example's [...], True given)
+    holds. A class-conditional run is drawn with its unconditional model, or with `label` for
+    every row. `jump_length` and `resamplings` are RePaint's (`samplers.known`; resamplings 1:
+    the replacement method alone)."""
+
+    values: np.ndarray
+    mask: np.ndarray
+    label: int | None = None
+    jump_length: int = 10
+    resamplings: int = 1
+    # Reconstruction guidance (a DPS-like pull of the network's estimate of x_0 towards the
+    # given entries, `reconstruction_guided`): its weight, 0 for none. Diffusion runs only.
+    reconstruction: float = 0.0
+
+
+def reconstruction_guided(model, diffusion, values: tf.Tensor, mask: tf.Tensor, weight: float):
+    """model(x_t, t) of a noise-predicting DDPM whose prediction is corrected towards agreeing
+    with the given entries (Chung et al. 2023, DPS; Ho et al. 2022's reconstruction guidance):
+    the score gains -weight * grad_x ||mask (values - x0_hat(x_t))||, the gradient of the
+    distance between the given entries and the network's estimate of x_0, so
+
+        eps' = eps + weight sqrt(1 - abar_t) grad_x ||mask (values - x0_hat)||
+
+    One backward pass through the network a call. `values`, `mask` are the chain's batch."""
+    if diffusion.model_mean_type.value != "eps":
+        raise SamplerMismatch("reconstruction guidance needs a network that predicts the noise")
+    channels = int(values.shape[-1])
+
+    def guided(x, t, **kw):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            output = model(x, t, **kw)
+            eps = tf.cast(output[..., :channels], x.dtype)
+            pred_x0 = diffusion.predict_x0_from_eps(x, t, eps)
+            residual = tf.cast(mask, x.dtype) * (tf.cast(values, x.dtype) - pred_x0)
+            axes = list(range(1, len(x.shape)))
+            distance = tf.sqrt(tf.reduce_sum(tf.square(residual), axis=axes) + 1e-12)
+            total = tf.reduce_sum(distance)
+        pull = tape.gradient(total, x)
+        scale = tf.sqrt(1.0 - diffusion._extract("alphas_cumprod", t, x))
+        corrected = eps + weight * scale * tf.stop_gradient(pull)
+        return tf.concat([tf.cast(corrected, output.dtype), output[..., channels:]], -1)
+
+    return guided
+
+
+def fills_in(spec: SamplerSpec) -> bool:
+    """Whether the sampler can draw with given entries (it takes `known`)."""
+    return "known" in inspect.signature(spec.info.fn).parameters
 
 
 def check_compatible(spec: SamplerSpec, objective) -> None:
@@ -129,9 +184,11 @@ def class_guided(
     *,
     interval: tuple[float, float] = (0.0, float("inf")),
     noise_level: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    label: int | None = None,
 ):
     """model(x, cond, **kw) of a class-conditional network as an unconditional-looking one: row r
-    gets label r mod `num_classes`; with `guidance` w > 0 the output's first `channels` channels
+    gets label r mod `num_classes` (every row `label` if given; `num_classes`, the null label,
+    is the unconditional model); with `guidance` w > 0 the output's first `channels` channels
     (the prediction; a learned variance stays conditional) are (1 + w) c - w u, c and u the
     conditional and the null-label outputs, computed in one call of twice the batch.
 
@@ -144,9 +201,12 @@ def class_guided(
     if w and bounded and noise_level is None:
         raise ValueError("guidance limited to an interval of noise levels needs noise_level")
 
+    if label is not None and not 0 <= int(label) <= num_classes:
+        raise ValueError(f"label must be in [0, {num_classes}], got {label!r}")
+
     def guided(x, cond, **kw):
         n = tf.shape(x)[0]
-        labels = tf.range(n) % num_classes
+        labels = tf.range(n) % num_classes if label is None else tf.fill([n], int(label))
 
         def conditional():
             return model(x, cond, labels=labels, **kw)
@@ -182,12 +242,14 @@ def draw(
     strategy: tf.distribute.Strategy | None = None,
     data_rms: float = 1.0,
     progress: Progress | None = None,
+    given: Given | None = None,
 ) -> Drawn:
     """n samples of `restored` (a `run.Restored`) by `spec`, from `seed` (int or [2]).
 
     `frames` as the samplers take them (a count, chain steps, or a function of the chain's
     length); `data_rms` (the data's RMS in model units) only scales the health figures;
-    `progress(i, num_steps)` is called after each step of the chain."""
+    `progress(i, num_steps)` is called after each step of the chain. With `given` entries the
+    sampler fills in the rest (inpainting, imputation) and the given ones come back as given."""
     objective = restored.objective
     check_compatible(spec, objective)
     seed = seed_tensor(seed)
@@ -196,6 +258,17 @@ def draw(
     shape = (padded, *restored.example_shape)
     model, info = restored.model, spec.info
     num_classes = restored.config.network.num_classes
+    label = None
+    if given is not None:
+        known = _known(restored, spec, given, n, padded)
+        if given.reconstruction and info.family != "diffusion":
+            raise SamplerMismatch("reconstruction guidance is for DDPM runs' samplers")
+        # Unconditional unless a label is given: the null label, num_classes.
+        label = num_classes if given.label is None else given.label
+        if num_classes and given.label is None and spec.guidance:
+            raise SamplerMismatch("guidance needs a label to guide towards (given.label)")
+        if given.label is not None and not num_classes:
+            raise SamplerMismatch(f"label={given.label} needs a class-conditional run")
     if num_classes:
         model = class_guided(
             model,
@@ -204,6 +277,7 @@ def draw(
             restored.example_shape[-1],
             interval=spec.guidance_interval,
             noise_level=objective.noise_level,
+            label=label,
         )
     common = {
         "seed": seed,
@@ -211,9 +285,16 @@ def draw(
         "strategy": strategy,
         "progress": progress,
         **spec.kwargs(),
+        **({"known": known} if given is not None else {}),
     }
     if info.family == "diffusion":
         clip = (-1.0, 1.0) if restored.normalizer.is_image else None
+        if given is not None and given.reconstruction:
+            if replicas > 1:
+                raise SamplerMismatch("reconstruction guidance runs on one device")
+            model = reconstruction_guided(
+                model, objective.diffusion, known.values, known.mask, given.reconstruction
+            )
         out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
     elif info.family == "sde":
         sde, score_fn = objective.sde_view(model)
@@ -234,7 +315,38 @@ def draw(
         chain = None if out.frames is None else to_data(out.frames.numpy()[:, :n])
     except ValueError as err:
         raise ValueError(f"checkpoint ckpt-{restored.step}: {err}") from None
+    if given is not None:  # bit for bit, whatever the units' round trip does
+        samples = np.where(given.mask, given.values, samples)
+        if chain is not None:
+            chain[-1] = np.where(given.mask, given.values, chain[-1])
     return Drawn(samples, chain, tuple(out.health), out.evaluations)
+
+
+def _known(restored, spec: SamplerSpec, given: Given, n: int, padded: int) -> Known:
+    """`given` in model units, padded to the chain's batch, for the sampler."""
+    if not fills_in(spec):
+        able = sorted(name for name in SAMPLERS if fills_in(SamplerSpec.of(name)))
+        raise SamplerMismatch(
+            f"sampler {spec.name!r} cannot fill in given entries; these can: {', '.join(able)}"
+        )
+    shape = (n, *restored.example_shape)
+    values, mask = np.asarray(given.values), np.asarray(given.mask, bool)
+    if values.shape != shape:
+        raise ValueError(f"given values are of shape {values.shape}; the samples are {shape}")
+    try:
+        mask = np.broadcast_to(mask, shape)
+    except ValueError:
+        raise ValueError(f"given mask of shape {mask.shape} does not fit samples {shape}") from None
+    model_values = restored.normalizer.to_model(values, np.float32)
+    extra = padded - n  # rows that only fill the replicas' shares, dropped afterwards
+    model_values = np.concatenate([model_values, np.repeat(model_values[-1:], extra, 0)])
+    mask = np.concatenate([mask, np.repeat(mask[-1:], extra, 0)]).astype(np.float32)
+    return Known(
+        tf.constant(model_values),
+        tf.constant(mask),
+        jump_length=given.jump_length,
+        resamplings=given.resamplings,
+    )
 
 
 def draw_chunk(
