@@ -29,6 +29,10 @@ Guidance = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 # The noise levels (sigma, counted as a VE process counts it) that guidance is limited to.
 Sigma = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 RunName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# A weight >= 0 (reconstruction guidance's).
+Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+# Mask specs of diffusion_lib.masks, comma-separated: "top-known,centre-missing".
+Masks = Annotated[str, Field(min_length=1, pattern=r"^[^,]+(,[^,]+)*$")]
 
 
 # What each flow parameter means, once for every flow that takes it.
@@ -66,6 +70,23 @@ MEANINGS = {
         "is at least this"
     ),
     "guidance_sigma_max": "guide only where the noise level sigma is at most this",
+    "masks": (
+        "what is given of each held-out example, comma-separated: top-known, bottom-known, "
+        "left-known, right-known, centre-missing, random-missing:P, png:PATH (white given), "
+        "coordinate-known:I for points (default: top-known, or coordinate-known:0)"
+    ),
+    "images": "held-out examples to fill in (the first of the run's test set)",
+    "completions": "completions of each example under each mask",
+    "resamplings": (
+        "RePaint's walks down each block of jump_length steps (1: the replacement method "
+        "alone; each more costs as many network calls again)"
+    ),
+    "jump_length": "RePaint's block: steps walked down before noising back up",
+    "reconstruction": (
+        "DDPM runs: the weight of reconstruction guidance, which pulls the network's estimate "
+        "of the clean example towards the given entries at every step (0: none; one backward "
+        "pass through the network a step)"
+    ),
 }
 
 FlowFunction = TypeVar("FlowFunction", bound=Callable)

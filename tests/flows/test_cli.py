@@ -7,13 +7,21 @@ import pytest
 
 from flows.cli import parser_for
 from flows.evaluate import evaluate_flow
+from flows.inpaint import inpaint_flow
 from flows.params import MEANINGS, described
 from flows.prepare_dataset import prepare_dataset_flow
 from flows.sample import sample_flow
 from flows.train import train_flow
 from flows.train_and_sample import train_and_sample
 
-FLOWS = [train_and_sample, prepare_dataset_flow, train_flow, evaluate_flow, sample_flow]
+FLOWS = [
+    train_and_sample,
+    prepare_dataset_flow,
+    train_flow,
+    evaluate_flow,
+    sample_flow,
+    inpaint_flow,
+]
 
 
 @pytest.mark.parametrize("flow_obj", FLOWS, ids=lambda f: f.name)
