@@ -12,7 +12,7 @@ the conditional's.
 
 RUN_DIR: `python -m flows.inpaint` as a user runs it (a fresh process, on a copy of the run so
 nothing of it changes), once per method: the replacement method, RePaint with 3 resamplings,
-reconstruction guidance. A row per method and baseline: the classifier's accuracy on the
+reconstruction guidance, and the last two together. A row per method and baseline: the classifier's accuracy on the
 completions against the true digit, the error on the hidden part, FID against held-out digits,
 diversity among the completions, and the stage's wall time.
 """
@@ -40,6 +40,7 @@ METHODS = {
     "replacement": [],
     "RePaint, 3 resamplings": ["--resamplings", "3"],
     "reconstruction guidance, weight 30": ["--reconstruction", "30"],
+    "reconstruction guidance 30, 2 resamplings": ["--reconstruction", "30", "--resamplings", "2"],
 }
 
 
