@@ -77,8 +77,9 @@ class PredictorTables:
     # The Langevin corrector's r at each step (1 - beta on VP chains, 1 on VE).
     corrector_ratio: np.ndarray
     final_time: float  # where `denoise` applies Tweedie's formula
-    # (alpha, std) of the marginal at each of the K + 1 positions the chain visits.
-    marginals: tuple[np.ndarray, np.ndarray]
+    # (alpha, std) of the marginal at each of the K + 1 positions the chain visits (None: the
+    # chain cannot take known entries).
+    marginals: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _eps(sde: SDE, eps: float) -> float:
