@@ -20,6 +20,7 @@ from diffusion_lib.samplers.base import (
 )
 from diffusion_lib.samplers.ddim import ddim_sample, ddim_timesteps
 from diffusion_lib.samplers.ddpm import ddpm_sample
+from diffusion_lib.samplers.edm import euler_edm_sample, heun_sample
 from diffusion_lib.samplers.known import Known, resampling_schedule
 from diffusion_lib.samplers.langevin import (
     annealed_langevin_dynamics,
@@ -50,8 +51,10 @@ __all__ = [
     "ddim_timesteps",
     "ddpm_sample",
     "dpm_solver_pp_sample",
+    "euler_edm_sample",
     "euler_maruyama_sample",
     "get_sampler",
+    "heun_sample",
     "langevin_dynamics",
     "pf_ode_sample",
     "register_sampler",

@@ -81,7 +81,7 @@ def test_sample_set_refusals(toy_ddpm_run, tmp_path):
     with pytest.raises(DataError, match="n must be a positive integer"):
         generate_samples(toy_ddpm_run, tmp_path / "t", n=0)
     with pytest.raises(ValueError, match="sampler must be one of"):
-        SamplerSpec.of("euler")
+        SamplerSpec.of("leapfrog")
     with pytest.raises(DataError, match=r"num_steps must be in \[1, 100\]"):
         generate_samples(toy_ddpm_run, tmp_path / "t", n=10, sampler=ddim.replace(num_steps=500))
     langevin = SamplerSpec.of("annealed_langevin")

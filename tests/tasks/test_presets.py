@@ -61,6 +61,8 @@ def test_flow_choices_come_from_the_registries():
         "sde_ancestral",
         "pf_ode",
         "dpm_solver_pp",
+        "heun",
+        "euler",
     }
     assert {k: set(v) for k, v in SAMPLERS_OF.items()} == {
         "ddpm": {"ddpm", "ddim"} | sde,

@@ -29,7 +29,7 @@ def test_registry():
     assert {"ddpm", "ddim", "langevin", "annealed_langevin", "ve_ancestral"} <= set(SAMPLERS)
     assert get_sampler("ddim").family == "diffusion" and get_sampler("langevin").family == "score"
     with pytest.raises(ValueError, match="sampler must be one of"):
-        get_sampler("euler")
+        get_sampler("leapfrog")
 
 
 def test_bad_inputs(diffusion):

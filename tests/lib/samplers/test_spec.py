@@ -52,7 +52,7 @@ def test_guidance_interval_is_kept_only_when_it_limits_guidance():
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
-        ("euler", {}, "sampler must be one of"),
+        ("leapfrog", {}, "sampler must be one of"),
         ("ddim", {"steps": 10}, "has no setting steps; its settings: \\['eta', 'num_steps'\\]"),
         ("ddpm", {"eta": 1.0}, "has no setting eta; its settings: none"),
         ("ddim", {"eta": 1.5}, "eta must be at most 1.0"),
