@@ -7,8 +7,6 @@ sample stage: finished shards are kept, a finished report is read back."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
@@ -22,7 +20,7 @@ from tasks.inpaint import (
     score_completions,
 )
 from tasks.presets import resolve
-from tasks.progress import Eta, show_progress
+from tasks.progress import follow_shards
 
 
 @flow(name="inpaint", log_prints=True)
@@ -68,22 +66,11 @@ def inpaint_flow(
             jump_length=jump_length,
             reconstruction=reconstruction,
         )
-        progress = create_progress_artifact(
-            0.0, key="inpaint-progress", description=f"completion shards: 0/{count}"
-        )
-        remaining = Eta(count)
-        remaining.update(0)
-        show_progress("inpaint", 0, count, "completion shards")
         futures = completion_shards.map(unmapped(set_spec), unmapped(directory), range(count))
-        for done, _ in enumerate(as_completed(futures), start=1):
-            eta = remaining.update(done)
-            show_progress("inpaint", done, count, "completion shards")
-            update_progress_artifact(
-                progress,
-                100.0 * done / count,
-                description=f"completion shards: {done}/{count}, {eta}",
-            )
-        finalize_completions(set_spec, directory, futures.result())
+        files = follow_shards(
+            futures, count, stage="inpaint", key="inpaint-progress", what="completion shards"
+        )
+        finalize_completions(set_spec, directory, files)
         report = score_completions(str(run.path), directory, str(out / "metrics.json"))
         rendered = render_completion_report(str(run.path), directory, str(out / "render"), report)
         return {"completions": directory, "metrics": str(out / "metrics.json"), **rendered}

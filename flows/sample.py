@@ -5,15 +5,13 @@ finished shards."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma, described
 from tasks.presets import resolve
-from tasks.progress import Eta, show_progress
+from tasks.progress import follow_shards
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
 
@@ -47,20 +45,11 @@ def sample_flow(
     with writing(run.path):
         run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
         spec, count = plan_samples(run_dir, part, step, samples_dir)
-        progress = create_progress_artifact(
-            0.0, key="sample-progress", description=f"sample shards: 0/{count}"
-        )
-        remaining = Eta(count)
-        remaining.update(0)
-        show_progress("sample", 0, count, "sample shards")
         futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
-        for done, _ in enumerate(as_completed(futures), start=1):
-            eta = remaining.update(done)
-            show_progress("sample", done, count, "sample shards")
-            update_progress_artifact(
-                progress, 100.0 * done / count, description=f"sample shards: {done}/{count}, {eta}"
-            )
-        finalize_samples(spec, samples_dir, futures.result())
+        files = follow_shards(
+            futures, count, stage="sample", key="sample-progress", what="sample shards"
+        )
+        finalize_samples(spec, samples_dir, files)
         rendered = render_outputs(run_dir, samples_dir, str(run.render_dir), part.sampler, step)
         return {"samples": samples_dir, **rendered}
 

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import MissingContextError
+from prefect.futures import as_completed
 
 # (stage, completed, total, description): the console's progress display, when the command line
 # opened one (flows.console.progress_bars); tasks report to it whether or not anyone listens.
@@ -80,3 +82,20 @@ class Eta:
             return "ETA -"
         rate = (done - first) / (now - start)
         return f"ETA {duration_text((self.total - done) / rate)}"
+
+
+def follow_shards(futures, count: int, *, stage: str, key: str, what: str) -> list:
+    """Waits for `count` mapped shard tasks, keeping the progress artifact `key` ("what:
+    done/count, ETA") and the console's bar of `stage` current as each finishes; returns their
+    results in order."""
+    progress = create_progress_artifact(0.0, key=key, description=f"{what}: 0/{count}")
+    remaining = Eta(count)
+    remaining.update(0)
+    show_progress(stage, 0, count, what)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        eta = remaining.update(done)
+        show_progress(stage, done, count, what)
+        update_progress_artifact(
+            progress, 100.0 * done / count, description=f"{what}: {done}/{count}, {eta}"
+        )
+    return futures.result()
