@@ -123,11 +123,14 @@ class DiffusionCompletions:
         """Boolean masks [n, *example_shape]; a random mask is drawn from the example's index,
         so every completion of an example, and every re-run, sees the same one."""
         return np.stack(
-            [
-                mask_of(self.masks[m], self.example_shape, seed=int(i))
-                for m, i in zip(mask_index, example, strict=True)
-            ]
+            [self._mask(int(m), int(i)) for m, i in zip(mask_index, example, strict=True)]
         )
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one source per set; a PNG read once
+    def _mask(self, mask_index: int, example: int) -> np.ndarray:
+        mask = mask_of(self.masks[mask_index], self.example_shape, seed=example)
+        mask.setflags(write=False)
+        return mask
 
     def draw_rows(self, chunk: int, *, frames=None):
         """(Drawn, originals, masks, labels) of chunk `chunk`."""

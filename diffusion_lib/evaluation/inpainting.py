@@ -100,6 +100,7 @@ def completion_metrics(
             ClassifierSpec(epochs=classifier_epochs),
         )
     test_values = test_set.read().values
+    references: dict[int, dict] = {}  # by n: every mask of a set has the same
     report: dict = {"masks": {}, "n": len(rows.values), "kind": completions.kind}
     for name in dict.fromkeys(extra["mask_name"]):
         chosen = extra["mask_name"] == name
@@ -116,7 +117,11 @@ def completion_metrics(
         index = np.cumsum(first) - 1
         filled["nearest neighbour"] = nearest[index]
         groups = extra["source_index"][chosen]
-        reference = _reference(extractor, train, test_values, len(originals), is_image)
+        if len(originals) not in references:
+            references[len(originals)] = _reference(
+                extractor, train, test_values, len(originals), is_image
+            )
+        reference = references[len(originals)]
         methods = {}
         for method, values in filled.items():
             entry = {"hidden_mse": _hidden_mse(values, originals, masks, scale)}
