@@ -56,10 +56,11 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "ncsn-default": ("mnist-cpu", "ncsn", "the preset as it is", {}),
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
+    "edm-default": ("mnist-cpu", "edm", "the preset as it is", {}),
     **{
         f"{preset}-{model}": (preset, model, "the preset as it is", {})
         for preset in ("tiny", "swiss-roll")
-        for model in ("ddpm", "ncsn", "sde-vp", "sde-ve")
+        for model in ("ddpm", "ncsn", "sde-vp", "sde-ve", "edm")
     },
     "tiny-before": (
         "tiny",

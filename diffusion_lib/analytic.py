@@ -165,6 +165,14 @@ class GaussianData:
 
         return score
 
+    def denoiser(self, x, sigma) -> tf.Tensor:
+        """E[y | y + sigma z = x] = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) at x [B, d], sigma
+        [B]: the ideal denoiser (EDM's D) of the data under noise N(0, sigma^2 I)."""
+        x = _checks.as_float_tensor(x, "x")
+        sigma = tf.cast(sigma, tf.float64)
+        score = tf.cast(self._score(x, tf.ones_like(sigma), sigma), x.dtype)
+        return x + tf.square(tf.cast(sigma, x.dtype))[:, None] * score
+
     def eps_fn(self, diffusion):
         """model(x_t, t) = E[eps | x_t] under a DDPM's `diffusion`, t integer [B]: the exact
         model its noise-predicting network learns (-sqrt(1 - abar_t) times the score)."""

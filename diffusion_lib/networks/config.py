@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import keras
 
+from diffusion_lib.networks.layers import CONDITIONINGS
+
 FAMILIES: dict[str, Callable[[NetworkConfig], keras.Model]] = {}
 OUTPUT_SCALINGS = ("none", "inverse_sigma")
 INPUT_SCALINGS = ("none", "unit_variance")
@@ -58,8 +60,8 @@ def compute_precision(precision: str) -> str:
 class NetworkConfig:
     """Everything that decides a network's architecture (and so its checkpoint's layout).
 
-    data_shape: (d,) for points, (H, W, C) for images. conditioning: "timestep" (DDPM) or
-    "log_sigma" (score models). output_scaling: "inverse_sigma" divides the output by sigma
+    data_shape: (d,) for points, (H, W, C) for images. conditioning: "timestep" (DDPM),
+    "log_sigma" (score models) or "c_noise" (EDM; `layers.CONDITIONINGS`). output_scaling: "inverse_sigma" divides the output by sigma
     (NCSNv2). input_scaling: "unit_variance" feeds a score model x / sqrt(1 + sigma^2), which
     has unit variance at every noise level for standardised data (EDM's c_in; the
     variance-preserving input of a DDPM network), instead of x, whose scale grows with sigma
@@ -105,8 +107,8 @@ class NetworkConfig:
 
         if self.family not in FAMILIES:
             fail(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
-        if self.conditioning not in ("timestep", "log_sigma"):
-            fail(f"conditioning must be 'timestep' or 'log_sigma', got {self.conditioning!r}")
+        if self.conditioning not in CONDITIONINGS:
+            fail(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.output_scaling not in OUTPUT_SCALINGS:
             fail(f"output_scaling must be one of {OUTPUT_SCALINGS}, got {self.output_scaling!r}")
         if self.output_scaling == "inverse_sigma" and self.conditioning != "log_sigma":

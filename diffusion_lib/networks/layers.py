@@ -13,7 +13,10 @@ import math
 import keras
 import tensorflow as tf
 
-CONDITIONINGS = ("timestep", "log_sigma")
+# What a network's condition is and which scalar of it is embedded: "timestep" a DDPM timestep
+# (itself), "log_sigma" a noise level sigma (LOG_SIGMA_SCALE * ln sigma), "c_noise" a noise level
+# sigma (EDM's c_noise = ln(sigma) / 4, Karras et al. 2022, table 1).
+CONDITIONINGS = ("timestep", "log_sigma", "c_noise")
 # log sigma spans about [-7, 5] for sigma in [1e-3, 100]; scaled by this it covers the same
 # frequency range of the sinusoidal embedding as timesteps in [0, 1000] do.
 LOG_SIGMA_SCALE = 100.0
@@ -31,9 +34,12 @@ def sinusoidal_embedding(values: tf.Tensor, dim: int, max_period: float = 10_000
 
 
 def conditioning_values(cond: tf.Tensor, mode: str) -> tf.Tensor:
-    """The scalar per example that gets embedded: the timestep, or LOG_SIGMA_SCALE * log sigma."""
+    """The scalar per example that gets embedded (CONDITIONINGS): the timestep, LOG_SIGMA_SCALE *
+    ln sigma, or ln(sigma) / 4."""
     if mode == "timestep":
         return tf.cast(cond, tf.float32)
+    if mode == "c_noise":
+        return 0.25 * tf.math.log(tf.cast(cond, tf.float32))
     return LOG_SIGMA_SCALE * tf.math.log(tf.cast(cond, tf.float32))
 
 

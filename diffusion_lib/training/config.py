@@ -1,7 +1,7 @@
 """The training configuration: a small tree of typed, frozen sections, with named presets.
 
     TrainConfig
-      objective   the model family: "ddpm", "ncsn", "dsm", "ssm" or "sde" (FAMILIES)
+      objective   the model family: "ddpm", "ncsn", "dsm", "ssm", "sde" or "edm" (FAMILIES)
       data        DataConfig        the prepared dataset and its augmentation
       network     NetworkSection    the network preset, its overrides, class conditioning
       optim       OptimConfig       optimiser, learning-rate schedule, EMA, batch
@@ -468,6 +468,30 @@ class SdeConfig(FamilyConfig):
             self.fail("sde_eps", f"must be in (0, 0.5), got {self.sde_eps}")
 
 
+@register_family("edm")
+@dataclasses.dataclass(frozen=True)
+class EdmConfig(FamilyConfig):
+    """EDM (Karras et al. 2022; `diffusion_lib.edm`): the network preconditioned for data of
+    standard deviation sigma_data, trained at ln sigma ~ N(noise_log_mean, noise_log_std^2)
+    with the loss weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2; sampled between
+    sigma_max and sigma_min (the range its score-SDE view, a VE SDE, spans)."""
+
+    CONDITIONAL: ClassVar[bool] = True
+    POSITIVE: ClassVar[tuple[str, ...]] = ("sigma_data", "noise_log_std", "sigma_min", "sigma_max")
+
+    sigma_data: float = 0.5
+    noise_log_mean: float = -1.2
+    noise_log_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def check(self) -> None:
+        if self.sigma_min >= self.sigma_max:
+            self.fail(
+                "sigma_min", f"must be below sigma_max ({self.sigma_min} >= {self.sigma_max})"
+            )
+
+
 _COMMON: dict[str, type[Section]] = {
     "data": DataConfig,
     "network": NetworkSection,
@@ -669,6 +693,8 @@ def _presets() -> dict[str, TrainConfig]:
         "toy-ddpm": toy,
         "toy-ncsn": toy.replace(objective="ncsn", sigma_max=5.0, sigma_min=0.05, num_levels=10),
         "toy-ssm": toy.replace(objective="ssm", variance_reduction=True),
+        # EDM on standardised points: their standard deviation is 1.
+        "toy-edm": toy.replace(objective="edm", sigma_data=1.0),
         "mnist-ddpm": mnist,
         "mnist-ddpm-tiny": mnist.replace(
             network="unet-tiny",
@@ -686,6 +712,7 @@ def _presets() -> dict[str, TrainConfig]:
         ),
         "mnist-sde-vp": mnist.replace(objective="sde", sde="vp"),
         "mnist-sde-ve": mnist.replace(objective="sde", sde="ve", sigma_max=50.0, sigma_min=0.01),
+        "mnist-edm": mnist.replace(objective="edm"),
         "mnist-ncsn": mnist.replace(
             objective="ncsn",
             sigma_max=50.0,

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow as tf
 
+from diffusion_lib import edm
 from diffusion_lib._checks import expand_to_rank
 from diffusion_lib.diffusion import GaussianDiffusion
 from diffusion_lib.schedules import beta_schedule, level_log_probs, sigma_schedule
@@ -340,12 +341,61 @@ class SdeObjective:
         return tf.reduce_mean(tf.reshape(per_element, [tf.shape(x)[0], -1]), axis=1)
 
 
+@dataclasses.dataclass
+class EdmObjective(_ConditionedOnSigma):
+    """EDM (`diffusion_lib.edm`): the network F is preconditioned into the denoiser D(x; sigma)
+    and trained at ln sigma ~ N(noise_log_mean, noise_log_std^2) with EDM's loss weight. Its
+    condition is sigma itself, embedded as c_noise = ln(sigma) / 4. D is a score model of the
+    VE SDE x = y + sigma(t) z over [sigma_min, sigma_max], which every "sde" sampler draws from
+    (Heun's and Euler's read D back from that score)."""
+
+    config: TrainConfig
+    family: ClassVar[str] = "sde"
+
+    def __post_init__(self):
+        c = self.config.model
+        self.sde = VESDE(c.sigma_min, c.sigma_max, num_steps=1000)
+
+    def network_overrides(self) -> dict:
+        return {"conditioning": "c_noise", "output_scaling": "none", "input_scaling": "none"}
+
+    def denoiser(self, model, **call):
+        """D(x, sigma [B]) of the network (`call`: its training / seed / labels keywords)."""
+        return edm.denoiser(lambda v, s: model(v, s, **call), self.config.model.sigma_data)
+
+    def score_fn(self, model, **call):
+        """score_fn(x, t): (D(x; sigma(t)) - x) / sigma(t)^2."""
+        denoise = self.denoiser(model, **call)
+
+        def score(x, t):
+            _, std = self.sde.marginal(t, x.dtype)
+            return edm.score_of(denoise, x, std)
+
+        return score
+
+    def sde_view(self, model):
+        return self.sde, self.score_fn(model)
+
+    def losses(self, model, x, seed, offset, global_batch, labels=None) -> tf.Tensor:
+        c = self.config.model
+
+        def draw_sigmas(n, sigma_seed):
+            log_sigma = tf.random.stateless_normal([n], sigma_seed, dtype=tf.float32)
+            return tf.exp(c.noise_log_mean + c.noise_log_std * log_sigma)
+
+        sigma, noise, drop = _replica_draws(draw_sigmas, x, seed, offset, global_batch)
+        conditions = _replica_labels(self.config, labels, seed, offset, global_batch)
+        denoise = self.denoiser(model, training=True, seed=drop, **conditions)
+        return edm.denoiser_loss(denoise, x, sigma, noise, c.sigma_data)
+
+
 OBJECTIVES = {
     "ddpm": DdpmObjective,
     "ncsn": NcsnObjective,
     "dsm": DsmObjective,
     "ssm": SsmObjective,
     "sde": SdeObjective,
+    "edm": EdmObjective,
 }
 
 

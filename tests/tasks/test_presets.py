@@ -69,6 +69,7 @@ def test_flow_choices_come_from_the_registries():
         "ncsn": {"langevin", "annealed_langevin", "ve_ancestral"} | sde,
         "sde-vp": sde,
         "sde-ve": sde,
+        "edm": sde,
     }
 
 
