@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
+from diffusion_lib.training import TrainConfig
 from diffusion_lib.training.launch import TrainingFailed, launch
 from tasks.presets import TrainPart
 from tasks.progress import Eta, run_logger, show_progress
@@ -22,9 +23,10 @@ class _Reporter:
     """`on_event` for the launcher: the workers' errors and warnings, the chief's start and
     progress, in the log, on the console's bar and in the `training-progress` artifact."""
 
-    def __init__(self, name: str, total: int, logger, artifact):
-        self.name, self.total, self.logger, self.artifact = name, total, logger, artifact
-        self.eta = Eta(total)
+    def __init__(self, name: str, config: dict, logger, artifact):
+        self.name, self.logger, self.artifact = name, logger, artifact
+        self.total = TrainConfig.from_dict(config).run.num_steps  # a stored config, any version
+        self.eta = Eta(self.total)
 
     def __call__(self, worker: int, event: dict) -> None:
         kind = event["event"]
@@ -89,7 +91,7 @@ def train_model(
             progress=0.0, key="training-progress", description=f"training {run.name}: starting"
         )
     logger = run_logger("tasks.train")
-    report = _Reporter(run.name, int(config.get("num_steps", 1)), logger, artifact)
+    report = _Reporter(run.name, config, logger, artifact)
     try:
         done = launch(
             str(config_path),

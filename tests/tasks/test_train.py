@@ -15,7 +15,7 @@ from diffusion_lib.data import DatasetSpec, prepare_dataset
 from diffusion_lib.training import committed_steps
 from diffusion_lib.training.launch import TrainingFailed, worker_environments
 from tasks.presets import TrainPart
-from tasks.train import train_model
+from tasks.train import _Reporter, train_model
 
 pytestmark = pytest.mark.cost(110)
 
@@ -30,6 +30,13 @@ def data_dir(tmp_path_factory):
 def _toy_config(data_dir, **fields) -> dict:
     """A TrainConfig dict for the tiny MLP on the swiss roll, with `fields` set."""
     return TrainPart.of("toy-ddpm", network="mlp-tiny", **fields).config(data_dir).to_dict()
+
+
+def test_progress_counts_the_steps_of_the_config(data_dir):
+    """The progress artifact's fraction and ETA count the config's own num_steps (a nested
+    record; a flat lookup once found none and reported every step as 100x done)."""
+    report = _Reporter("r", _toy_config(data_dir, num_steps=1_900), None, None)
+    assert report.total == 1_900
 
 
 def _kill_worker_after(checkpoints, step, killed, index=None, timeout=180):
