@@ -57,6 +57,24 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
     "edm-default": ("mnist-cpu", "edm", "the preset as it is", {}),
+    "edm-log-sigma": (
+        "mnist-cpu",
+        "edm",
+        "the noise embedded as 100 ln sigma instead of c_noise = ln(sigma) / 4",
+        {"train": {"overrides": {"conditioning": "log_sigma"}}},
+    ),
+    "edm-wide-noise": (
+        "mnist-cpu",
+        "edm",
+        "training noise ln sigma ~ N(-0.4, 1.4^2) instead of N(-1.2, 1.2^2)",
+        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4}},
+    ),
+    "edm-lr-1e-3": (
+        "mnist-cpu",
+        "edm",
+        "learning rate 1e-3 instead of 2e-3",
+        {"train": {"learning_rate": 1e-3}},
+    ),
     **{
         f"{preset}-{model}": (preset, model, "the preset as it is", {})
         for preset in ("tiny", "swiss-roll")

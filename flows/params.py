@@ -45,7 +45,7 @@ MEANINGS = {
     ),
     "model": (
         "the model family: ddpm, ncsn (noise-conditional score network), sde-vp or sde-ve "
-        "(score SDEs in continuous time)"
+        "(score SDEs in continuous time), edm (EDM's preconditioned denoiser)"
     ),
     "steps": "training steps (default: the preset's)",
     "batch_size": "the global training batch (default: the preset's)",

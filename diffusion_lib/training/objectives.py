@@ -10,7 +10,8 @@ same noise however many replicas share the batch: results do not depend on the r
 Each declares the family of samplers its network serves (`family`, as in the sampler registry):
 "diffusion" objectives carry the `diffusion` (a GaussianDiffusion) their sampler needs, "score"
 objectives the noise levels `sigmas` [L] (decreasing) their network is conditioned on: NCSN's
-schedule, or the single level a DSM or SSM network was trained at; the "sde" objective its `sde`.
+schedule, or the single level a DSM or SSM network was trained at; the "sde" objectives (score
+SDEs and EDM, whose denoiser is a score model of a VE SDE) their `sde`.
 Objectives whose network is exactly a score model of an SDE also serve the "sde" samplers:
 `sde_view(model)` returns (sde, score_fn) or raises ValueError saying why it cannot (DDPM: a
 linear beta schedule is VP's discretisation; NCSN: geometric levels are VE's).
