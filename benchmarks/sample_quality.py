@@ -69,6 +69,31 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         "training noise ln sigma ~ N(-0.4, 1.4^2) instead of N(-1.2, 1.2^2)",
         {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4}},
     ),
+    "edm-high-noise": (
+        "mnist-cpu",
+        "edm",
+        "training noise ln sigma ~ N(0, 1.4^2)",
+        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.4}},
+    ),
+    "edm-wide-combined": (
+        "mnist-cpu",
+        "edm",
+        "training noise N(-0.4, 1.4^2), 100 ln sigma embedded, learning rate 1e-3",
+        {
+            "train": {
+                "noise_log_mean": -0.4,
+                "noise_log_std": 1.4,
+                "overrides": {"conditioning": "log_sigma"},
+                "learning_rate": 1e-3,
+            }
+        },
+    ),
+    "edm-wide-3000": (
+        "mnist-cpu",
+        "edm",
+        "training noise N(-0.4, 1.4^2), 3,000 steps",
+        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4, "num_steps": 3_000}},
+    ),
     "edm-lr-1e-3": (
         "mnist-cpu",
         "edm",
