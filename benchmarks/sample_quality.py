@@ -75,6 +75,24 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         "training noise ln sigma ~ N(0, 1.4^2)",
         {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.4}},
     ),
+    "edm-higher-noise": (
+        "mnist-cpu",
+        "edm",
+        "training noise ln sigma ~ N(0.4, 1.4^2)",
+        {"train": {"noise_log_mean": 0.4, "noise_log_std": 1.4}},
+    ),
+    "edm-high-wider-noise": (
+        "mnist-cpu",
+        "edm",
+        "training noise ln sigma ~ N(0, 1.8^2)",
+        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.8}},
+    ),
+    "edm-high-3000": (
+        "mnist-cpu",
+        "edm",
+        "training noise N(0, 1.4^2), 3,000 steps",
+        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.4, "num_steps": 3_000}},
+    ),
     "edm-wide-combined": (
         "mnist-cpu",
         "edm",

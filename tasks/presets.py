@@ -303,6 +303,8 @@ MODEL_VARIANTS: dict[str, dict[str, ModelVariant]] = {
     "edm": EDM_VARIANTS,
 }
 MODELS = ("ddpm", *MODEL_VARIANTS)
+# The model a flow trains when none is named.
+DEFAULT_MODEL = "ddpm"
 # The training objective of each model.
 OBJECTIVE_OF = {
     "ddpm": "ddpm",
@@ -332,7 +334,7 @@ SAMPLERS_OF = {
 
 def resolve(
     preset: str,
-    model: str = "ddpm",
+    model: str = DEFAULT_MODEL,
     *,
     steps: int | None = None,
     batch_size: int | None = None,
