@@ -352,3 +352,19 @@ def test_a_class_conditional_run_draws_each_row_from_its_class(mixture, ddpm_run
     with pytest.raises(SamplerMismatch, match=r"never trained \(label_dropout 0\)"):
         check_compatible(SamplerSpec.of("ddim", guidance=1.0), never_unconditional)
     check_compatible(SamplerSpec.of("ddim"), never_unconditional)  # no guidance: fine
+
+
+def test_a_class_conditional_edm_run_draws_each_row_from_its_class(mixture, tmp_path):
+    """EDM as the other families: class-conditional on the mixture's two components, its VE
+    view's ancestral sampler draws even rows (label 0, weight 0.2) at (-5, -5) and odd rows at
+    (5, 5), with and without guidance (its network's outputs combine linearly into the
+    denoiser). Measured after 1,000 steps: 97.5-98% at w = 0 (Heun's deterministic 10 steps
+    reach 85%: the ODE carries this small network's error into the samples)."""
+    run = _train(mixture / "train", tmp_path / "run", "toy-edm", num_classes=2, num_steps=1_000)
+    restored = run.restore()
+    for guidance in (0.0, 2.0):
+        spec = SamplerSpec.of("sde_ancestral", num_steps=200, guidance=guidance)
+        samples = draw(restored, spec, 400, 0).samples
+        for k, centre in ((0, [-5.0, -5.0]), (1, [5.0, 5.0])):
+            near = np.linalg.norm(samples[k::2] - centre, axis=1) < 2.5
+            assert near.mean() > 0.9, (guidance, k, near.mean())
