@@ -2,7 +2,7 @@
 data, and the `inpaint` stage on a trained run beside its baselines.
 
     python benchmarks/inpainting.py --gaussian [--levels 200] [--n 2000]
-    python benchmarks/inpainting.py RUN_DIR --preset mnist-cpu [--images 100] [--completions 4]
+    python benchmarks/inpainting.py RUN_DIR --preset mnist-cpu [--model M] [--images 100] [--completions 4]
 
 --gaussian: data N(MEAN, COV) in 2-D with correlation 0.8, coordinate 0 given, the exact score
 as every family's model (tests/lib/samplers/test_known.py draws from the same chains). A row a
@@ -36,6 +36,7 @@ from report import Table, add_markdown_option, measure_machine, publish  # noqa:
 
 MEAN, COV, GIVEN = [0.5, -0.3], [[1.0, 0.8], [0.8, 1.0]], 1.0
 RESAMPLINGS = (1, 2, 4, 8, 16)
+# Reconstruction guidance is for DDPM runs; the other methods fill in with every model.
 METHODS = {
     "replacement": [],
     "RePaint, 3 resamplings": ["--resamplings", "3"],
@@ -136,14 +137,18 @@ def stage(args) -> Table:
         ["method", "accuracy", "hidden MSE", "hidden PSNR dB", "FID (floor)", "diversity"]
         + ["stage wall s"],
         n=f"{args.images} held-out digits x {args.completions} completions, one run a method",
-        caption=f"`python -m flows.inpaint` on `{args.run_dir.name}` ({args.preset}), mask "
+        caption=f"`python -m flows.inpaint` on `{args.run_dir.name}` ({args.preset}, "
+        f"--model {args.model}), mask "
         f"{args.masks}; the baselines need no model",
     )
     baselines = None
     for method, flags in METHODS.items():
+        if "--reconstruction" in flags and args.model != "ddpm":
+            continue
         scratch = pathlib.Path(tempfile.mkdtemp(prefix="inpainting-bench-"))
         shutil.copytree(args.run_dir, scratch / "run", ignore=shutil.ignore_patterns("inpaint"))
         command = [sys.executable, "-m", "flows.inpaint", "--preset", args.preset]
+        command += ["--model", args.model]
         command += ["--output-root", str(scratch), "--run-name", "run", "--masks", args.masks]
         command += ["--images", str(args.images), "--completions", str(args.completions)]
         start = time.perf_counter()
@@ -177,6 +182,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=200)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--preset", default="mnist-cpu")
+    parser.add_argument("--model", help="the run's model (default: the preset's)")
     parser.add_argument("--masks", default="top-known")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--completions", type=int, default=4)
@@ -184,6 +190,10 @@ def main() -> None:
     args = parser.parse_args()
     if not args.gaussian and args.run_dir is None:
         parser.error("give RUN_DIR, or --gaussian")
+    if args.run_dir is not None and args.model is None:
+        from tasks.presets import default_model
+
+        args.model = default_model(args.preset)
     machine = measure_machine()
     tables = [gaussian(args)] if args.gaussian else []
     if args.run_dir is not None:

@@ -57,66 +57,36 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
     "edm-default": ("mnist-cpu", "edm", "the preset as it is", {}),
-    "edm-log-sigma": (
+    "edm-before": (
         "mnist-cpu",
         "edm",
-        "the noise embedded as 100 ln sigma instead of c_noise = ln(sigma) / 4",
-        {"train": {"overrides": {"conditioning": "log_sigma"}}},
+        "EDM's own training noise N(-1.2, 1.2^2), 1,900 steps",
+        {"train": {"noise_log_mean": -1.2, "noise_log_std": 1.2, "num_steps": 1_900}},
     ),
-    "edm-wide-noise": (
+    "edm-1900": (
         "mnist-cpu",
         "edm",
-        "training noise ln sigma ~ N(-0.4, 1.4^2) instead of N(-1.2, 1.2^2)",
-        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4}},
+        "1,900 steps",
+        {"train": {"num_steps": 1_900}},
     ),
-    "edm-high-noise": (
+    "edm-wide-noise-1900": (
         "mnist-cpu",
         "edm",
-        "training noise ln sigma ~ N(0, 1.4^2)",
-        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.4}},
+        "training noise N(-0.4, 1.4^2), 1,900 steps",
+        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4, "num_steps": 1_900}},
     ),
-    "edm-higher-noise": (
+    "edm-log-sigma-before": (
         "mnist-cpu",
         "edm",
-        "training noise ln sigma ~ N(0.4, 1.4^2)",
-        {"train": {"noise_log_mean": 0.4, "noise_log_std": 1.4}},
-    ),
-    "edm-high-wider-noise": (
-        "mnist-cpu",
-        "edm",
-        "training noise ln sigma ~ N(0, 1.8^2)",
-        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.8}},
-    ),
-    "edm-high-3000": (
-        "mnist-cpu",
-        "edm",
-        "training noise N(0, 1.4^2), 3,000 steps",
-        {"train": {"noise_log_mean": 0.0, "noise_log_std": 1.4, "num_steps": 3_000}},
-    ),
-    "edm-wide-combined": (
-        "mnist-cpu",
-        "edm",
-        "training noise N(-0.4, 1.4^2), 100 ln sigma embedded, learning rate 1e-3",
+        "EDM's noise, 1,900 steps, the noise embedded as 100 ln sigma instead of ln(sigma) / 4",
         {
             "train": {
-                "noise_log_mean": -0.4,
-                "noise_log_std": 1.4,
+                "noise_log_mean": -1.2,
+                "noise_log_std": 1.2,
+                "num_steps": 1_900,
                 "overrides": {"conditioning": "log_sigma"},
-                "learning_rate": 1e-3,
             }
         },
-    ),
-    "edm-wide-3000": (
-        "mnist-cpu",
-        "edm",
-        "training noise N(-0.4, 1.4^2), 3,000 steps",
-        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4, "num_steps": 3_000}},
-    ),
-    "edm-lr-1e-3": (
-        "mnist-cpu",
-        "edm",
-        "learning rate 1e-3 instead of 2e-3",
-        {"train": {"learning_rate": 1e-3}},
     ),
     **{
         f"{preset}-{model}": (preset, model, "the preset as it is", {})

@@ -12,7 +12,7 @@ from diffusion_lib.run_lock import writing
 from diffusion_lib.samplers import SamplerSpec
 from flows.params import Model, Preset, RunName, Sampler, described
 from tasks.evaluate import score_checkpoints
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 
 
 @flow(name="evaluate", log_prints=True)
@@ -21,7 +21,7 @@ def evaluate_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
     sampler: Sampler | None = None,
 ) -> dict:
     """Returns {"best_step", "best_metric", "metrics_path"}. With `sampler` (one the model

@@ -19,7 +19,7 @@ from tasks.inpaint import (
     render_completion_report,
     score_completions,
 )
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 from tasks.progress import follow_shards
 
 
@@ -29,7 +29,7 @@ def inpaint_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
     step: Positive | None = None,
     masks: Masks | None = None,
     images: Positive = 100,

@@ -16,7 +16,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Field
 
 from diffusion_lib.samplers import SAMPLERS
-from tasks.presets import MODELS, PRESETS
+from tasks.presets import BASE_MODEL, DEFAULT_MODELS, MODELS, PRESETS
 
 # The choices come from the registries, so the UI's drop-downs list what exists.
 Preset = Literal[tuple(PRESETS)]
@@ -45,7 +45,10 @@ MEANINGS = {
     ),
     "model": (
         "the model family: ddpm, ncsn (noise-conditional score network), sde-vp or sde-ve "
-        "(score SDEs in continuous time), edm (EDM's preconditioned denoiser)"
+        "(score SDEs in continuous time), edm (EDM's preconditioned denoiser); left out, the "
+        "preset's: "
+        + ", ".join(f"{model} for {preset}" for preset, model in DEFAULT_MODELS.items())
+        + f", {BASE_MODEL} for the others"
     ),
     "steps": "training steps (default: the preset's)",
     "batch_size": "the global training batch (default: the preset's)",

@@ -17,7 +17,7 @@ from flows.params import (
     described,
 )
 from tasks.data import finalize_shards, plan_shards, prepare_shards
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 
 
 def _prepare(spec: DatasetSpec, directory: str) -> str:
@@ -34,7 +34,7 @@ def prepare_dataset_flow(
     preset: Preset = "tiny",
     output_root: str = "runs",
     run_name: RunName | None = None,
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
 ) -> dict:
     """Returns {"train": dir, "test": dir} under <output_root>/<run_name>/data/."""
     plan = resolve(preset, model)

@@ -10,7 +10,7 @@ from prefect.utilities.annotations import unmapped
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma, described
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 from tasks.progress import follow_shards
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
@@ -22,7 +22,7 @@ def sample_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
     step: Positive | None = None,
     num_samples: Positive | None = None,
     sampler: Sampler | None = None,

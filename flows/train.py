@@ -8,7 +8,7 @@ from prefect import flow
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from flows.params import Minutes, Model, Positive, Preset, RunName, described
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 from tasks.train import find_warm_start, train_model
 
 
@@ -18,7 +18,7 @@ def train_flow(
     preset: Preset,
     run_name: RunName,
     output_root: str = "runs",
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
     steps: Positive | None = None,
     batch_size: Positive | None = None,
     workers: Positive = 1,

@@ -36,7 +36,7 @@ from flows.prepare_dataset import prepare_dataset_flow
 from flows.sample import sample_flow
 from flows.summary import RunSummary, StageRecord
 from flows.train import train_flow
-from tasks.presets import DEFAULT_MODEL, resolve
+from tasks.presets import resolve
 
 
 class StageFailed(RuntimeError):
@@ -94,7 +94,7 @@ def train_and_sample(
     preset: Preset = "tiny",
     output_root: str = "runs",
     run_name: RunName | None = None,
-    model: Model = DEFAULT_MODEL,
+    model: Model | None = None,
     steps: Positive | None = None,
     batch_size: Positive | None = None,
     num_samples: Positive | None = None,

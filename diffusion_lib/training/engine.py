@@ -245,7 +245,13 @@ def _prepare_run_dir(
         # Through TrainConfig: a field added since the run began reads as its default, which
         # is what that run trained with, so older run directories stay resumable.
         # A record of an earlier version is migrated on read (TrainConfig.from_dict).
-        differing = TrainConfig.from_dict(stored["config"]).differences(config)
+        earlier = TrainConfig.from_dict(stored["config"])
+        differing = earlier.differences(config)
+        if differing == ["objective"]:
+            raise ConfigError(
+                f"run directory {run_dir} trains objective {earlier.objective!r}, this config "
+                f"{config.objective!r}; resume it with its own model or use a new run directory"
+            )
         if differing:
             raise ConfigError(
                 f"run directory {run_dir} belongs to another config (fields differ: {differing}); "

@@ -90,7 +90,7 @@ def test_an_image_run_inpaints_with_a_png_mask_and_refuses_one_of_another_size(
     Image.fromarray(pixels).save(tmp_path / "top.png")
     Image.fromarray(pixels[:20, :20]).save(tmp_path / "small.png")
     argv = ["--preset", "mnist-cpu", "--output-root", str(tmp_path), "--run-name", "mnist"]
-    argv += ["--sampler", "ddpm", "--images", "4", "--completions", "2"]
+    argv += ["--model", "ddpm", "--sampler", "ddpm", "--images", "4", "--completions", "2"]
     with pytest.raises(SystemExit) as exited:
         run_cli(inpaint_flow, argv + ["--masks", f"png:{tmp_path / 'small.png'}"])
     assert exited.value.code == 2 and "is 20x20 pixels; the images are 28x28" in (

@@ -74,8 +74,8 @@ def test_flow_choices_come_from_the_registries():
 
 
 def test_the_flows_flat_parameters_change_one_field_each():
-    base = resolve("mnist-cpu")
-    plan = resolve("mnist-cpu", steps=90, batch_size=8, num_samples=5, sampler="ddpm")
+    base = resolve("mnist-cpu", "ddpm")
+    plan = resolve("mnist-cpu", "ddpm", steps=90, batch_size=8, num_samples=5, sampler="ddpm")
     config = plan.train.config("unused")
     assert (config.run.num_steps, config.run.checkpoint_every, config.optim.batch_size) == (
         90,
@@ -85,9 +85,9 @@ def test_the_flows_flat_parameters_change_one_field_each():
     assert config.optim.learning_rate == base.train.config("unused").optim.learning_rate
     assert plan.samples.n == 5 and plan.samples.sampler == SamplerSpec.of("ddpm")
     assert plan.eval == base.eval  # the sample set's sampler only
-    same = resolve("mnist-cpu", sampler="ddim")
+    same = resolve("mnist-cpu", "ddpm", sampler="ddim")
     assert same.samples.sampler == base.samples.sampler  # its settings kept
-    guided = resolve("mnist-cpu", sampler="ddpm", guidance=0.5)
+    guided = resolve("mnist-cpu", "ddpm", sampler="ddpm", guidance=0.5)
     assert guided.samples.sampler == SamplerSpec.of("ddpm", guidance=0.5)
     assert guided.eval == base.eval and base.train.config("unused").network.num_classes == 10
     # NCSN guides in an interval of noise levels: another weight keeps it, no guidance drops it.
@@ -103,7 +103,7 @@ def test_the_flows_flat_parameters_change_one_field_each():
     assert everywhere.samples.sampler == ncsn.replace(guidance_sigma_min=0, guidance_sigma_max=1e3)
     assert everywhere.samples.sampler.guidance_interval == (0.0, 1000.0)
     assert everywhere.eval == resolve("mnist-cpu", "ncsn").eval
-    limited = resolve("mnist-cpu", guidance=0.5, guidance_sigma_max=2.0).samples.sampler
+    limited = resolve("mnist-cpu", "ddpm", guidance=0.5, guidance_sigma_max=2.0).samples.sampler
     assert limited.guidance == 0.5 and limited.guidance_interval == (0.0, 2.0)
 
 
@@ -118,10 +118,11 @@ def test_the_flows_flat_parameters_change_one_field_each():
         ({"preset": "tiny", "model": "ncsn", "sampler": "ddim"}, "cannot sample a ncsn model"),
         ({"preset": "tiny", "steps": -5}, "num_steps"),
         ({"preset": "tiny", "guidance": 1.0}, "guidance: preset 'tiny' trains an unconditional"),
-        ({"preset": "mnist-cpu", "guidance": -1.0}, "guidance must be at least 0.0"),
+        ({"preset": "mnist-cpu", "guidance": 1.0}, "'mnist-cpu' trains an unconditional edm"),
+        ({"preset": "mnist-cpu", "model": "ddpm", "guidance": -1.0}, "guidance must be at least"),
         # Bounds where nothing is guided would limit nothing: refused instead of ignored.
         (
-            {"preset": "mnist-cpu", "guidance_sigma_min": 1.0},
+            {"preset": "mnist-cpu", "model": "ddpm", "guidance_sigma_min": 1.0},
             "guidance_sigma_min limit guidance .* set guidance > 0",
         ),
         (
@@ -151,6 +152,17 @@ def test_settings_changed_by_part():
         plan.with_settings("samples", steps=3)
     with pytest.raises(ValueError, match="part must be"):
         plan.with_settings("data", n=3)
+
+
+def test_the_main_job_models_p_x_unless_told_otherwise():
+    """mnist-cpu trains EDM without labels when no model is named; its class-conditional DDPM
+    is one parameter away; the other presets train their DDPM."""
+    main = resolve("mnist-cpu").train.config("unused")
+    assert (main.objective, main.network.num_classes) == ("edm", 0)
+    conditional = resolve("mnist-cpu", "ddpm").train.config("unused")
+    assert (conditional.objective, conditional.network.num_classes) == ("ddpm", 10)
+    assert resolve("tiny").train.config("unused").objective == "ddpm"
+    assert resolve("mnist-cpu", None) == resolve("mnist-cpu", "edm")
 
 
 def test_the_main_jobs_sample_set_is_its_evaluations_draw():

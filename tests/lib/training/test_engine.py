@@ -138,6 +138,9 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
         ConfigError, match=r"belongs to another config \(fields differ: \['optim.learning_rate'\]\)"
     ):
         train(config.replace(learning_rate=0.5), tmp_path / "run")
+    # Another model family is named as such (the flows' `model` picks it).
+    with pytest.raises(ConfigError, match=r"trains objective 'ddpm', this config 'edm'; resume"):
+        train(config.replace(objective="edm"), tmp_path / "run")
     assert _mtimes(tmp_path / "run" / "checkpoints") == before
     # Resumable fields may change: more steps continue the same run.
     assert train(config.replace(num_steps=5), tmp_path / "run").step == 5
