@@ -43,7 +43,7 @@ venv: ## create or refresh .venv (reused while pyproject.toml is unchanged)
 	@$(PYTHON) scripts/ensure_venv.py --venv "$(VENV)" \
 		$(if $(filter 1,$(ISOLATED)),--isolated) $(if $(filter 1,$(VERBOSE)),--verbose)
 
-run: venv ## the main job: PRESET (mnist-cpu), MODEL (ddpm|ncsn|sde-vp|sde-ve), RUN_NAME, OUTPUT_ROOT, ARGS
+run: venv ## the main job: PRESET (mnist-cpu), MODEL (edm|ddpm|ncsn|sde-vp|sde-ve; the preset's), RUN_NAME, OUTPUT_ROOT, ARGS
 	$(VPY) -m flows.train_and_sample --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) \
 		--output-root $(OUTPUT_ROOT) --run-name $(RUN) $(ARGS)
 

@@ -57,6 +57,12 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
     "edm-default": ("mnist-cpu", "edm", "the preset as it is", {}),
+    "ddpm-unconditional": (
+        "mnist-cpu",
+        "ddpm",
+        "without labels, 3,000 steps in float32: the EDM preset's budget",
+        {"train": {"num_classes": 0, "num_steps": 3_000, "precision": "float32"}},
+    ),
     "edm-before": (
         "mnist-cpu",
         "edm",
@@ -251,6 +257,19 @@ def _tables() -> dict[str, report.Table]:
     return tables
 
 
+def _main_job() -> str:
+    """The configuration that is the main job as `make run` runs it: mnist-cpu's default model,
+    the preset as it is."""
+    from tasks.presets import default_model
+
+    model = default_model("mnist-cpu")
+    return next(
+        name
+        for name, (preset, m, _, changes) in CONFIGS.items()
+        if (preset, m, changes) == ("mnist-cpu", model, {})
+    )
+
+
 def _add(tables: dict[str, report.Table], row: dict) -> None:
     cells = [row["config"], row["model"], row["changed"], f"{row['wall_min']:.2f}"]
     cells += ["-" if row["job_s"] is None else f"{row['job_s']:.0f}", row["best_step"]]
@@ -270,8 +289,9 @@ def _add(tables: dict[str, report.Table], row: dict) -> None:
         f"{row['smallest_class_share']:.3f}",
     )
     if row["preset"] == "mnist-cpu" and CONFIGS[row["config"]][3] == {} and not row["note"]:
+        default = " (the default)" if row["config"] == _main_job() else ""
         tables["main-job"].add(
-            f"`--model {row['model']}`",
+            f"`--model {row['model']}`{default}",
             f"{row['job_s'] / 60:.1f} min" if row["job_s"] else f"{row['wall_min']:.1f} min",
             f"{row['value']:.2f} ({row['floor']:.2f}, {row['ratio']:.2f}x)",
             f"{row['classifier_score']:.2f} (real digits {row['classifier_score_floor']:.2f})",
@@ -298,6 +318,14 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--run-name", help=argparse.SUPPRESS)
     parser.add_argument("--out-jsonl", default=None, help="append each row as JSON here")
+    parser.add_argument(
+        "--rows",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="rows an earlier run of this script wrote with --out-jsonl, on this machine, "
+        "published beside this run's (the tables say how many)",
+    )
     report.add_markdown_option(parser)
     args = parser.parse_args()
 
@@ -350,16 +378,22 @@ def main() -> None:
         if args.out_jsonl:
             with open(args.out_jsonl, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+    earlier = [json.loads(line) for path in args.rows for line in open(path) if line.strip()]
+    earlier = [row for row in earlier if row["config"] not in args.configs]  # this run's replace
+    for row in earlier:
+        _add(tables, row)
     runs = (
         f"{len(args.configs)} job(s), one after another, each alone; the samplers' seeds are fixed"
     )
+    if earlier:
+        runs += f"; {len(earlier)} more from an earlier run of this script ({', '.join(args.rows)})"
     for table in tables.values():
         table.n = f"1 job per row ({runs})"
     if failed:
         sys.exit("not published, a job failed: " + "; ".join(failed))
     report.publish(__file__, args, list(tables.values()), machine)
-    if args.markdown and "default" in args.configs and not args.set:
-        _publish_pictures(pathlib.Path(args.output_root) / f"default{args.suffix}")
+    if args.markdown and _main_job() in args.configs and not args.set:
+        _publish_pictures(pathlib.Path(args.output_root) / f"{_main_job()}{args.suffix}")
 
 
 if __name__ == "__main__":
