@@ -75,6 +75,12 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         "1,900 steps",
         {"train": {"num_steps": 1_900}},
     ),
+    "edm-wide-noise": (
+        "mnist-cpu",
+        "edm",
+        "training noise N(-0.4, 1.4^2)",
+        {"train": {"noise_log_mean": -0.4, "noise_log_std": 1.4}},
+    ),
     "edm-wide-noise-1900": (
         "mnist-cpu",
         "edm",
@@ -304,7 +310,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("configs", nargs="*", default=["default"])
+    parser.add_argument("configs", nargs="*", help="default: the main job, unless --rows")
     parser.add_argument("--output-root", default=str(REPO / "runs" / "quality"))
     parser.add_argument(
         "--set",
@@ -343,6 +349,8 @@ def main() -> None:
     if args.child:
         _child(args.child, args.run_name or args.child, args.output_root, extra)
         return
+    if not args.configs and not args.rows:
+        args.configs = [_main_job()]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; --list shows them")
@@ -382,18 +390,23 @@ def main() -> None:
     earlier = [row for row in earlier if row["config"] not in args.configs]  # this run's replace
     for row in earlier:
         _add(tables, row)
-    runs = (
-        f"{len(args.configs)} job(s), one after another, each alone; the samplers' seeds are fixed"
-    )
+    parts = [f"{len(args.configs)} job(s) run now, one after another"] if args.configs else []
     if earlier:
-        runs += f"; {len(earlier)} more from an earlier run of this script ({', '.join(args.rows)})"
+        parts.append(
+            f"{len(earlier)} recorded by earlier runs of this script in {', '.join(args.rows)}"
+        )
+    runs = "; ".join(parts) + "; the samplers' seeds are fixed"
     for table in tables.values():
         table.n = f"1 job per row ({runs})"
     if failed:
         sys.exit("not published, a job failed: " + "; ".join(failed))
     report.publish(__file__, args, list(tables.values()), machine)
-    if args.markdown and _main_job() in args.configs and not args.set:
-        _publish_pictures(pathlib.Path(args.output_root) / f"{_main_job()}{args.suffix}")
+    # The pictures of the main job's row, from its run directory (this run's, or the one an
+    # earlier run left under output_root).
+    main_run = pathlib.Path(args.output_root) / f"{_main_job()}{args.suffix}"
+    published = set(args.configs) | {row["config"] for row in earlier}
+    if args.markdown and _main_job() in published and not args.set and main_run.is_dir():
+        _publish_pictures(main_run)
 
 
 if __name__ == "__main__":
