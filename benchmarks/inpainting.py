@@ -36,11 +36,12 @@ from report import Table, add_markdown_option, measure_machine, publish  # noqa:
 
 MEAN, COV, GIVEN = [0.5, -0.3], [[1.0, 0.8], [0.8, 1.0]], 1.0
 RESAMPLINGS = (1, 2, 4, 8, 16)
-# Reconstruction guidance is for DDPM runs; the other methods fill in with every model.
+# Each method as flags of the inpaint flow, with the preset's sampler for filling in.
+_NONE = ["--reconstruction", "0"]
 METHODS = {
-    "replacement": [],
-    "RePaint, 3 resamplings": ["--resamplings", "3"],
-    "reconstruction guidance, weight 30": ["--reconstruction", "30"],
+    "replacement": [*_NONE, "--resamplings", "1"],
+    "RePaint, 3 resamplings": [*_NONE, "--resamplings", "3"],
+    "reconstruction guidance, weight 30": ["--reconstruction", "30", "--resamplings", "1"],
     "reconstruction guidance 30, 2 resamplings": ["--reconstruction", "30", "--resamplings", "2"],
 }
 
@@ -133,7 +134,7 @@ def gaussian(args) -> Table:
 
 def stage(args) -> Table:
     table = Table(
-        "inpainting:stage",
+        f"inpainting:stage-{args.model}",
         ["method", "accuracy", "hidden MSE", "hidden PSNR dB", "FID (floor)", "diversity"]
         + ["stage wall s"],
         n=f"{args.images} held-out digits x {args.completions} completions, one run a method",
@@ -143,8 +144,6 @@ def stage(args) -> Table:
     )
     baselines = None
     for method, flags in METHODS.items():
-        if "--reconstruction" in flags and args.model != "ddpm":
-            continue
         scratch = pathlib.Path(tempfile.mkdtemp(prefix="inpainting-bench-"))
         shutil.copytree(args.run_dir, scratch / "run", ignore=shutil.ignore_patterns("inpaint"))
         command = [sys.executable, "-m", "flows.inpaint", "--preset", args.preset]

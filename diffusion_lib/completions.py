@@ -210,7 +210,7 @@ def completion_set_spec(
     checkpoint `step` (default: the latest). `chunk_rows` defaults to 10 examples' completions.
     The examples are drawn from the test set by `seed`, as the completions are. `jump_length`
     and `resamplings` are RePaint's, `reconstruction` the weight of reconstruction guidance
-    (`draw.reconstruction_guided`; DDPM runs)."""
+    (`draw.reconstruction_guided`; DDPM runs' and the score-SDE samplers)."""
     if not (np.isfinite(reconstruction) and reconstruction >= 0):
         raise DataError(f"reconstruction must be a finite weight >= 0, got {reconstruction!r}")
     for name, value in (("images", images), ("completions", completions), ("seed", seed)):
@@ -230,8 +230,11 @@ def completion_set_spec(
         raise DataError(f"images: the run's test set holds {len(test)} examples, not {images}")
     if not fills_in(sampler):
         raise DataError(f"sampler {sampler.name!r} cannot fill in given entries")
-    if reconstruction and sampler.family != "diffusion":
-        raise DataError("reconstruction guidance is for DDPM runs' samplers (ddpm, ddim)")
+    if reconstruction and sampler.family not in ("diffusion", "sde"):
+        raise DataError(
+            f"reconstruction guidance is for DDPM runs' samplers and the score-SDE samplers, "
+            f"not {sampler.name!r}"
+        )
     chunk_rows = chunk_rows or min(images, 10) * completions
     if chunk_rows % completions:
         raise DataError(f"chunk_rows ({chunk_rows}) must be a multiple of completions")

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from diffusion_lib import _checks
 from diffusion_lib._checks import seed_tensor
 from diffusion_lib.render import gif_frame_steps
 from diffusion_lib.samplers import SAMPLERS, Frames, Known, LevelHealth, SamplerSpec
@@ -101,6 +102,18 @@ class Given:
     reconstruction: float = 0.0
 
 
+def _reconstruction_pull(x, predict, values, mask):
+    """(output, grad_x ||mask (values - x0_hat(x))||) of `predict`(x) -> (output, x0_hat): the
+    network's output and its estimate of x(0), the gradient summed over the batch's rows."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        output, pred_x0 = predict(x)
+        residual = tf.cast(mask, x.dtype) * (tf.cast(values, x.dtype) - pred_x0)
+        axes = list(range(1, len(x.shape)))
+        total = tf.reduce_sum(tf.sqrt(tf.reduce_sum(tf.square(residual), axis=axes) + 1e-12))
+    return output, tf.stop_gradient(tape.gradient(total, x))
+
+
 def reconstruction_guided(model, diffusion, values: tf.Tensor, mask: tf.Tensor, weight: float):
     """model(x_t, t) of a noise-predicting DDPM whose prediction is corrected towards agreeing
     with the given entries (Chung et al. 2023, DPS; Ho et al. 2022's reconstruction guidance):
@@ -115,19 +128,38 @@ def reconstruction_guided(model, diffusion, values: tf.Tensor, mask: tf.Tensor, 
     channels = int(values.shape[-1])
 
     def guided(x, t, **kw):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
+        def predict(x):
             output = model(x, t, **kw)
             eps = tf.cast(output[..., :channels], x.dtype)
-            pred_x0 = diffusion.predict_x0_from_eps(x, t, eps)
-            residual = tf.cast(mask, x.dtype) * (tf.cast(values, x.dtype) - pred_x0)
-            axes = list(range(1, len(x.shape)))
-            distance = tf.sqrt(tf.reduce_sum(tf.square(residual), axis=axes) + 1e-12)
-            total = tf.reduce_sum(distance)
-        pull = tape.gradient(total, x)
+            return output, diffusion.predict_x0_from_eps(x, t, eps)
+
+        output, pull = _reconstruction_pull(x, predict, values, mask)
+        eps = tf.cast(output[..., :channels], x.dtype)
         scale = tf.sqrt(1.0 - diffusion._extract("alphas_cumprod", t, x))
-        corrected = eps + weight * scale * tf.stop_gradient(pull)
+        corrected = eps + weight * scale * pull
         return tf.concat([tf.cast(corrected, output.dtype), output[..., channels:]], -1)
+
+    return guided
+
+
+def reconstruction_guided_score(score_fn, sde, values: tf.Tensor, mask: tf.Tensor, weight: float):
+    """score_fn(x, t) of a score SDE's model corrected as `reconstruction_guided` corrects a
+    DDPM's: with Tweedie's estimate x0_hat = (x + std^2 s) / alpha,
+
+        s' = s - weight grad_x ||mask (values - x0_hat(x))||
+
+    One backward pass through the network a call. `values`, `mask` are the chain's batch."""
+
+    def guided(x, t):
+        def predict(x):
+            score = _checks.call_network(score_fn, x, t)
+            alpha, std = sde.marginal(t, x.dtype)
+            alpha = _checks.expand_to_rank(alpha, x.shape.rank)
+            var = _checks.expand_to_rank(tf.square(std), x.shape.rank)
+            return score, (x + var * score) / alpha
+
+        score, pull = _reconstruction_pull(x, predict, values, mask)
+        return score - weight * pull
 
     return guided
 
@@ -261,8 +293,10 @@ def draw(
     label = None
     if given is not None:
         known = _known(restored, spec, given, n, padded)
-        if given.reconstruction and info.family != "diffusion":
-            raise SamplerMismatch("reconstruction guidance is for DDPM runs' samplers")
+        if given.reconstruction and info.family not in ("diffusion", "sde"):
+            raise SamplerMismatch(
+                "reconstruction guidance is for DDPM runs' and the score-SDE samplers"
+            )
         # Unconditional unless a label is given: the null label, num_classes.
         label = num_classes if given.label is None else given.label
         if num_classes and given.label is None and spec.guidance:
@@ -298,6 +332,12 @@ def draw(
         out = info.fn(model, objective.diffusion, shape, clip_x0=clip, **common)
     elif info.family == "sde":
         sde, score_fn = objective.sde_view(model)
+        if given is not None and given.reconstruction:
+            if replicas > 1:
+                raise SamplerMismatch("reconstruction guidance runs on one device")
+            score_fn = reconstruction_guided_score(
+                score_fn, sde, known.values, known.mask, given.reconstruction
+            )
         if restored.normalizer.is_image:
             score_fn = clip_data_prediction(score_fn, sde, -1.0, 1.0)
         out = info.fn(score_fn, sde, shape, **common)

@@ -35,17 +35,22 @@ def inpaint_flow(
     images: Positive = 100,
     completions: Positive = 4,
     sampler: Sampler | None = None,
-    resamplings: Positive = 1,
-    jump_length: Positive = 10,
-    reconstruction: Weight = 0.0,
+    resamplings: Positive | None = None,
+    jump_length: Positive | None = None,
+    reconstruction: Weight | None = None,
 ) -> dict:
     """Fills in held-out examples of a finished run under each mask, scores the completions
     against two baselines and renders them. Returns the set, the report and the pictures."""
     plan = resolve(preset, model, sampler=sampler)
-    # The run's unconditional model fills in: guidance needs a class to guide towards.
-    spec = plan.samples.sampler
+    method = plan.inpaint  # the preset's way of filling in, each part replaced if given
+    # A sampler named here replaces the preset's; the run's unconditional model fills in:
+    # guidance needs a class to guide towards.
+    spec = plan.samples.sampler if sampler or method.sampler is None else method.sampler
     if spec.guidance:
         spec = spec.replace(guidance=0.0)
+    resamplings = method.resamplings if resamplings is None else resamplings
+    jump_length = method.jump_length if jump_length is None else jump_length
+    reconstruction = method.reconstruction if reconstruction is None else reconstruction
     run = Run.at(output_root, run_name)
     if not run.config_path.is_file():
         raise ValueError(f"run_name: {run.path} holds no trained run; train it first")

@@ -62,7 +62,8 @@ MEANINGS = {
     "num_samples": "samples in the sample set (default: the preset's)",
     "sampler": (
         "a sampler the model serves, at its default settings, instead of the preset's (the "
-        "sample set and the GIF; for evaluate, the scores, kept in eval/metrics-<sampler>.json)"
+        "sample set and the GIF; for evaluate, the scores, kept in eval/metrics-<sampler>.json; "
+        "for inpaint, the completions)"
     ),
     "guidance": (
         "classifier-free guidance weight w of the sample set, for a class-conditional model: "
@@ -82,13 +83,16 @@ MEANINGS = {
     "completions": "completions of each example under each mask",
     "resamplings": (
         "RePaint's walks down each block of jump_length steps (1: the replacement method "
-        "alone; each more costs as many network calls again)"
+        "alone; each more costs as many network calls again; default: the preset's)"
     ),
-    "jump_length": "RePaint's block: steps walked down before noising back up",
+    "jump_length": (
+        "RePaint's block: steps walked down before noising back up (default: the preset's)"
+    ),
     "reconstruction": (
-        "DDPM runs: the weight of reconstruction guidance, which pulls the network's estimate "
-        "of the clean example towards the given entries at every step (0: none; one backward "
-        "pass through the network a step)"
+        "the weight of reconstruction guidance, which pulls the network's estimate of the "
+        "clean example towards the given entries at every step (0: none; one backward pass "
+        "through the network a step; DDPM runs' and the score-SDE samplers; default: the "
+        "preset's)"
     ),
 }
 

@@ -60,12 +60,25 @@ class SampleSetPart:
 
 
 @dataclasses.dataclass(frozen=True)
+class InpaintPart:
+    """How the `inpaint` flow fills in a job's held-out examples: its sampler (None: the sample
+    set's, without guidance) and method (RePaint's `resamplings` and `jump_length`, the weight
+    of reconstruction guidance)."""
+
+    sampler: SamplerSpec | None = None
+    resamplings: int = 1
+    jump_length: int = 10
+    reconstruction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Pipeline:
     train_data: DatasetSpec
     test_data: DatasetSpec
     train: TrainPart
     eval: EvalSpec
     samples: SampleSetPart
+    inpaint: InpaintPart = InpaintPart()
 
     def with_sampler(self, sampler: SamplerSpec) -> Pipeline:
         """Evaluation and the sample set both drawn by `sampler`."""
@@ -102,9 +115,11 @@ class ModelVariant:
     train: TrainPart
     sampler: SamplerSpec
     samples_n: int | None = None
+    inpaint: InpaintPart = InpaintPart()
 
     def apply(self, base: Pipeline) -> Pipeline:
-        changed = dataclasses.replace(base, train=self.train).with_sampler(self.sampler)
+        changed = dataclasses.replace(base, train=self.train, inpaint=self.inpaint)
+        changed = changed.with_sampler(self.sampler)
         if self.samples_n is None:
             return changed
         return dataclasses.replace(
@@ -294,6 +309,10 @@ EDM_VARIANTS: dict[str, ModelVariant] = {
             noise_log_std=1.4,
         ),
         _HEUN_35_CHURN,
+        # Filling in: Heun in 50 steps with churn and reconstruction guidance of weight 30
+        # (benchmarks/inpainting.py, top half given: the classifier recognises the digit in 85%
+        # of the completions, against 61% by replacement and 65% by RePaint's resampling).
+        inpaint=InpaintPart(_HEUN_35_CHURN.replace(num_steps=50), reconstruction=30.0),
     ),
     **{
         name: ModelVariant(

@@ -368,3 +368,28 @@ def test_a_class_conditional_edm_run_draws_each_row_from_its_class(mixture, tmp_
         for k, centre in ((0, [-5.0, -5.0]), (1, [5.0, 5.0])):
             near = np.linalg.norm(samples[k::2] - centre, axis=1) < 2.5
             assert near.mean() > 0.9, (guidance, k, near.mean())
+
+
+def test_reconstruction_guidance_of_a_score_sde_is_the_closed_form_pull():
+    """On Gaussian data with its exact score under a VE SDE, Tweedie's estimate is x0_hat = mu +
+    A (x - mu), A = Sigma (Sigma + sigma^2 I)^-1, so the guided score is s - w grad_x ||m (v -
+    x0_hat)|| = s + w A^T m r / ||m r||, r = v - x0_hat (m a 0/1 mask, A symmetric)."""
+    from diffusion_lib.analytic import GaussianData
+    from diffusion_lib.draw import reconstruction_guided_score
+    from diffusion_lib.sde import VESDE
+
+    data = GaussianData([0.5, -0.3, 1.0], [[1.0, 0.6, 0.1], [0.6, 0.8, -0.2], [0.1, -0.2, 0.5]])
+    sde = VESDE(sigma_min=0.01, sigma_max=10.0)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, 3)))
+    values = tf.constant(rng.normal(size=(4, 3)))
+    mask = tf.constant([[1.0, 0.0, 0.0]] * 4, tf.float64)
+    t = tf.fill([4], tf.constant(0.6, tf.float64))
+    guided = reconstruction_guided_score(data.score_fn(sde), sde, values, mask, 2.5)(x, t)
+    sigma = float(sde.marginal(t)[1][0])
+    gain = data.cov @ np.linalg.inv(data.cov + sigma**2 * np.eye(3))
+    x0_hat = data.mean + (x.numpy() - data.mean) @ gain.T
+    r = mask.numpy() * (values.numpy() - x0_hat)
+    pull = -(r / np.linalg.norm(r, axis=1, keepdims=True)) @ gain
+    exact = data.score_fn(sde)(x, t).numpy()
+    np.testing.assert_allclose(guided.numpy(), exact - 2.5 * pull, rtol=1e-6, atol=1e-8)
