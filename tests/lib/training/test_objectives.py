@@ -19,21 +19,31 @@ from diffusion_lib.training.objectives import TIME_SCALE, _replica_labels, build
 pytestmark = pytest.mark.cost(15)
 
 
-@pytest.mark.parametrize("objective", ["ncsn", "dsm", "ssm"])
-def test_score_objectives_train(eight, tmp_path, objective):
-    config = config_preset(
-        "toy-ncsn",
-        data_dir=eight,
+def _tiny(data_dir, preset, **changes):
+    """`preset` on the tiny MLP for 30 steps, one checkpoint at the end."""
+    return config_preset(
+        preset,
+        data_dir=data_dir,
         network="mlp-tiny",
-        objective=objective,
         num_steps=30,
         log_every=10,
         checkpoint_every=30,
+        **changes,
     )
+
+
+def _trained(config, run_dir):
+    """`config` trained through the real engine in `run_dir`, every logged loss finite: the
+    restored run."""
     reports = []
-    train(config, tmp_path / "run", progress=reports.append)
+    train(config, run_dir, progress=reports.append)
     assert all(np.isfinite(r.loss) for r in reports)
-    restored = Run(tmp_path / "run").restore()
+    return Run(run_dir).restore()
+
+
+@pytest.mark.parametrize("objective", ["ncsn", "dsm", "ssm"])
+def test_score_objectives_train(eight, tmp_path, objective):
+    restored = _trained(_tiny(eight, "toy-ncsn", objective=objective), tmp_path / "run")
     assert restored.model.conditioning == "log_sigma"
 
 
@@ -41,18 +51,7 @@ def test_score_objectives_train(eight, tmp_path, objective):
 def test_sde_objective_trains_and_samples_through_its_sde(eight, tmp_path, sde):
     """Continuous-time DSM through the real engine: finite losses, and the restored run draws
     with a score-SDE sampler (its objective's own SDE)."""
-    config = config_preset(
-        f"toy-sde-{sde}",
-        data_dir=eight,
-        network="mlp-tiny",
-        num_steps=30,
-        log_every=10,
-        checkpoint_every=30,
-    )
-    reports = []
-    train(config, tmp_path / "run", progress=reports.append)
-    assert all(np.isfinite(r.loss) for r in reports)
-    restored = Run(tmp_path / "run").restore()
+    restored = _trained(_tiny(eight, f"toy-sde-{sde}"), tmp_path / "run")
     assert restored.objective.sde.name == sde
     drawn = draw(restored, SamplerSpec.of("dpm_solver_pp", num_steps=5), 16, 0)
     assert drawn.samples.shape == (16, 2) and np.all(np.isfinite(drawn.samples))
@@ -203,18 +202,7 @@ def test_noise_level_is_the_sigma_the_networks_condition_stands_for(preset, over
 def test_edm_trains_restores_and_samples(eight, tmp_path):
     """EDM through the real engine: finite losses, a network embedding c_noise, and draws by
     Heun's sampler and another score-SDE sampler of its VE view."""
-    config = config_preset(
-        "toy-edm",
-        data_dir=eight,
-        network="mlp-tiny",
-        num_steps=30,
-        log_every=10,
-        checkpoint_every=30,
-    )
-    reports = []
-    train(config, tmp_path / "run", progress=reports.append)
-    assert all(np.isfinite(r.loss) for r in reports)
-    restored = Run(tmp_path / "run").restore()
+    restored = _trained(_tiny(eight, "toy-edm"), tmp_path / "run")
     assert restored.model.conditioning == "c_noise"
     assert restored.objective.noise_level(tf.constant([0.3])).numpy() == pytest.approx(0.3)
     for spec in (SamplerSpec.of("heun", num_steps=5), SamplerSpec.of("dpm_solver_pp", num_steps=5)):
