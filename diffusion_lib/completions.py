@@ -27,7 +27,7 @@ import numpy as np
 
 from diffusion_lib.data import DataError, DatasetSpec, open_dataset
 from diffusion_lib.data.sources.base import Examples, check_range, register_source
-from diffusion_lib.draw import Given, check_compatible, draw, fills_in
+from diffusion_lib.draw import RECONSTRUCTION_FAMILIES, Given, check_compatible, draw, fills_in
 from diffusion_lib.masks import MaskError, mask_of
 from diffusion_lib.run import Run
 from diffusion_lib.samplers import SamplerSpec
@@ -230,7 +230,7 @@ def completion_set_spec(
         raise DataError(f"images: the run's test set holds {len(test)} examples, not {images}")
     if not fills_in(sampler):
         raise DataError(f"sampler {sampler.name!r} cannot fill in given entries")
-    if reconstruction and sampler.family not in ("diffusion", "sde"):
+    if reconstruction and sampler.family not in RECONSTRUCTION_FAMILIES:
         raise DataError(
             f"reconstruction guidance is for DDPM runs' samplers and the score-SDE samplers, "
             f"not {sampler.name!r}"

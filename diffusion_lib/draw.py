@@ -48,7 +48,7 @@ from diffusion_lib._checks import seed_tensor
 from diffusion_lib.render import gif_frame_steps
 from diffusion_lib.samplers import SAMPLERS, Frames, Known, LevelHealth, SamplerSpec
 from diffusion_lib.samplers.base import Progress
-from diffusion_lib.sde import clip_data_prediction
+from diffusion_lib.sde import clip_data_prediction, data_prediction
 
 MEMO_BYTES = 256 * 2**20
 # The chain steps a set's first chunk keeps (its preview: the sampling GIF's frames), spaced
@@ -114,6 +114,11 @@ def _reconstruction_pull(x, predict, values, mask):
     return output, tf.stop_gradient(tape.gradient(total, x))
 
 
+# The sampler families reconstruction guidance corrects: DDPM's noise prediction
+# (`reconstruction_guided`) and the score-SDE samplers' score (`reconstruction_guided_score`).
+RECONSTRUCTION_FAMILIES = ("diffusion", "sde")
+
+
 def reconstruction_guided(model, diffusion, values: tf.Tensor, mask: tf.Tensor, weight: float):
     """model(x_t, t) of a noise-predicting DDPM whose prediction is corrected towards agreeing
     with the given entries (Chung et al. 2023, DPS; Ho et al. 2022's reconstruction guidance):
@@ -153,10 +158,7 @@ def reconstruction_guided_score(score_fn, sde, values: tf.Tensor, mask: tf.Tenso
     def guided(x, t):
         def predict(x):
             score = _checks.call_network(score_fn, x, t)
-            alpha, std = sde.marginal(t, x.dtype)
-            alpha = _checks.expand_to_rank(alpha, x.shape.rank)
-            var = _checks.expand_to_rank(tf.square(std), x.shape.rank)
-            return score, (x + var * score) / alpha
+            return score, data_prediction(sde, score, x, t)
 
         score, pull = _reconstruction_pull(x, predict, values, mask)
         return score - weight * pull
@@ -293,10 +295,12 @@ def draw(
     label = None
     if given is not None:
         known = _known(restored, spec, given, n, padded)
-        if given.reconstruction and info.family not in ("diffusion", "sde"):
+        if given.reconstruction and info.family not in RECONSTRUCTION_FAMILIES:
             raise SamplerMismatch(
                 "reconstruction guidance is for DDPM runs' and the score-SDE samplers"
             )
+        if given.reconstruction and replicas > 1:
+            raise SamplerMismatch("reconstruction guidance runs on one device")
         # Unconditional unless a label is given: the null label, num_classes.
         label = num_classes if given.label is None else given.label
         if num_classes and given.label is None and spec.guidance:
@@ -324,8 +328,6 @@ def draw(
     if info.family == "diffusion":
         clip = (-1.0, 1.0) if restored.normalizer.is_image else None
         if given is not None and given.reconstruction:
-            if replicas > 1:
-                raise SamplerMismatch("reconstruction guidance runs on one device")
             model = reconstruction_guided(
                 model, objective.diffusion, known.values, known.mask, given.reconstruction
             )
@@ -333,8 +335,6 @@ def draw(
     elif info.family == "sde":
         sde, score_fn = objective.sde_view(model)
         if given is not None and given.reconstruction:
-            if replicas > 1:
-                raise SamplerMismatch("reconstruction guidance runs on one device")
             score_fn = reconstruction_guided_score(
                 score_fn, sde, known.values, known.mask, given.reconstruction
             )
