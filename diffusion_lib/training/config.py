@@ -741,3 +741,30 @@ def config_preset(name: str, **overrides) -> TrainConfig:
 
 def config_preset_names() -> list[str]:
     return sorted(_presets())
+
+
+def check_against_data(config: TrainConfig, dataset, replicas: int) -> None:
+    """What the config asks of `dataset` (an opened dataset) and of `replicas`: ConfigError
+    naming the field."""
+    if config.data.flip and dataset.kind != "image":
+        raise ConfigError("data.flip: only image datasets can be flipped")
+    if config.optim.batch_size > len(dataset):
+        raise ConfigError(
+            f"optim.batch_size: {config.optim.batch_size} is larger than the {len(dataset)} "
+            f"examples of {config.data.data_dir}"
+        )
+    if config.network.num_classes:
+        labels = dataset.label_range()
+        if labels is None:
+            raise ConfigError(
+                f"network.num_classes: {config.data.data_dir} has no labels to condition on (set 0)"
+            )
+        if labels[0] < 0 or labels[1] >= config.network.num_classes:
+            raise ConfigError(
+                f"network.num_classes: {config.network.num_classes} classes, but the labels of "
+                f"{config.data.data_dir} span {labels[0]}..{labels[1]}"
+            )
+    if config.optim.batch_size % replicas:
+        raise ConfigError(
+            f"optim.batch_size: {config.optim.batch_size} is not divisible by {replicas} replicas"
+        )

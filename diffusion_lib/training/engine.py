@@ -38,7 +38,12 @@ from diffusion_lib.training.checkpoints import (
     committed_steps,
     restore,
 )
-from diffusion_lib.training.config import ConfigError, TrainConfig, init_from_parts
+from diffusion_lib.training.config import (
+    ConfigError,
+    TrainConfig,
+    check_against_data,
+    init_from_parts,
+)
 from diffusion_lib.training.objectives import build_objective
 from diffusion_lib.training.strategy import choose_strategy, worker_role
 
@@ -267,32 +272,6 @@ def _prepare_run_dir(
         atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
-def _check_against_data(config: TrainConfig, dataset, replicas: int) -> None:
-    """What the config asks of the data and the replicas: ConfigError naming the field."""
-    if config.data.flip and dataset.kind != "image":
-        raise ConfigError("data.flip: only image datasets can be flipped")
-    if config.optim.batch_size > len(dataset):
-        raise ConfigError(
-            f"optim.batch_size: {config.optim.batch_size} is larger than the {len(dataset)} "
-            f"examples of {config.data.data_dir}"
-        )
-    if config.network.num_classes:
-        labels = dataset.label_range()
-        if labels is None:
-            raise ConfigError(
-                f"network.num_classes: {config.data.data_dir} has no labels to condition on (set 0)"
-            )
-        if labels[0] < 0 or labels[1] >= config.network.num_classes:
-            raise ConfigError(
-                f"network.num_classes: {config.network.num_classes} classes, but the labels of "
-                f"{config.data.data_dir} span {labels[0]}..{labels[1]}"
-            )
-    if config.optim.batch_size % replicas:
-        raise ConfigError(
-            f"optim.batch_size: {config.optim.batch_size} is not divisible by {replicas} replicas"
-        )
-
-
 class Trainer:
     """Builds everything for one run directory and trains; `train()` below is the usual entry."""
 
@@ -318,7 +297,7 @@ class Trainer:
         self.dataset = open_dataset(config.data.data_dir)
         # Checked before the run directory is written, so a re-run with a sane value is the
         # same run, not "another config".
-        _check_against_data(config, self.dataset, self.strategy.num_replicas_in_sync)
+        check_against_data(config, self.dataset, self.strategy.num_replicas_in_sync)
         self.objective = build_objective(config)
         self.network_config = network_config(config, self.dataset.example_shape, self.objective)
         if self.is_chief:  # one writer per run directory (re-entrant; inherited from a flow)

@@ -1,18 +1,23 @@
-"""Starting and watching training workers, behind one interface so the engine can change.
+"""Training workers on Ray Train, behind one call:
 
-    launch(config_path, run_dir, workers=N, env=..., timeout_seconds=..., on_event=fn)
-        -> Launched(step, checkpoint, loss, started_from)
+    launch(config_path, run_dir, workers=N, address=None, env=..., timeout_seconds=...,
+           on_event=fn) -> Launched(step, checkpoint, loss, started_from)
 
-runs `python -m diffusion_lib.training` once per worker, passes each worker's JSON events
-(`{"event": "start" | "progress" | "warning" | "error" | "done", ...}`) to `on_event(worker,
-event)` as they come, and raises `TrainingFailed` naming the worker and its reason when one
-fails, the workers restore different steps, or the deadline passes. This is the local engine:
-child processes on this host (MultiWorkerMirroredStrategy over TF_CONFIG on 127.0.0.1 when
-there are several), each in a process group of its own, killed as a group.
+Ray Train's TensorflowTrainer starts `workers` workers (one GPU each where the cluster has
+them), gives each the TF_CONFIG of MultiWorkerMirroredStrategy when there are several, and
+when a worker dies (a crash, a kill, a lost node) starts the group again, up to
+`max_failures` times: each start resumes from the run directory's latest checkpoint. The
+cluster is the one at `address`, or a local one (`diffusion_lib.cluster.connect`).
 
-A child process rather than TensorFlow in the caller: in-process TensorFlow cannot be
-interrupted, never returns GPU memory, and takes its caller down with it on OOM or a segfault.
-A worker started again resumes from the run directory's latest checkpoint.
+Each worker runs `worker.run_worker` and sends the worker protocol's events (`{"event":
+"start" | "progress" | "warning" | "error" | "done", ...}`) back through a Ray queue; they
+reach `on_event(worker, event)` as they come. Bad input and divergence fail the same way every
+time: the workers return, and `TrainingFailed` says so (`permanent`), without another start.
+Workers that restore different steps, or a deadline passed, stop every worker (a checkpoint is
+written first) and raise `TrainingFailed`.
+
+The run directory's lock stays with the caller: a caller holding it (a flow's `writing`)
+lends it to the chief worker for the call; a caller without it leaves the chief to take it.
 """
 
 from __future__ import annotations
@@ -21,33 +26,38 @@ import collections
 import dataclasses
 import json
 import os
-import queue
-import signal
 import socket
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 
 from diffusion_lib import run_lock
-from diffusion_lib.training.startup_noise import is_noise, noise_patterns
-from diffusion_lib.training.worker_protocol import EXIT_MEANINGS, PARENT_ENV
+from diffusion_lib.cluster import connect
+from diffusion_lib.training.worker_protocol import BAD_INPUT, EXIT_MEANINGS
 
-TAIL_LINES = 40
 OnEvent = Callable[[int, dict], None]
+MAX_FAILURES = 2  # worker-group restarts per launch
+STOP_GRACE_SECONDS = 60.0  # a stopped worker's time to write its checkpoint and return
+_POLL_SECONDS = 0.5
 
 
 class TrainingFailed(RuntimeError):
-    """A training worker's failure. Crashes, kills and timeouts are worth another attempt (it
-    resumes from the latest checkpoint); bad input (exit 2) and divergence (exit 3) are
-    `permanent`: they fail the same way every time. `tail` holds the failed worker's last lines
-    of output."""
+    """A training run's failure: bad input (exit status 2) or divergence (3), which fail the
+    same way every time; a crash or kill the engine could not get past in its restarts (another
+    attempt would only repeat them); both are `permanent`. A deadline passed or workers out of
+    step are not. `tail` holds the failed worker's last lines of output."""
 
-    def __init__(self, message: str, exit_code: int | None = None, tail: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        exit_code: int | None = None,
+        tail: tuple[str, ...] = (),
+        permanent: bool | None = None,
+    ):
         super().__init__(message)
         self.exit_code = exit_code
-        self.permanent = exit_code in EXIT_MEANINGS
+        self.permanent = exit_code in EXIT_MEANINGS if permanent is None else permanent
         self.tail = tail
 
 
@@ -62,150 +72,104 @@ class Launched:
     started_from: int
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+def _train_loop(params: dict) -> None:
+    """One Ray Train worker: `run_worker` on the run, its events into the launcher's queue."""
+    # Ray Train asks TensorFlow for its Keras 2 (tf_keras); the project is Keras 3.
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    os.environ.update(params["env"])
+    from ray import train
+
+    from diffusion_lib.training.config import TrainConfig
+    from diffusion_lib.training.worker import run_worker
+
+    rank = train.get_context().get_world_rank()
+    events, control = params["events"], params["control"]
+    if rank == 0:
+        os.environ.update(params["chief_env"])
+
+    where = {  # which process a start is, for the log and for an operator's kill -9
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+
+    def emit(event: str, **fields) -> None:
+        events.put((rank, {"event": event, **fields, **(where if event == "start" else {})}))
+
+    stop = threading.Event()
+
+    def watch_control() -> None:  # the launcher asks every worker to stop by one message
+        while not stop.is_set():
+            if control.size():
+                stop.set()
+            time.sleep(1.0)
+
+    threading.Thread(target=watch_control, daemon=True).start()
+    threading.Thread(target=_die_with_the_node, daemon=True).start()
+
+    def make_config():
+        with open(params["config_path"]) as handle:
+            return TrainConfig.from_dict(json.load(handle))
+
+    code = run_worker(make_config, params["run_dir"], emit=emit, should_stop=stop.is_set)
+    stop.set()
+    if code not in (0, *EXIT_MEANINGS):
+        raise RuntimeError(f"training worker {rank} failed (its error event says why)")
 
 
-def worker_environments(workers: int, visible_devices: str | None) -> list[dict]:
-    """One environment per local training worker: TF_CONFIG naming all of them on localhost
-    (none for a single worker) and an even share of the visible GPUs, if any are listed."""
-    if workers == 1:
-        return [{}]
-    hosts = [f"localhost:{port}" for port in _free_ports(workers)]
-    devices = [d for d in (visible_devices or "").split(",") if d]
-    if devices and len(devices) % workers:
-        raise ValueError(
-            f"workers: {len(devices)} visible GPUs do not split over {workers} workers"
-        )
-    share = len(devices) // workers
-    return [
-        {
-            "TF_CONFIG": json.dumps(
-                {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-            ),
-            **(
-                {"CUDA_VISIBLE_DEVICES": ",".join(devices[index * share : (index + 1) * share])}
-                if devices
-                else {}
-            ),
-        }
-        for index in range(workers)
-    ]
-
-
-def parse_event(line: str) -> dict | None:
-    """The worker's JSON event on this line, or None for any other output."""
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
-
-
-def failure_reason(error: dict | None, tail) -> str:
-    """A failed worker's reason: its error event ("Kind: message"), else the last line of its
-    other output that names an error (a traceback's last line, a fatal TensorFlow line), else
-    its last line. TensorFlow's start-up notices are passed over: its "failed call to cuInit" on
-    a host without a GPU driver names an error but no reason, and was given as the reason of a
-    worker killed by a signal."""
-    if error is not None:
-        return f"{error['kind']}: {error['message']}"
-    noise = noise_patterns()
-    lines = [line for line in tail if line.strip()]
-    reasons = [line for line in lines if not is_noise(line, noise)]
-    named = [line for line in reasons if "Error" in line or "error" in line or "Killed" in line]
-    if named:
-        return named[-1].strip()
-    if reasons:
-        return reasons[-1].strip()
-    return "no output beyond TensorFlow's start-up notices" if lines else "no output"
-
-
-def exit_meaning(code: int) -> str:
-    """An exit status in words: the worker protocol's codes, else the signal that ended it."""
-    if code in EXIT_MEANINGS:
-        return EXIT_MEANINGS[code]
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return "failed"
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _stream(index: int, proc: subprocess.Popen, lines: queue.Queue) -> None:
-    for line in proc.stdout:
-        lines.put((index, line.rstrip()))
-    lines.put((index, None))
-
-
-def _start_workers(config_path: str, run_dir: str, workers: int, env: dict, lines: queue.Queue):
-    """The worker processes, each streaming its output lines into `lines` as (index, line)."""
-    command = [sys.executable, "-m", "diffusion_lib.training"]
-    command += ["--config", str(config_path), "--run-dir", str(run_dir)]
-    # The caller's lock on the run directory goes to the chief worker with its open file, so the
-    # worker holds it too (and keeps it if the caller dies first); without one it locks alone.
-    lock_env, lock_fds = run_lock.inheritance(run_dir)
-    procs = []
-    for index, extra in enumerate(worker_environments(workers, env.get("CUDA_VISIBLE_DEVICES"))):
-        proc = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            # PARENT_ENV: the worker dies with this process (it has a process group of its own).
-            env={**env, **extra, **(lock_env if index == 0 else {}), PARENT_ENV: str(os.getpid())},
-            pass_fds=lock_fds if index == 0 else (),
-        )
-        procs.append(proc)
-        threading.Thread(target=_stream, args=(index, proc, lines), daemon=True).start()
-    return procs
+def _die_with_the_node() -> None:
+    """Ends this worker the moment its node's raylet (its parent) is gone: killed with the
+    job's process group, or with the process that started a local cluster (the raylet shares
+    its fate). Ray would end the worker too, seconds later; a worker writing a checkpoint into a
+    run that a re-run is taking over must not outlive it by those seconds."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    os._exit(1)
 
 
 class _Watch:
-    """What the watching loop keeps of each worker: its error event, its other output's last
-    lines (which a failure quotes), the step it started from; and the chief's last event."""
+    """What the launcher keeps of each worker: its last error event, the step each worker of
+    the current start restored, and the chief's last event."""
 
-    def __init__(self, workers: int):
+    def __init__(self):
         self.errors: dict[int, dict] = {}
         self.starts: dict[int, int] = {}
-        self.tails = [collections.deque(maxlen=TAIL_LINES) for _ in range(workers)]
+        self.restarts = 0
         self.last: dict | None = None
+        self.chief_start = 0  # the step the chief's latest start restored
 
-    def take(self, index: int, line: str, on_event: OnEvent) -> str | None:
-        """Takes one output line; returns why every worker must stop, or None."""
-        event = parse_event(line)
-        if event is None:
-            self.tails[index].append(line)
-            return None
-        if event["event"] == "error":
+    def take(self, index: int, event: dict, on_event: OnEvent) -> str | None:
+        """Takes one event; returns why every worker must stop, or None."""
+        kind = event["event"]
+        if kind == "error":
             self.errors[index] = event
-        if event["event"] == "start":
+        if kind == "start":
+            if index in self.starts:  # the engine started the group again
+                self.starts, self.restarts = {}, self.restarts + 1
             self.starts[index] = event["step"]
+            if index == 0:
+                self.chief_start = event["step"]
             if len(set(self.starts.values())) > 1:
-                return f"the workers restored different steps: {self.starts}; killed them all"
+                return f"the workers restored different steps: {self.starts}; stopped them all"
         if index == 0:
             self.last = event
         on_event(index, event)
         return None
+
+    def permanent(self) -> dict | None:
+        """The error event of bad input or divergence, if a worker sent one."""
+        found = [e for e in self.errors.values() if e.get("code") in EXIT_MEANINGS]
+        return found[0] if found else None
+
+
+def _reason(event: dict | None, engine_error: BaseException | None = None) -> str:
+    if event is not None:
+        return f"{event['kind']}: {event['message']}"
+    if engine_error is not None:  # the engine's account: the worker sent no error of its own
+        lines = [line for line in str(engine_error).splitlines() if line.strip()]
+        return f"{type(engine_error).__name__}: {' '.join(lines[-3:])[:1000]}"
+    return "no error reported"
 
 
 def launch(
@@ -216,45 +180,131 @@ def launch(
     env: dict | None = None,
     timeout_seconds: float = 3600.0,
     on_event: OnEvent = lambda worker, event: None,
+    address: str | None = None,
+    max_failures: int = MAX_FAILURES,
 ) -> Launched:
-    """Trains the TrainConfig in `config_path` in `run_dir` with `workers` worker processes on
-    this host; `env` is added to this process's environment. Any worker failing, or the
-    deadline passing, kills every worker's process group and raises TrainingFailed."""
-    lines: queue.Queue = queue.Queue()
-    procs = _start_workers(config_path, run_dir, workers, {**os.environ, **(env or {})}, lines)
-    deadline = time.monotonic() + timeout_seconds
-    watch, open_streams, failed, stop = _Watch(len(procs)), len(procs), None, None
-    try:
-        while open_streams and stop is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TrainingFailed(
-                    f"training in {run_dir} exceeded {timeout_seconds:.0f} s; killed its process group"
-                )
+    """Trains the TrainConfig in `config_path` in `run_dir` with `workers` Ray Train workers
+    (module docstring); `env` is added to the workers' environment."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.util.queue import Queue
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    _preflight(config_path, run_dir)
+    lock_env = run_lock.lent(run_dir)
+    cluster = connect(address)
+    with tempfile.TemporaryDirectory() as scratch:
+        use_gpu = cluster.gpus >= workers
+        per_worker = {"GPU": 1} if use_gpu else {}
+        if cluster.local:  # this host's CPUs shared out, so each worker's threads fit
+            per_worker["CPU"] = max(1, cluster.cpus // workers)
+        events, control = Queue(), Queue()
+        trainer = TensorflowTrainer(
+            _train_loop,
+            train_loop_config={
+                "config_path": str(config_path),
+                "run_dir": str(run_dir),
+                "env": {k: str(v) for k, v in (env or {}).items()},
+                "chief_env": lock_env,
+                "events": events,
+                "control": control,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker or None
+            ),
+            run_config=RunConfig(
+                name="train",
+                storage_path=scratch,
+                failure_config=FailureConfig(max_failures=max_failures),
+            ),
+        )
+        outcome: dict = {}
+
+        def fit() -> None:
             try:
-                index, line = lines.get(timeout=min(remaining, 1.0))
-            except queue.Empty:
-                continue
-            if line is not None:
-                stop = watch.take(index, line, on_event)
-                continue
-            open_streams -= 1
-            if procs[index].wait() != 0:
-                failed = index
-                break  # one worker down: the others would wait for it forever
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                _kill_group(proc)
-    if stop is not None:
-        raise TrainingFailed(f"training in {run_dir}: {stop}")
-    if failed is not None:
-        code, tail = procs[failed].returncode, tuple(watch.tails[failed])
-        reason = failure_reason(watch.errors.get(failed), tail)
+                trainer.fit()
+            except Exception as err:  # noqa: BLE001 - reported by the launcher below
+                outcome["error"] = err
+            finally:
+                outcome["done"] = True
+
+        fitting = threading.Thread(target=fit, daemon=True)
+        fitting.start()
+        watch = _Watch()
+        stop_reason = _watch_events(
+            watch, events, control, outcome, on_event, run_dir, timeout_seconds
+        )
+        fitting.join(STOP_GRACE_SECONDS if stop_reason else None)
+        _drain(watch, events, on_event)
+    return _result(watch, outcome, stop_reason, run_dir, max_failures)
+
+
+def _preflight(config_path: str, run_dir: str) -> None:
+    """The bad input a worker would meet first (the config, its dataset, what it asks of the
+    data), found before any worker starts: TrainingFailed with the workers' own message."""
+    from diffusion_lib.data import DataError, open_dataset
+    from diffusion_lib.training.config import TrainConfig, check_against_data
+
+    try:
+        with open(config_path) as handle:
+            config = TrainConfig.from_dict(json.load(handle))
+        # The replicas' count is the workers' to find; what divides by it is checked there.
+        check_against_data(config, open_dataset(config.data.data_dir), replicas=1)
+    except (DataError, OSError, ValueError, TypeError) as err:
+        event = {"kind": type(err).__name__, "message": str(err)}
         raise TrainingFailed(
-            f"training worker {failed} exited with {code} ({exit_meaning(code)}): {reason}",
+            f"training in {run_dir} failed for good ({EXIT_MEANINGS[BAD_INPUT]}): {_reason(event)}",
+            BAD_INPUT,
+        ) from None
+
+
+def _watch_events(watch, events, control, outcome, on_event, run_dir, timeout_seconds):
+    """Passes events on until the fit ends; returns why the workers were stopped, if they were."""
+    deadline = time.monotonic() + timeout_seconds
+    while not outcome.get("done"):
+        for index, event in _take(events):
+            reason = watch.take(index, event, on_event)
+            if reason is not None:
+                control.put("stop")
+                return f"training in {run_dir}: {reason}"
+        if time.monotonic() > deadline:
+            control.put("stop")
+            return f"training in {run_dir} exceeded {timeout_seconds:.0f} s; stopped its workers"
+        time.sleep(_POLL_SECONDS)
+    return None
+
+
+def _take(events) -> list:
+    return events.get_nowait_batch(events.size()) if events.size() else []
+
+
+def _drain(watch, events, on_event) -> None:
+    for index, event in _take(events):
+        watch.take(index, event, on_event)
+
+
+def _result(watch, outcome, stop_reason, run_dir, max_failures) -> Launched:
+    if stop_reason is not None:
+        raise TrainingFailed(stop_reason)
+    permanent = watch.permanent()
+    if permanent is not None:
+        code = permanent["code"]
+        raise TrainingFailed(
+            f"training in {run_dir} failed for good ({EXIT_MEANINGS[code]}): {_reason(permanent)}",
             code,
-            tail,
+        )
+    if "error" in outcome:
+        failed = collections.OrderedDict(sorted(watch.errors.items()))
+        index, event = next(iter(failed.items()), (None, None))
+        who = f"worker {index}" if index is not None else "a worker"
+        raise TrainingFailed(
+            f"training in {run_dir}: {who} failed after {max_failures} restart(s) by the "
+            f"engine: {_reason(event, outcome['error'])}",
+            tail=tuple((event or {}).get("tail", ())),
+            permanent=True,
         )
     last = watch.last
-    return Launched(last["step"], last["checkpoint"], last["loss"], watch.starts.get(0, 0))
+    if last is None or last["event"] != "done":
+        raise TrainingFailed(f"training in {run_dir} ended without a result from its chief worker")
+    return Launched(last["step"], last["checkpoint"], last["loss"], watch.chief_start)

@@ -1,7 +1,7 @@
 """One writer per run directory, with real processes and real signals: a second process is
-refused naming the first, a lock left by a SIGKILLed holder is taken over, a child started with
-the holder's open file holds it with its parent (and alone after the parent dies), and a
-training worker and a Trainer in another process cannot write one run at once."""
+refused naming the first, a lock left by a SIGKILLed holder is taken over, a process lent the
+lock writes under its lender's (and takes it when free), and a training worker and a Trainer
+in another process cannot write one run at once."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from diffusion_lib import run_lock
-from diffusion_lib.run_lock import RunBusy, acquire, inheritance, release, writing
+from diffusion_lib.run_lock import RunBusy, acquire, lent, writing
 
 
 @pytest.fixture(scope="module")
@@ -65,21 +65,30 @@ def test_a_second_process_is_refused_naming_the_first_and_a_killed_holders_lock_
     _holder(run_dir).kill()  # released: another process may take it
 
 
-def test_a_child_given_the_open_lock_holds_it_with_its_parent_and_after_it(tmp_path):
+def test_a_process_lent_the_lock_writes_under_it_and_takes_it_when_it_is_free(tmp_path):
+    """A Ray worker inherits no open file: the holder lends it the lock by name. While the
+    lender holds it, the lent process writes under it and any other process is refused; once
+    it is free, the lent process takes it itself."""
     run_dir = tmp_path / "run"
-    acquire(run_dir)
-    env, fds = inheritance(run_dir)
-    child = _holder(run_dir, env={**os.environ, **env}, pass_fds=fds)
+    with writing(run_dir):
+        env = {**os.environ, **lent(run_dir)}
+        borrower = _holder(run_dir, env=env)
+        try:
+            stranger = subprocess.run(
+                [sys.executable, "-c", HOLD, str(run_dir)], capture_output=True, text=True
+            )
+            assert stranger.returncode != 0 and f"pid {os.getpid()}" in stranger.stderr
+        finally:
+            borrower.kill()
+            borrower.wait()
+    borrower = _holder(run_dir, env=env)  # free: the lent process locks it itself
     try:
-        release(run_dir)  # the parent lets go (or dies): the child still holds the lock
-        with pytest.raises(RunBusy, match=f"pid {os.getpid()}"):  # the stamp is the parent's
+        with pytest.raises(RunBusy, match=f"pid {borrower.pid}"):
             acquire(run_dir)
     finally:
-        child.kill()
-        child.wait()
-    with writing(run_dir):
-        pass
-    assert inheritance(tmp_path / "other") == ({}, ())
+        borrower.kill()
+        borrower.wait()
+    assert lent(tmp_path / "other") == {}
 
 
 def test_a_training_worker_and_a_trainer_elsewhere_cannot_write_one_run(eight_points, tmp_path):

@@ -1,9 +1,12 @@
-"""train_model as a Prefect task: a SIGKILLed worker is retried and resumes from its checkpoint;
-a bad config fails with the worker's message; a timeout kills the process group."""
+"""train_model as a Prefect task on a real local Ray cluster: a SIGKILLed worker is restarted by
+the engine and resumes from its checkpoint; bad input fails at once with the worker's message;
+a deadline stops the workers; two workers are two replicas; the run's lock holds."""
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,12 +15,13 @@ import pytest
 from prefect import flow
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset
+from diffusion_lib.run_lock import writing
 from diffusion_lib.training import committed_steps
-from diffusion_lib.training.launch import TrainingFailed, worker_environments
+from diffusion_lib.training.launch import TrainingFailed, launch
 from tasks.presets import TrainPart
 from tasks.train import _Reporter, train_model
 
-pytestmark = pytest.mark.cost(110)
+pytestmark = pytest.mark.cost(50)
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +43,37 @@ def test_progress_counts_the_steps_of_the_config(data_dir):
     assert report.total == 1_900
 
 
-def _kill_worker_after(checkpoints, step, killed, index=None, timeout=180):
-    """Waits for a committed checkpoint >= step, then SIGKILLs the process group of a training
-    worker: any one, or the one whose TF_CONFIG task index is `index` (the others are left
-    running)."""
+def _ray_workers() -> list[psutil.Process]:
+    """This process's Ray Train workers (its local cluster's processes are its descendants)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _chief_pid(run_dir) -> int | None:
+    """The pid the run's lock names: the chief worker's, when it took the lock itself."""
+    try:
+        return json.loads((run_dir / ".writer.lock").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _kill_worker_after(checkpoints, step, killed, chief=None, timeout=180):
+    """Waits for a committed checkpoint >= step, then SIGKILLs a Ray Train worker: any one, or
+    the chief (chief=True) or another (chief=False) by the pid in the run's lock."""
     deadline = time.time() + timeout
     while time.time() < deadline and not killed:
         done = committed_steps(checkpoints)
         if done and done[-1] >= step:
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    if "diffusion_lib.training" not in " ".join(child.cmdline()):
-                        continue
-                    task = json.loads(child.environ().get("TF_CONFIG", "{}")).get("task", {})
-                except (psutil.Error, ValueError):
-                    continue
-                if index is None or task.get("index") == index:
-                    os.killpg(child.pid, signal.SIGKILL)
+            holder = _chief_pid(checkpoints.parent)
+            for worker in _ray_workers():
+                if chief is None or (worker.pid == holder) == chief:
+                    os.kill(worker.pid, signal.SIGKILL)
                     killed.append(done[-1])
                     return
         time.sleep(0.05)
@@ -81,23 +99,27 @@ def _train_with_a_kill(config, run_dir, killer, workers=1):
     return state, killed
 
 
-def test_sigkilled_worker_is_retried_and_resumes(prefect_server, data_dir, tmp_path):
-    config = _toy_config(data_dir, num_steps=600, checkpoint_every=100, log_every=100)
+@pytest.mark.system  # CI's second stage: a Ray Train worker killed and restarted, half a minute
+def test_sigkilled_worker_is_restarted_by_the_engine_and_resumes(
+    prefect_server, data_dir, tmp_path
+):
+    config = _toy_config(data_dir, num_steps=400, checkpoint_every=100, log_every=100)
     run_dir = tmp_path / "run"
     state, _ = _train_with_a_kill(
-        config, run_dir, lambda checkpoints, killed: _kill_worker_after(checkpoints, 300, killed)
+        config, run_dir, lambda checkpoints, killed: _kill_worker_after(checkpoints, 200, killed)
     )
     result = state.result()
-    assert result["step"] == 600 and result["checkpoint"].endswith("ckpt-600")
+    assert result["step"] == 400 and result["checkpoint"].endswith("ckpt-400")
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in rows]
     # The retry resumed after the last checkpoint before the kill, not from step 0.
-    assert steps.count(100) == 1 and steps[-1] == 600
+    assert steps.count(100) == 1 and steps[-1] == 400
+    assert 200 <= result["started_from"] < 400  # the engine's restart, in the same attempt
 
 
 def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp_path):
     config = _toy_config(str(tmp_path / "missing"), num_steps=10)
-    with pytest.raises(TrainingFailed, match=r"exited with 2 \(bad input .*\).*no manifest.json"):
+    with pytest.raises(TrainingFailed, match=r"failed for good \(bad input .*\).*no manifest.json"):
         train_model.fn(config, str(tmp_path / "run"), timeout_seconds=120)
     with pytest.raises(Exception, match="num_steps"):
         TrainPart.of("toy-ddpm", num_steps=-1)
@@ -111,7 +133,7 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
     run_dir = tmp_path / "run"
     config = _toy_config(data_dir, num_steps=4, checkpoint_every=4, log_every=2)
     with pytest.raises(
-        TrainingFailed, match=r"exited with 2 .*batch_size: 100000 is larger than the 4000"
+        TrainingFailed, match=r"for good \(bad input.*batch_size: 100000 is larger than the 4000"
     ):
         too_large = _toy_config(data_dir, num_steps=4, checkpoint_every=4, batch_size=100_000)
         train_model.fn(too_large, str(run_dir), timeout_seconds=120)
@@ -119,62 +141,26 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
     assert train_model.fn(config, str(run_dir), timeout_seconds=120)["step"] == 4
 
 
-def test_a_failure_without_an_error_event_is_explained_by_the_workers_last_lines():
-    """A worker that dies before it can report (an import error, a fatal TensorFlow check, a
-    signal) is explained by its own output: the last line naming an error, never one of
-    TensorFlow's start-up notices; a signal is named."""
-    from diffusion_lib.training.launch import exit_meaning, failure_reason
-    from tests.lib.training.test_startup_noise import CUINIT, NOISE
-
-    tail = [
-        "Traceback (most recent call last):",
-        '  File "x.py", line 1, in <module>',
-        "ModuleNotFoundError: No module named 'pyarrow'",
-        "",
-    ]
-    assert failure_reason(None, tail) == "ModuleNotFoundError: No module named 'pyarrow'"
-    assert failure_reason({"kind": "DataError", "message": "bad shard"}, tail) == (
-        "DataError: bad shard"
-    )
-    # A worker SIGKILLed after its start-up printed TensorFlow's notices: the cuInit line names
-    # an error but is not the reason (it used to be given as one).
-    started = [*NOISE, CUINIT, ""]
-    assert failure_reason(None, started) == "no output beyond TensorFlow's start-up notices"
-    assert failure_reason(None, [*NOISE, "step 10 of 20", CUINIT]) == "step 10 of 20"
-    assert failure_reason(None, []) == "no output"
-    assert exit_meaning(-9) == "killed by SIGKILL" and exit_meaning(-6) == "killed by SIGABRT"
-    assert exit_meaning(2).startswith("bad input") and exit_meaning(1) == "failed"
-
-
-def test_timeout_kills_the_process_group(prefect_server, data_dir, tmp_path):
+def test_a_deadline_stops_the_workers_after_a_checkpoint(prefect_server, data_dir, tmp_path):
     config = _toy_config(data_dir, num_steps=10**6, checkpoint_every=10**6, log_every=10)
     start = time.time()
-    with pytest.raises(TrainingFailed, match="exceeded 8 s; killed its process group"):
-        train_model.fn(config, str(tmp_path / "run"), timeout_seconds=8)
-    assert time.time() - start < 60
-    assert not [
-        c
-        for c in psutil.Process().children(recursive=True)
-        if "diffusion_lib.training" in " ".join(c.cmdline())
-    ]
+    with pytest.raises(TrainingFailed, match="exceeded 12 s; stopped its workers"):
+        train_model.fn(config, str(tmp_path / "run"), timeout_seconds=12)
+    assert time.time() - start < 90
+    assert committed_steps(tmp_path / "run" / "checkpoints")  # stopped with a checkpoint
+    assert not _ray_workers()  # the local cluster went with the call
 
 
-def test_worker_environments_split_the_gpus_evenly():
-    envs = worker_environments(2, "0,1,2,3")
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
-    assert [json.loads(e["TF_CONFIG"])["task"]["index"] for e in envs] == [0, 1]
-    with pytest.raises(ValueError, match="workers"):
-        worker_environments(2, "0,1,2")
-
-
+@pytest.mark.system  # CI's second stage: two Ray Train workers and a restart, about a minute
 def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     prefect_server, data_dir, tmp_path
 ):
-    """workers=2 (two processes, MultiWorkerMirroredStrategy over localhost, one CPU each: the
-    code path of a multi-GPU host, with a CPU per worker) is the same computation as one process with two replicas at the same global batch: the final
-    weights agree bit for bit. SIGKILL of the non-chief worker after a checkpoint brings
-    the other down with it; the task's retry restarts both from that checkpoint (each step
-    logged once) and the result is the uninterrupted one."""
+    """workers=2 (two Ray Train workers, MultiWorkerMirroredStrategy over 127.0.0.1, one CPU
+    each: the code path of a multi-GPU host, with a CPU per worker) is the same computation as
+    one process with two replicas at the same global batch: the final weights agree bit for
+    bit. SIGKILL of the non-chief worker after a checkpoint brings the group down; the engine
+    restarts both from that checkpoint (each step logged once) and the result is the
+    uninterrupted one."""
     import numpy as np
     import tensorflow as tf
 
@@ -191,12 +177,12 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     state, killed = _train_with_a_kill(
         config,
         run_dir,
-        lambda checkpoints, killed: _kill_worker_after(checkpoints, 50, killed, 1, 240),
+        lambda checkpoints, killed: _kill_worker_after(checkpoints, 50, killed, False, 240),
         workers=2,
     )
     result = state.result()
-    # The retry started both workers from the checkpoint the kill found (or one committed
-    # in the instant before the signal landed), not from 0.
+    # The engine started both workers again from the checkpoint the kill found (or one
+    # committed in the instant before the signal landed), not from 0.
     assert result["step"] == 150 and killed[0] <= result["started_from"] < 150
     steps = [
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -210,3 +196,82 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
     # is the same sum in either all-reduce.
     for a, b in zip(one.model.weights, two.model.weights, strict=True):
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
+
+
+def test_divergence_fails_at_once_without_a_restart(prefect_server, data_dir, tmp_path):
+    """A diverging run (a learning rate of 1e30) stops at its first non-finite step: the
+    workers return with the step named, and the engine does not start them again."""
+    config = _toy_config(data_dir, num_steps=200, checkpoint_every=100, learning_rate=1e30)
+    starts = []
+    with pytest.raises(TrainingFailed, match=r"failed for good \(training diverged.*step \d+"):
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        launch(
+            str(tmp_path / "c.json"),
+            str(tmp_path / "run"),
+            timeout_seconds=300,
+            on_event=lambda worker, event: starts.append(event) if event["event"] == "start" else 0,
+        )
+    assert len(starts) == 1
+
+
+@pytest.mark.system  # CI's second stage
+def test_a_caller_holding_the_runs_lock_lends_it_to_the_chief(prefect_server, data_dir, tmp_path):
+    """A flow holds the run's lock while a Ray worker (another process, given no open file)
+    writes the run: the chief writes under the lent lock, and another process asking for the
+    lock meanwhile is refused (RunBusy, naming the holder)."""
+    run_dir = tmp_path / "run"
+    config = _toy_config(data_dir, num_steps=200, checkpoint_every=100, log_every=50)
+    probe = (
+        "import sys\nfrom diffusion_lib.run_lock import RunBusy, writing\n"
+        "try:\n    with writing(sys.argv[1]):\n        print('took it')\n"
+        "except RunBusy as err:\n    print('busy:', err)\n"
+    )
+    seen = []
+
+    def try_meanwhile(worker, event):
+        if event["event"] == "progress" and not seen:
+            done = subprocess.run(
+                [sys.executable, "-c", probe, str(run_dir)], capture_output=True, text=True
+            )
+            seen.append(done.stdout.strip())
+
+    with writing(run_dir):
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        done = launch(str(tmp_path / "c.json"), str(run_dir), on_event=try_meanwhile)
+    assert done.step == 200
+    assert seen and seen[0].startswith("busy:") and f"pid {os.getpid()}" in seen[0]
+
+
+GPU_CLUSTER = """
+import json, sys
+import ray
+from diffusion_lib import cluster
+cluster._loopback_only()
+ray.init(num_cpus=2, num_gpus=2, object_store_memory=cluster.OBJECT_STORE_BYTES,
+         include_dashboard=False, log_to_driver=False)
+from diffusion_lib.training.launch import launch
+starts = {}
+launch(sys.argv[1], sys.argv[2], workers=2, timeout_seconds=600,
+       on_event=lambda w, e: starts.update({w: e["gpus"]}) if e["event"] == "start" else 0)
+print(json.dumps(starts))
+"""
+
+
+@pytest.mark.system  # two Ray Train workers, about a minute
+def test_on_a_cluster_with_gpus_each_worker_gets_one(data_dir, tmp_path):
+    """A cluster that offers GPUs (here a local one declaring two: Ray schedules them as it
+    would real ones) gets a worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES);
+    with no GPU behind the names TensorFlow trains on the CPU."""
+    config = _toy_config(data_dir, num_steps=20, checkpoint_every=20, log_every=10)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_CLUSTER, str(tmp_path / "c.json"), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # Ray fills it in for each worker; an empty one (no GPU, as the tests run) would
+        # contradict the two GPUs declared.
+        env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(json.loads(done.stdout.strip().splitlines()[-1]).values()) == ["0", "1"]

@@ -1,0 +1,68 @@
+"""The Ray cluster the project's distributed work runs on.
+
+    cluster = connect(address=None)   # Cluster(local, cpus, gpus)
+
+With no `address` (and none in RAY_ADDRESS), a local cluster is started on first use and kept
+for the process's later work (Ray stops it when the process exits): one node on this host,
+every process bound to and talking over 127.0.0.1, no dashboard, a small object store (the
+project passes paths through it, never arrays). With an address (`ray://host:10001` for Ray
+Client, `host:6379` or `auto` on a node of the cluster) the process connects to that cluster.
+A process already connected (`ray.init` done by its caller) keeps its connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+# A local cluster on Linux would advertise this host's network address and reach its own
+# processes over it; with Ray's single-host mode its node address is the loopback one. It must
+# be in the environment before Ray's constants are read, and its processes inherit it.
+# Ray Train checks on its workers every 2 s by default: a finished or failed worker went
+# unnoticed for up to that long after every launch.
+_LOOPBACK_ONLY = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+OBJECT_STORE_BYTES = 256 * 2**20
+ADDRESS_ENV = "RAY_ADDRESS"
+_started_local = False  # this process started the local cluster it is connected to
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The cluster connected to: a local one this process started or not, its CPUs and GPUs."""
+
+    local: bool
+    cpus: int
+    gpus: int
+
+
+def _loopback_only() -> None:
+    os.environ.update(_LOOPBACK_ONLY)
+    import ray._private.ray_constants as constants
+
+    constants.ENABLE_RAY_CLUSTER = False  # read at call time; set even if Ray was imported first
+
+
+def connect(address: str | None = None) -> Cluster:
+    """Connects to the Ray cluster at `address`, or starts a local one (module docstring)."""
+    global _started_local
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get(ADDRESS_ENV) or None
+        if address is None:
+            _loopback_only()
+            ray.init(
+                num_cpus=os.cpu_count(),
+                object_store_memory=OBJECT_STORE_BYTES,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            _started_local = True
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    return Cluster(_started_local, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
