@@ -77,6 +77,10 @@ def _train_loop(params: dict) -> None:
     # Ray Train asks TensorFlow for its Keras 2 (tf_keras); the project is Keras 3.
     os.environ.pop("TF_USE_LEGACY_KERAS", None)
     os.environ.update(params["env"])
+    # Paths in the config (its data directory) are read as the caller reads them: from the
+    # caller's working directory, where this host has it (Ray starts a worker in its own).
+    if os.path.isdir(params["cwd"]):
+        os.chdir(params["cwd"])
     from ray import train
 
     from diffusion_lib.training.config import TrainConfig
@@ -203,8 +207,9 @@ def launch(
         trainer = TensorflowTrainer(
             _train_loop,
             train_loop_config={
-                "config_path": str(config_path),
-                "run_dir": str(run_dir),
+                "config_path": os.path.abspath(config_path),
+                "run_dir": os.path.abspath(run_dir),
+                "cwd": os.getcwd(),
                 "env": {k: str(v) for k, v in (env or {}).items()},
                 "chief_env": lock_env,
                 "events": events,

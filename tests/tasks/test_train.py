@@ -126,19 +126,23 @@ def test_bad_config_fails_with_the_workers_message(prefect_server, data_dir, tmp
 
 
 def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted(
-    prefect_server, data_dir, tmp_path
+    prefect_server, data_dir, tmp_path, monkeypatch
 ):
-    """Exit 2 (not retried) naming batch_size, before the run directory holds a config; the same
-    run with a batch that fits then trains."""
-    run_dir = tmp_path / "run"
-    config = _toy_config(data_dir, num_steps=4, checkpoint_every=4, log_every=2)
+    """Bad input (not retried) naming batch_size, before the run directory holds a config; the
+    same run with a batch that fits then trains. The run and its data are named relative to the
+    caller's working directory (as `make run` names `runs/...`): Ray starts a worker in a
+    directory of its own, and the worker still reads and writes where the caller means."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(data_dir)
+    config = _toy_config("data", num_steps=4, checkpoint_every=4, log_every=2)
     with pytest.raises(
         TrainingFailed, match=r"for good \(bad input.*batch_size: 100000 is larger than the 4000"
     ):
-        too_large = _toy_config(data_dir, num_steps=4, checkpoint_every=4, batch_size=100_000)
-        train_model.fn(too_large, str(run_dir), timeout_seconds=120)
-    assert not (run_dir / "config.json").exists()
-    assert train_model.fn(config, str(run_dir), timeout_seconds=120)["step"] == 4
+        too_large = _toy_config("data", num_steps=4, checkpoint_every=4, batch_size=100_000)
+        train_model.fn(too_large, "runs/run", timeout_seconds=120)
+    assert not (tmp_path / "runs" / "run" / "config.json").exists()
+    assert train_model.fn(config, "runs/run", timeout_seconds=120)["step"] == 4
+    assert committed_steps(tmp_path / "runs" / "run" / "checkpoints") == [4]
 
 
 def test_a_deadline_stops_the_workers_after_a_checkpoint(prefect_server, data_dir, tmp_path):
