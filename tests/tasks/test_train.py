@@ -250,7 +250,7 @@ GPU_CLUSTER = """
 import json, sys
 import ray
 from diffusion_lib import cluster
-cluster._loopback_only()
+cluster.local_settings()
 ray.init(num_cpus=2, num_gpus=2, object_store_memory=cluster.OBJECT_STORE_BYTES,
          include_dashboard=False, log_to_driver=False)
 from diffusion_lib.training.launch import launch
