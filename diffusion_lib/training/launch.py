@@ -22,7 +22,6 @@ lends it to the chief worker for the call; a caller without it leaves the chief 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -300,8 +299,7 @@ def _result(watch, outcome, stop_reason, run_dir, max_failures) -> Launched:
             code,
         )
     if "error" in outcome:
-        failed = collections.OrderedDict(sorted(watch.errors.items()))
-        index, event = next(iter(failed.items()), (None, None))
+        index, event = min(watch.errors.items(), default=(None, None))  # the lowest rank's
         who = f"worker {index}" if index is not None else "a worker"
         raise TrainingFailed(
             f"training in {run_dir}: {who} failed after {max_failures} restart(s) by the "
