@@ -257,10 +257,7 @@ def _preflight(config_path: str, run_dir: str) -> None:
         check_against_data(config, open_dataset(config.data.data_dir), replicas=1)
     except (DataError, OSError, ValueError, TypeError) as err:
         event = {"kind": type(err).__name__, "message": str(err)}
-        raise TrainingFailed(
-            f"training in {run_dir} failed for good ({EXIT_MEANINGS[BAD_INPUT]}): {_reason(event)}",
-            BAD_INPUT,
-        ) from None
+        raise _for_good(run_dir, BAD_INPUT, event) from None
 
 
 def _watch_events(watch, events, control, outcome, on_event, run_dir, timeout_seconds):
@@ -279,8 +276,16 @@ def _watch_events(watch, events, control, outcome, on_event, run_dir, timeout_se
     return None
 
 
+def _for_good(run_dir: str, code: int, event: dict) -> TrainingFailed:
+    """The failure of bad input or divergence (`code`), with the error `event`'s account."""
+    return TrainingFailed(
+        f"training in {run_dir} failed for good ({EXIT_MEANINGS[code]}): {_reason(event)}", code
+    )
+
+
 def _take(events) -> list:
-    return events.get_nowait_batch(events.size()) if events.size() else []
+    waiting = events.size()  # one call to the queue's actor, not two
+    return events.get_nowait_batch(waiting) if waiting else []
 
 
 def _drain(watch, events, on_event) -> None:
@@ -293,11 +298,7 @@ def _result(watch, outcome, stop_reason, run_dir, max_failures) -> Launched:
         raise TrainingFailed(stop_reason)
     permanent = watch.permanent()
     if permanent is not None:
-        code = permanent["code"]
-        raise TrainingFailed(
-            f"training in {run_dir} failed for good ({EXIT_MEANINGS[code]}): {_reason(permanent)}",
-            code,
-        )
+        raise _for_good(run_dir, permanent["code"], permanent)
     if "error" in outcome:
         index, event = min(watch.errors.items(), default=(None, None))  # the lowest rank's
         who = f"worker {index}" if index is not None else "a worker"
