@@ -1,5 +1,8 @@
-"""`score_checkpoints`: the library's `evaluate_checkpoints` as a task that publishes a table of
-the metrics beside their floors and logs the chain health of score models."""
+"""Checkpoint scoring as tasks: `plan_scoring` (checks the inputs and makes the references: the
+feature classifier, the held-out features and floors), `score_checkpoint` a checkpoint (mapped,
+so several are scored at once where the flow's task runner allows, on a cluster too), and
+`publish_metrics` (writes eval/metrics.json, publishes a table of the metrics beside their floors
+and logs the chain health of score models). `score_checkpoints` chains them in a flow."""
 
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.utilities.annotations import unmapped
 
-from diffusion_lib.evaluation import EvalSpec, evaluate_checkpoints
+from diffusion_lib import evaluation
+from diffusion_lib.evaluation import EvalPlan, EvalSpec
 from diffusion_lib.run import METRICS_NAME
 from tasks.progress import Eta, show_progress
 from tasks.retries import worth_retrying
@@ -46,7 +51,7 @@ def log_chain_health(rows: list) -> None:
 
 
 class SamplingProgress:
-    """`progress(f)` for evaluate_checkpoints: the artifact is updated at most every 2 s (the
+    """`progress(f)` for scoring a checkpoint: the artifact is updated at most every 2 s (the
     callback runs between sampler steps), the log every 10%."""
 
     SCALE = 1000  # the ETA counts thousandths of the work
@@ -121,22 +126,36 @@ def metrics_table(rows: list, best_step: int | None) -> list[dict]:
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying)
-def score_checkpoints(
-    run_dir: str, test_dir: str, spec: EvalSpec, report_name: str = METRICS_NAME
-) -> dict:
-    """Returns {"best_step", "best_metric", "metrics_path"} and publishes a metrics table; an
-    `evaluation-progress` artifact (with an ETA) and a log line every 10% follow the sampling."""
-    progress = SamplingProgress(pathlib.Path(run_dir).name)
-    report = evaluate_checkpoints(
-        run_dir, test_dir=test_dir, spec=spec, progress=progress, report_name=report_name
+def plan_scoring(run_dir: str, test_dir: str, spec: EvalSpec, report_name: str) -> EvalPlan:
+    """The checkpoints not scored yet, with the references they are scored against made."""
+    plan = evaluation.plan_evaluation(
+        run_dir, test_dir=test_dir, spec=spec, report_name=report_name
     )
+    if plan.todo:
+        evaluation.prepare_references(plan)
+    return plan
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying)
+def score_checkpoint(plan: EvalPlan, step: int) -> dict:
+    """Checkpoint `step`'s row of the report; an `evaluation-progress` artifact (with an ETA)
+    and a log line every 10% follow its sampling."""
+    progress = SamplingProgress(f"{pathlib.Path(plan.run_dir).name} ckpt-{step}")
+    row = evaluation.score_checkpoint(plan, step, progress)
     progress.finish()
-    log_chain_health(report.rows)
+    return row
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying)
+def publish_metrics(plan: EvalPlan, rows: list[dict]) -> dict:
+    """Writes the report of `rows` with those scored before; publishes its table."""
+    report = evaluation.write_report(plan, rows)
+    log_chain_health(rows)
     create_table_artifact(
         table=metrics_table(report.rows, report.best_step),
         key="checkpoint-metrics",
         description=(
-            f"each metric at each checkpoint (n={spec.n} samples), with its ratio to the "
+            f"each metric at each checkpoint (n={plan.spec.n} samples), with its ratio to the "
             f"real-versus-real floor; best by {report.best_metric}"
         ),
     )
@@ -145,3 +164,13 @@ def score_checkpoints(
         "best_metric": report.best_metric,
         "metrics_path": report.path,
     }
+
+
+def score_checkpoints(
+    run_dir: str, test_dir: str, spec: EvalSpec, report_name: str = METRICS_NAME
+) -> dict:
+    """In a flow: scores every checkpoint of the run not scored yet with `spec`, each a task of
+    its own. Returns {"best_step", "best_metric", "metrics_path"}."""
+    plan = plan_scoring(run_dir, test_dir, spec, report_name)
+    futures = score_checkpoint.map(unmapped(plan), list(plan.todo))
+    return publish_metrics(plan, futures.result())

@@ -5,10 +5,15 @@ itself (`classifier`), and every score is reported beside its real-versus-real f
 """
 
 from diffusion_lib.evaluation.checkpoints import (
+    EvalPlan,
     EvalReport,
     EvalSpec,
     best_previous_checkpoint,
     evaluate_checkpoints,
+    plan_evaluation,
+    prepare_references,
+    score_checkpoint,
+    write_report,
 )
 from diffusion_lib.evaluation.classifier import (
     ClassifierSpec,
@@ -32,6 +37,7 @@ from diffusion_lib.evaluation.metrics import (
 __all__ = [
     "best_previous_checkpoint",
     "ClassifierSpec",
+    "EvalPlan",
     "EvalReport",
     "EvalSpec",
     "FeatureExtractor",
@@ -46,6 +52,10 @@ __all__ = [
     "kid",
     "load_or_train_classifier",
     "mmd_rbf",
+    "plan_evaluation",
     "precision_recall",
+    "prepare_references",
+    "score_checkpoint",
     "sliced_wasserstein",
+    "write_report",
 ]

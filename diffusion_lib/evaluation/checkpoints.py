@@ -23,6 +23,7 @@ roll).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -110,10 +111,6 @@ class EvalReport:
 
 def _reference(train, test, n: int, seed: int):
     """n training and n held-out examples, fixed by seed (the floor's two real sets)."""
-    if len(train) < n or len(test) < n:
-        raise M.MetricInputError(
-            f"n={n} needs {n} examples in each of train ({len(train)}) and test ({len(test)})"
-        )
     rng = np.random.default_rng(seed)
     pick = lambda ds: ds.read_rows(np.sort(rng.choice(len(ds), n, replace=False))).values  # noqa: E731
     return pick(train), pick(test)
@@ -254,6 +251,164 @@ class _ImageScorer:
         return values
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """What an evaluation scores, made by `plan_evaluation` before any work: paths and settings
+    only (it pickles small, so another process or host that sees the same files can score a
+    checkpoint of it). `todo`: the checkpoints not scored yet with these settings."""
+
+    run_dir: str
+    test_dir: str
+    train_dir: str
+    cache_dir: str
+    spec: EvalSpec
+    report_name: str
+    todo: tuple[int, ...]
+
+    @property
+    def report_path(self) -> pathlib.Path:
+        return Run(self.run_dir).eval_dir / self.report_name
+
+    @property
+    def best_metric(self) -> str:
+        images = open_dataset(self.train_dir, verify="none").kind == "image"
+        return self.spec.best_metric or ("fid" if images else "balanced_pr")
+
+
+def plan_evaluation(
+    run_dir: str | pathlib.Path,
+    *,
+    test_dir: str | pathlib.Path,
+    train_dir: str | pathlib.Path | None = None,
+    cache_dir: str | pathlib.Path | None = None,
+    spec: EvalSpec = EvalSpec(),
+    report_name: str = METRICS_NAME,
+) -> EvalPlan:
+    """The checkpoints to score (see `evaluate_checkpoints`), with every input checked: no
+    checkpoint, train and test sets of different shapes or too few examples for `spec.n`, or a
+    bad `report_name` raise here, before anything is computed."""
+    if pathlib.Path(report_name).name != report_name or not report_name.endswith(".json"):
+        raise ValueError(f"report_name must be a file name ending in .json, got {report_name!r}")
+    run = Run(run_dir)
+    steps = run.steps()
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
+    steps = steps[-spec.newest :] if spec.newest else steps
+    train_dir = pathlib.Path(train_dir or run.config.data.data_dir)
+    train, test = open_dataset(train_dir), open_dataset(test_dir)
+    if train.example_shape != test.example_shape:
+        raise M.MetricInputError(
+            f"train {train.example_shape} and test {test.example_shape} shapes differ"
+        )
+    if len(train) < spec.n or len(test) < spec.n:
+        raise M.MetricInputError(
+            f"n={spec.n} needs {spec.n} examples in each of train ({len(train)}) and test "
+            f"({len(test)})"
+        )
+    plan = EvalPlan(
+        str(run_dir),
+        str(test_dir),
+        str(train_dir),
+        str(cache_dir or run.eval_dir / "cache"),
+        spec,
+        report_name,
+        (),
+    )
+    rows = _previous_rows(plan)
+    # The rest were scored with these settings. A row without the metric that picks the best
+    # (scored before that metric existed) is scored again.
+    best_metric = plan.best_metric
+    todo = tuple(s for s in steps if best_metric not in rows.get(s, {}).get("metrics", {}))
+    return dataclasses.replace(plan, todo=todo)
+
+
+def _previous(plan: EvalPlan) -> dict:
+    """The report already written with `plan`'s settings ({} if none)."""
+    path = plan.report_path
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    return previous if previous.get("settings") == plan.spec.fingerprint() else {}
+
+
+def _previous_rows(plan: EvalPlan) -> dict[int, dict]:
+    return {row["step"]: row for row in _previous(plan).get("rows", [])}
+
+
+class _Scorer:
+    """A plan's references (the real examples, the floors, the data's RMS in the network's
+    space) and its scorer of samples: made once per process and plan (`_scorer`)."""
+
+    def __init__(self, plan: EvalPlan):
+        spec = plan.spec
+        train, test = open_dataset(plan.train_dir), open_dataset(plan.test_dir)
+        train_real, test_real = _reference(train, test, spec.n, spec.seed)
+        if train.kind == "image":
+            self.samples = _ImageScorer(
+                train, test, train_real, test_real, spec, pathlib.Path(plan.cache_dir)
+            )
+        else:
+            self.samples = _PointScorer(train, train_real, test_real)
+        self.floors = self.samples.floors
+        # The data's RMS in the network's space: what a healthy sampling chain ends near.
+        model_space = Normalizer.of(train.manifest).to_model(train_real)
+        self.data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_scorer(plan: EvalPlan, train: str, test: str) -> _Scorer:
+    return _Scorer(plan)
+
+
+def _scorer(plan: EvalPlan) -> _Scorer:
+    """The plan's scorer, made once per process while both data sets stay the same."""
+    fingerprint = lambda d: open_dataset(d, verify="none").manifest.fingerprint  # noqa: E731
+    return _cached_scorer(plan, fingerprint(plan.train_dir), fingerprint(plan.test_dir))
+
+
+def prepare_references(plan: EvalPlan) -> dict:
+    """Makes what scoring a checkpoint of `plan` reads (for images the feature classifier,
+    trained if not cached, and the held-out features and floors, written to the cache), so the
+    checkpoints can then be scored anywhere at once; returns the floors."""
+    return _scorer(plan).floors
+
+
+def score_checkpoint(
+    plan: EvalPlan, step: int, progress: Callable[[float], None] | None = None
+) -> dict:
+    """The report's row of checkpoint `step`: every metric beside its floor (and for a score
+    model the sampling chain's health). `progress(f)` follows the sampling, 0 to 1. The
+    references are read once per process; the weights are this checkpoint's."""
+    scorer = _scorer(plan)
+    run = Run(plan.run_dir)
+    restored = run.restore(step)
+    drawn = _draw(restored, plan.spec, scorer.data_rms, progress)
+    values = scorer.samples.score(drawn.samples, run, restored)
+    if drawn.health:
+        # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
+        values["chain_worst_rms_ratio"] = max(h.ratio for h in drawn.health)
+    row = {
+        "step": step,
+        "metrics": {k: {"value": v, "floor": scorer.floors.get(k)} for k, v in values.items()},
+    }
+    if drawn.health:
+        row["chain"] = [
+            {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms} for h in drawn.health
+        ]
+    return row
+
+
+def write_report(plan: EvalPlan, scored: list[dict]) -> EvalReport:
+    """The report of the rows already written with `plan`'s settings and the `scored` ones (by
+    `score_checkpoint`), written to eval/`plan.report_name` unless it would not change."""
+    previous = _previous(plan)
+    rows = {**_previous_rows(plan), **{row["step"]: row for row in scored}}
+    if scored:
+        floors = _scorer(plan).floors
+    else:  # a re-run: no references (classifier, features, floors) computed again
+        floors = previous["floors"]
+    committed = Run(plan.run_dir).steps()
+    return _report(plan.report_path, previous, rows, floors, committed, plan.best_metric, plan.spec)
+
+
 def evaluate_checkpoints(
     run_dir: str | pathlib.Path,
     *,
@@ -264,65 +419,26 @@ def evaluate_checkpoints(
     progress: Callable[[float], None] | None = None,
     report_name: str = METRICS_NAME,
 ) -> EvalReport:
-    """Scores the run's checkpoints (see EvalSpec); `progress(f)` follows the share of the
-    sampling done, 0 to 1, through each checkpoint's chains. The report goes to
-    eval/`report_name` (another name keeps another sampler's scores beside the run's own)."""
-    if pathlib.Path(report_name).name != report_name or not report_name.endswith(".json"):
-        raise ValueError(f"report_name must be a file name ending in .json, got {report_name!r}")
-    run = Run(run_dir)
-    steps = run.steps()
-    if not steps:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint to evaluate")
-    committed, steps = steps, steps[-spec.newest :] if spec.newest else steps
-    train = open_dataset(train_dir or run.config.data.data_dir)
-    test = open_dataset(test_dir)
-    if train.example_shape != test.example_shape:
-        raise M.MetricInputError(
-            f"train {train.example_shape} and test {test.example_shape} shapes differ"
-        )
-    images = train.kind == "image"
-    best_metric = spec.best_metric or ("fid" if images else "balanced_pr")
-    out_path = run.eval_dir / report_name
-    previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if previous.get("settings") != spec.fingerprint():
-        previous = {}
-    rows = {row["step"]: row for row in previous.get("rows", [])}
-
-    # The rest were scored with these settings. A row without the metric that picks the best
-    # (scored before that metric existed) is scored again.
-    todo = [step for step in steps if best_metric not in rows.get(step, {}).get("metrics", {})]
-    if not todo:  # a re-run: no references (classifier, features, floors) computed again
-        return _report(out_path, previous, rows, previous["floors"], committed, best_metric, spec)
-    train_real, test_real = _reference(train, test, spec.n, spec.seed)
-    if images:
-        cache_dir = pathlib.Path(cache_dir or run.eval_dir / "cache")
-        scorer = _ImageScorer(train, test, train_real, test_real, spec, cache_dir)
-    else:
-        scorer = _PointScorer(train, train_real, test_real)
-    floors = scorer.floors
-    # The data's RMS in the network's space: what a healthy sampling chain ends near.
-    model_space = Normalizer.of(train.manifest).to_model(train_real)
-    data_rms = float(np.sqrt(np.mean(np.square(model_space, dtype=np.float64))))
-
-    for done, step in enumerate(todo):
-        restored = run.restore(step)
-        fraction = None if progress is None else (lambda f, k=done: progress((k + f) / len(todo)))
-        drawn = _draw(restored, spec, data_rms, fraction)
-        values = scorer.score(drawn.samples, run, restored)
-        if drawn.health:
-            # The worst level's RMS of x over the RMS it should carry: ~1 for a healthy chain.
-            values["chain_worst_rms_ratio"] = max(h.ratio for h in drawn.health)
-        rows[step] = {
-            "step": step,
-            "metrics": {k: {"value": v, "floor": floors.get(k)} for k, v in values.items()},
-        }
-        if drawn.health:
-            rows[step]["chain"] = [
-                {"sigma": h.sigma, "rms": h.rms, "expected_rms": h.expected_rms}
-                for h in drawn.health
-            ]
-
-    return _report(out_path, previous, rows, floors, committed, best_metric, spec)
+    """Scores the run's checkpoints (see EvalSpec) one after another; `progress(f)` follows the
+    share of the sampling done, 0 to 1, through each checkpoint's chains. The report goes to
+    eval/`report_name` (another name keeps another sampler's scores beside the run's own).
+    The same in parts, for checkpoints scored in parallel: `plan_evaluation`,
+    `prepare_references`, `score_checkpoint` for each of `plan.todo`, `write_report`."""
+    plan = plan_evaluation(
+        run_dir,
+        test_dir=test_dir,
+        train_dir=train_dir,
+        cache_dir=cache_dir,
+        spec=spec,
+        report_name=report_name,
+    )
+    scored = []
+    for done, step in enumerate(plan.todo):
+        share = None
+        if progress is not None:
+            share = lambda f, k=done: progress((k + f) / len(plan.todo))  # noqa: E731
+        scored.append(score_checkpoint(plan, step, share))
+    return write_report(plan, scored)
 
 
 def _report(out_path, previous, rows, floors, committed, best_metric, spec) -> EvalReport:

@@ -1,4 +1,4 @@
-"""`score_checkpoints` as a task: it returns the best step and publishes the metrics table (a row a
+"""`score_checkpoints` as tasks: it returns the best step and publishes the metrics table (a row a
 metric, its floor once, a column a checkpoint), read back through the Prefect API."""
 
 import json
