@@ -9,7 +9,8 @@ regenerating a shard gives the same samples, and memory holds one chunk, never t
     generate_samples(run_dir, out_dir, n=..., sampler=SamplerSpec.of("ddim", num_steps=50)) -> Manifest
 
 EMA weights always, loaded on the first chunk drawn (planning a set or finding its shards done
-loads nothing). Images are stored as uint8, points in data units (`Normalizer.to_data`). With
+loads nothing) and kept for the process's next shards of the same checkpoint: a worker drawing
+many shards loads them once (`weight_loads` counts the loads). Images are stored as uint8, points in data units (`Normalizer.to_data`). With
 several local GPUs each chunk is split over all of them.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -37,11 +39,35 @@ ROWS_PER_SHARD = 5_000
 CHUNK_ROWS = 1_000  # samples drawn at once (memory holds one chunk)
 
 
+@functools.cache
 def _local_strategy(mode: str) -> tf.distribute.Strategy | None:
     if mode == "none":
         return None
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+
+
+_weights_lock = threading.Lock()
+_weights: dict[tuple, object] = {}  # one checkpoint's restored weights, for the next shard
+_loads = 0
+
+
+def _shared_weights(run: Run, step: int, distribute: str):
+    """Checkpoint `step`'s EMA weights, restored once per process for every shard drawn from
+    it (the key names the checkpoint's content: trained again, it is restored again)."""
+    global _loads
+    key = (str(run.path.resolve()), step, run.checkpoint_digest(step), distribute)
+    with _weights_lock:
+        if key not in _weights:
+            _weights.clear()
+            _weights[key] = run.restore(step, strategy=_local_strategy(distribute))
+            _loads += 1
+        return _weights[key]
+
+
+def weight_loads() -> int:
+    """How many times this process has restored a checkpoint to draw samples from."""
+    return _loads
 
 
 class DiffusionSamples:
@@ -97,12 +123,12 @@ class DiffusionSamples:
             "chunk_rows": self.chunk_rows,
         }
 
-    @functools.cached_property
+    @property
     def strategy(self) -> tf.distribute.Strategy | None:
         return _local_strategy(self.distribute)
 
     def _chunk(self, index: int) -> np.ndarray:
-        restored = self.run.restore(self.step, strategy=self.strategy)
+        restored = _shared_weights(self.run, self.step, self.distribute)
         try:
             drawn = draw_chunk(
                 restored,

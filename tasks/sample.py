@@ -1,14 +1,18 @@
 """Sample-set tasks: plan (builds the sample set's spec once), one task per shard (mapped),
 finalize. The shard tasks take the spec the plan built; none of them loads weights unless it
-has a shard to draw."""
+has a shard to draw, and a process (a cluster's worker too) loads them once for all the shards
+it draws."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 from prefect import task
 
-from diffusion_lib.data import DatasetSpec, plan_dataset
-from diffusion_lib.sample_sets import make_room, sample_set_spec
-from tasks.data import finalize_shards, prepare_shards
+from diffusion_lib.data import DatasetSpec, plan_dataset, prepare_shard
+from diffusion_lib.sample_sets import make_room, sample_set_spec, weight_loads
+from tasks.data import finalize_shards
 from tasks.presets import SampleSetPart
 from tasks.progress import run_logger
 from tasks.retries import worth_retrying
@@ -29,6 +33,17 @@ def plan_samples(
 
 
 # A sample set is a dataset (source "diffusion_samples"): the same idempotent shard and manifest
-# tasks write it, under names of their own in the UI.
-sample_shards = prepare_shards.with_options(name="sample_shards")
+# functions write it, under task names of their own in the UI.
+@task(retries=3, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
+def sample_shards(spec: DatasetSpec, directory: str, index: int) -> str:
+    """Draws shard `index` of the sample set (kept if already good); returns its file name and
+    logs which process drew it and how often that process has loaded weights."""
+    name = prepare_shard(spec, directory, index).file
+    run_logger("tasks.sample").info(
+        f"shard {index} ({name}) by process {os.getpid()} on {socket.gethostname()}, "
+        f"which has loaded weights {weight_loads()} time(s)"
+    )
+    return name
+
+
 finalize_samples = finalize_shards.with_options(name="finalize_samples")

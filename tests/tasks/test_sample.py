@@ -1,5 +1,5 @@
-"""The sample-set tasks: the plan counts shards without loading weights, and the shard and
-manifest tasks, the dataset tasks under their own names, write the library's sample set."""
+"""The sample-set tasks: the plan counts shards without loading weights, a process loads them
+once for all its shards, and the shard and manifest tasks write the library's sample set."""
 
 import dataclasses
 import json
@@ -20,10 +20,29 @@ PART = SampleSetPart(
 )
 
 
-def test_the_sample_tasks_are_the_dataset_tasks_by_another_name():
-    assert sample_shards.fn is prepare_shards.fn and sample_shards.name == "sample_shards"
+def test_the_sample_tasks_retry_as_the_dataset_tasks_do():
     assert finalize_samples.fn is finalize_shards.fn and finalize_samples.name == "finalize_samples"
     assert sample_shards.retries == prepare_shards.retries
+    assert sample_shards.retry_condition_fn is prepare_shards.retry_condition_fn
+
+
+def test_a_process_loads_the_weights_once_for_all_its_shards(toy_ddpm_run, tmp_path, monkeypatch):
+    restored = []
+    restore = Run.restore
+
+    def counted(self, step=None, **kwargs):
+        restored.append(step)
+        return restore(self, step, **kwargs)
+
+    monkeypatch.setattr(Run, "restore", counted)
+    for step, shards in ((200, [0]), (100, [0, 1, 2])):
+        restored.clear()
+        spec, count = plan_samples.fn(str(toy_ddpm_run), PART, step, str(tmp_path / f"{step}"))
+        for index in shards:
+            sample_shards.fn(spec, str(tmp_path / f"{step}"), index)
+    # Once for three shards; the checkpoint drawn from before is not kept once another is.
+    assert restored == [100]
+    assert len(list((tmp_path / "100").glob("shard-*.parquet"))) == count == 3
 
 
 def test_planning_a_sample_set_loads_no_weights(toy_ddpm_run, monkeypatch):
