@@ -7,13 +7,18 @@ for the process's later work (Ray stops it when the process exits): one node on 
 every process bound to and talking over 127.0.0.1, no dashboard, a small object store (the
 project passes paths through it, never arrays). With an address (`ray://host:10001` for Ray
 Client, `host:6379` or `auto` on a node of the cluster) the process connects to that cluster.
-A process already connected (`ray.init` done by its caller) keeps its connection.
+A process already connected (`ray.init` done by its caller) keeps its connection. An address on
+this host's loopback (`127.0.0.1:6379`, a cluster started with `ray start --head
+--node-ip-address=127.0.0.1`) is reached over loopback only, as the local cluster is. An address
+nothing answers at is reported at once (ClusterUnreachable), not retried for ever.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import urllib.parse
 
 # A local cluster on Linux would advertise this host's network address and reach its own
 # processes over it; with Ray's single-host mode its node address is the loopback one. It must
@@ -32,6 +37,12 @@ _LOCAL = {
 OBJECT_STORE_BYTES = 256 * 2**20
 ADDRESS_ENV = "RAY_ADDRESS"
 _started_local = False  # this process started the local cluster it is connected to
+LOOPBACK = ("127.0.0.1", "localhost")
+REACH_SECONDS = 10.0
+
+
+class ClusterUnreachable(ConnectionError):
+    """Nothing answers at the cluster address given (or RAY_ADDRESS)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,7 @@ def connect(address: str | None = None) -> Cluster:
         if address is None:
             local_settings()
             ray.init(
+                address="local",  # a new cluster, even where `ray start` left one running
                 num_cpus=os.cpu_count(),
                 object_store_memory=OBJECT_STORE_BYTES,
                 include_dashboard=False,
@@ -69,6 +81,40 @@ def connect(address: str | None = None) -> Cluster:
             )
             _started_local = True
         else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            where = _host_port(address)
+            if where is not None:
+                if where[0] in LOOPBACK:
+                    local_settings()
+                _check_reachable(address, *where)
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except ConnectionError as err:
+                raise ClusterUnreachable(
+                    f"the Ray cluster at {address} refused this process ({err}); if it uses "
+                    "token authentication, set RAY_AUTH_MODE=token and its token in "
+                    "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+                ) from None
     resources = ray.cluster_resources()
     return Cluster(_started_local, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of `host:port` or `ray://host:port`; None for `auto` and the like."""
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    return (parsed.hostname, port) if parsed.hostname and port else None
+
+
+def _check_reachable(address: str, host: str, port: int) -> None:
+    """Raises ClusterUnreachable unless something accepts a connection at host:port within
+    REACH_SECONDS (Ray itself would retry for ever)."""
+    try:
+        socket.create_connection((host, port), timeout=REACH_SECONDS).close()
+    except OSError as err:
+        raise ClusterUnreachable(
+            f"no Ray cluster answers at {address} (from the address given or {ADDRESS_ENV}): "
+            f"{err}; start the cluster or correct the address"
+        ) from None

@@ -11,11 +11,12 @@ from diffusion_lib.run import METRICS_NAME, Run
 from diffusion_lib.run_lock import writing
 from diffusion_lib.samplers import SamplerSpec
 from flows.params import Model, Preset, RunName, Sampler, described
+from flows.task_runner import ClusterTaskRunner
 from tasks.evaluate import score_checkpoints
 from tasks.presets import resolve
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, task_runner=ClusterTaskRunner())
 @described
 def evaluate_flow(
     preset: Preset,

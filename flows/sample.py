@@ -10,13 +10,14 @@ from prefect.utilities.annotations import unmapped
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
 from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma, described
+from flows.task_runner import ClusterTaskRunner
 from tasks.presets import resolve
 from tasks.progress import follow_shards
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
 
 
-@flow(name="sample", log_prints=True)
+@flow(name="sample", log_prints=True, task_runner=ClusterTaskRunner())
 @described
 def sample_flow(
     preset: Preset,
