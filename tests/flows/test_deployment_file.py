@@ -127,3 +127,64 @@ def test_rendered_manifests_are_valid_kubernetes_and_each_pod_gets_its_own_task_
     manifest = {"apiVersion": "batch/v1", "kind": "Job", **rendered.job_manifest}
     manifest["metadata"] = {"name": "train-r1", **manifest.get("metadata", {})}
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_ray_cluster_manifest_serves_the_gpu_deployment():
+    """deploy/kubernetes/ray-cluster.yaml (KubeRay's RayCluster): its pod templates validate
+    strictly against the Kubernetes schemas, offline (the RayCluster resource itself is
+    KubeRay's; its own fields are checked by name and type, as its v1 API defines them); every
+    pod runs the deployment's image and mounts the run volume the flow's pod mounts; its GPU
+    workers offer 16 GPUs; and the gpu deployment's RAY_ADDRESS is the head's Ray Client port
+    under the service name KubeRay gives it."""
+    import kubernetes_validate
+
+    cluster = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "ray-cluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = cluster["spec"]
+    assert set(spec) <= {
+        "rayVersion",
+        "headGroupSpec",
+        "workerGroupSpecs",
+        "enableInTreeAutoscaling",
+    }
+    head, groups = spec["headGroupSpec"], spec["workerGroupSpecs"]
+    assert set(head) <= {"rayStartParams", "template", "serviceType", "headService"}
+    worker_fields = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams"}
+    for group in [head, *groups]:
+        # KubeRay passes them to `ray start` as a map of strings.
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+        kubernetes_validate.validate(
+            {**template, "template": group["template"]}, KUBERNETES_VERSION, strict=True
+        )
+    for group in groups:
+        assert set(group) <= worker_fields | {"template"}
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+    deployments = {
+        d["name"]: d
+        for d in yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())["deployments"]
+    }
+    gpu = deployments["gpu"]["work_pool"]["job_variables"]
+    template = json.loads((ROOT / "deploy" / "kubernetes" / "base-job-template.json").read_text())
+    claim = template["variables"]["properties"]["runs_volume_claim"]["default"]
+    gpus = 0
+    for group in [head, *groups]:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            assert container["image"] == gpu["image"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert volumes[mounts["/runs"]]["persistentVolumeClaim"]["claimName"] == claim
+            if group is not head:
+                gpus += group["replicas"] * container["resources"]["limits"].get(
+                    "nvidia.com/gpu", 0
+                )
+    assert gpus >= 16
+    (client,) = [
+        p["containerPort"]
+        for p in head["template"]["spec"]["containers"][0]["ports"]
+        if p["name"] == "client"
+    ]
+    assert gpu["env"]["RAY_ADDRESS"] == f"ray://{cluster['metadata']['name']}-head-svc:{client}"
+    assert gpu["gpu_count"] == 0  # the flow's pod drives the cluster; the GPUs are the cluster's
