@@ -5,25 +5,31 @@
 
 What is measured here, on the real step (not assumed):
   - forward FLOPs per example: TensorFlow's profiler on the network's forward graph (the
-    training step counted as 3x the forward, the usual estimate for conv nets);
+    training step counted as 3x the forward: the backward pass is the other 2x);
   - gradient bytes: the trainable parameters x 4 (fp32 gradients; x 2 with --bf16-allreduce);
-  - what the step reduces: the engine's step traced on 2 logical CPU devices under a counting
-    cross-device reduction (elements reduced per step; it must equal parameters + 1, one
-    gradient all-reduce and the loss).
+  - when the backward pass completes each gradient: the forward graph's convolutions and
+    matrix products in execution order, each variable at its first use; the backward pass
+    runs them in reverse at 2x their forward FLOPs, so a variable's gradient is complete once
+    every product from its first use onwards has been differentiated;
+  - how the engine packs its all-reduce: its step traced on 2 logical CPU devices under
+    TensorFlow's collective all-reduce (MultiWorkerMirroredStrategy's), counting the elements
+    of each pack (the gradient packs and the loss; they must sum to parameters + 1).
 What is assumed (flags, printed with the table): the GPU's dense bf16 throughput and the share of
 it a U-Net step reaches, the all-reduce bus bandwidth within a host (NVLink) and between hosts
-(per GPU, one NIC each), and a ring all-reduce moving 2 (N - 1) / N of the gradient bytes. The
-engine reduces after the whole backward pass (no overlap), so `no overlap` is its figure;
-`overlap` is the bound a bucketed, overlapped all-reduce could reach.
+(per GPU, one NIC each), a ring all-reduce moving 2 (N - 1) / N of a pack's bytes plus a fixed
+latency per all-reduce, and packs all-reduced one after another, each once its gradients are
+complete.
 
-Efficiency = compute time / step time at a fixed per-GPU batch (weak scaling). "Stops scaling"
-is the smallest per-GPU batch at which efficiency stays >= 90% (no overlap): below it,
-communication is more than 10% of the step.
+Efficiency = compute time / step time at a fixed per-GPU batch (weak scaling). The table gives
+the smallest per-GPU batch at which it reaches 90%: with one all-reduce after the backward
+pass (`allreduce_buckets=1`), with the engine's packs (`allreduce_buckets`, default 8) started
+as the backward pass completes them, and the bound of an all-reduce hidden entirely.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import pathlib
@@ -41,10 +47,13 @@ tf.config.set_logical_device_configuration(
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
+from tensorflow.python.distribute import cross_device_utils  # noqa: E402
 from training_throughput import forward_flops  # noqa: E402
 
 from diffusion_lib.networks import build_network, preset  # noqa: E402
-from diffusion_lib.training.strategy import CountingReduce  # noqa: E402
+from diffusion_lib.training import TrainConfig  # noqa: E402
+from diffusion_lib.training.engine import allreduce_options  # noqa: E402
+from diffusion_lib.training.strategy import counting_collective  # noqa: E402
 
 SHAPES = {  # the data each preset is sized for
     "unet-cpu": (28, 28, 1),
@@ -55,8 +64,11 @@ GPU_COUNTS = (1, 8, 16, 32, 64)
 PER_GPU_BATCHES = (16, 32, 64, 128)
 
 
-def reduced_elements(network: str, shape: tuple[int, ...], workdir: pathlib.Path) -> int:
-    """Elements the engine's step all-reduces, traced on 2 logical devices (one step run)."""
+def traced_packs(
+    network: str, shape: tuple[int, ...], workdir: pathlib.Path, buckets: int, dtype: str
+) -> list[int]:
+    """Elements of each pack the engine's step all-reduces, traced on 2 logical devices under
+    TensorFlow's collective all-reduce (one step run)."""
     from diffusion_lib.training import config_preset, train
 
     data = workdir / f"data-{'x'.join(map(str, shape))}"
@@ -70,7 +82,8 @@ def reduced_elements(network: str, shape: tuple[int, ...], workdir: pathlib.Path
         np.savez(workdir / "images.npz", images=images)
         spec = DatasetSpec.create("npz", path=str(workdir / "images.npz"), labels_key=None)
         prepare_dataset(spec, data)
-    counting = CountingReduce()
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    collective, packs = counting_collective(devices)
     config = config_preset(
         "mnist-ddpm",
         data_dir=str(data),
@@ -79,14 +92,88 @@ def reduced_elements(network: str, shape: tuple[int, ...], workdir: pathlib.Path
         num_steps=1,
         log_every=1,
         checkpoint_every=1,
+        allreduce_buckets=buckets,
+        allreduce_dtype=dtype,
     )
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     train(
         config,
-        workdir / f"run-{network}",
-        strategy=tf.distribute.MirroredStrategy(devices, cross_device_ops=counting),
+        workdir / f"run-{network}-{buckets}-{dtype}",
+        strategy=tf.distribute.MirroredStrategy(devices, cross_device_ops=collective),
     )
-    return counting.elements
+    return packs
+
+
+_PRODUCTS = ("Conv2D", "MatMul", "BatchMatMulV2")
+
+
+def _op_flops(op) -> float:
+    """Forward FLOPs of a convolution or matrix product, from its graph's static shapes."""
+    out = op.outputs[0].shape
+    if op.type == "Conv2D":
+        kh, kw, cin, _ = op.inputs[1].shape
+        return 2.0 * out.num_elements() * kh * kw * cin
+    transpose = op.get_attr("transpose_a") if op.type == "MatMul" else op.get_attr("adj_x")
+    inner = op.inputs[0].shape[-2 if transpose else -1]
+    return 2.0 * out.num_elements() * inner
+
+
+def gradient_ready(model, shape: tuple[int, ...]) -> list[float]:
+    """For each trainable variable (the model's order): the share of the backward pass done
+    when its gradient is complete, from the forward graph's products (module docstring)."""
+    function = tf.function(lambda x, t: model(x, t))
+    graph = function.get_concrete_function(
+        tf.TensorSpec([8, *shape]), tf.TensorSpec([8], tf.int32)
+    ).graph
+    index = {id(v._value.handle): i for i, v in enumerate(model.trainable_variables)}
+    handles = {
+        inner.name: index[id(outer)] for outer, inner in graph.captures if id(outer) in index
+    }
+    first_use: dict[int, int] = {}
+    flops: list[float] = []
+    for position, op in enumerate(graph.get_operations()):
+        flops.append(_op_flops(op) if op.type in _PRODUCTS else 0.0)
+        for tensor in op.inputs:
+            variable = handles.get(tensor.name)
+            if variable is not None:
+                first_use.setdefault(variable, position)
+    if len(first_use) != len(model.trainable_variables):
+        raise RuntimeError("a trainable variable is not read by the forward graph")
+    total = sum(flops)
+    after = [0.0] * (len(flops) + 1)  # FLOPs from position i to the end
+    for i in range(len(flops) - 1, -1, -1):
+        after[i] = after[i + 1] + flops[i]
+    return [after[first_use[i]] / total for i in range(len(model.trainable_variables))]
+
+
+def engine_packs(model, buckets: int, dtype: str) -> list[list[int]]:
+    """The variables (indices) of each pack, as TensorFlow's collective all-reduce packs the
+    engine's gradient list (sent as `dtype`) under the engine's options: its own grouping of the
+    reversed list."""
+    variables = model.trainable_variables
+    options = allreduce_options(variables, buckets, dtype)
+    specs = [tf.TensorSpec(v.shape, dtype, name=str(i)) for i, v in enumerate(variables)]
+    packs = cross_device_utils.group_by_size(list(reversed(specs)), options.bytes_per_pack)
+    return [[int(spec.name) for spec in pack] for pack in packs]
+
+
+def step_seconds(compute: float, ready, sizes, packs, seconds_per_byte: float, latency: float):
+    """One step's time: the forward pass (a third of `compute`), the backward pass (the rest),
+    and each pack's all-reduce on one link, in pack order, from when its gradients are done."""
+    forward, backward = compute / 3, 2 * compute / 3
+    link = 0.0
+    for pack in packs:
+        start = max(link, forward + backward * max(ready[i] for i in pack))
+        link = start + latency + seconds_per_byte * sum(sizes[i] for i in pack)
+    return max(compute, link)
+
+
+def smallest_batch(per_example: float, flops_rate: float, step, target: float = 0.9) -> int:
+    """The smallest per-GPU batch whose efficiency (compute / step(compute)) reaches `target`."""
+    for batch in range(1, 1 << 16):
+        compute = batch * per_example / flops_rate
+        if compute / step(compute) >= target:
+            return batch
+    return -1
 
 
 def main() -> None:
@@ -105,7 +192,13 @@ def main() -> None:
         help="between hosts, GB/s per GPU (12.5 = 100 Gb/s, 50 = 400 Gb/s)",
     )
     parser.add_argument("--gpus-per-host", type=int, default=8)
-    parser.add_argument("--bf16-allreduce", action="store_true", help="2-byte gradients")
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        default=TrainConfig().execution.allreduce_buckets,
+        help="the engine's allreduce_buckets (its default)",
+    )
+    parser.add_argument("--latency-us", type=float, default=30.0, help="per all-reduce")
     parser.add_argument("--no-trace", action="store_true", help="skip the traced-step check")
     add_markdown_option(parser)
     args = parser.parse_args()
@@ -115,75 +208,120 @@ def main() -> None:
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="scaling_model_"))
     flops_rate = args.peak_tflops * 1e12 * args.utilization
-    grad_bytes_per_param = 2 if args.bf16_allreduce else 4
+    # (label, allreduce_buckets, allreduce_dtype): the engine's settings compared.
+    schemes = [
+        ("one all-reduce after the backward pass", 1, "float32"),
+        (
+            f"packs (allreduce_buckets={args.buckets}) as the backward pass completes them",
+            args.buckets,
+            "float32",
+        ),
+        ("the same, sent as bfloat16 (allreduce_dtype)", args.buckets, "bfloat16"),
+    ]
     print(
         f"assumed: {args.peak_tflops:.0f} TFLOP/s peak x {args.utilization:.0%} = "
         f"{flops_rate / 1e12:.0f} TFLOP/s per GPU; all-reduce bus bandwidth {args.nvlink_gbs:.0f} "
         f"GB/s within a host of {args.gpus_per_host}, {', '.join(f'{b:g}' for b in args.inter_gbs)} "
-        f"GB/s per GPU between hosts; ring all-reduce 2(N-1)/N x {grad_bytes_per_param}-byte "
-        "gradients, after the backward pass (no overlap) or hidden under it (overlap)\n"
+        "GB/s per GPU between hosts; a ring all-reduce moving 2(N-1)/N of a pack's bytes plus "
+        f"{args.latency_us:g} us per all-reduce\n"
     )
     summary = Table(
         "scaling_model",
-        ["network", "parameters", "GFLOP a training example", "all-reduced per step", "GPUs"]
-        + ["link", "90% from a per-GPU batch of", "with the all-reduce overlapped"],
-        n="a model: FLOPs counted by the profiler, reductions counted on a traced step",
+        ["network", "parameters", "GFLOP a training example", "gradient packs (traced)"]
+        + ["GPUs", "link"]
+        + [f"90% from a per-GPU batch of: {label}" for label, _, _ in schemes]
+        + ["all of it hidden (float32)"],
+        n="a model: FLOPs counted by the profiler, packs counted on a traced step",
         caption=f"assumed: {args.peak_tflops:.0f} TFLOP/s x {args.utilization:.0%} per GPU, "
         f"{args.nvlink_gbs:.0f} GB/s all-reduce bus within a host of {args.gpus_per_host}, the "
-        "link's GB/s per GPU between hosts, a ring all-reduce of "
-        f"{grad_bytes_per_param}-byte gradients",
+        "link's GB/s per GPU between hosts, a ring all-reduce and "
+        f"{args.latency_us:g} us per all-reduce",
         stream=False,
     )
+    latency = args.latency_us * 1e-6
     for network in args.presets:
         shape = SHAPES[network]
         model = build_network(preset(network, data_shape=shape))
         params = model.count_params()
         per_example = 3 * forward_flops(model, 8, shape) / 8
-        grad_bytes = params * grad_bytes_per_param
-        traced = "not traced" if args.no_trace else reduced_elements(network, shape, workdir)
+        ready = gradient_ready(model, shape)
+        elements = [math.prod(v.shape) for v in model.trainable_variables]
+        planned, traced = [], []
+        for _, buckets, dtype in schemes:
+            packs = engine_packs(model, buckets, dtype)
+            width = tf.as_dtype(dtype).size
+            planned.append((packs, [n * width for n in elements]))
+            if args.no_trace or buckets == 1:
+                continue
+            counted = traced_packs(network, shape, workdir, buckets, dtype)
+            wanted = [sum(elements[i] for i in pack) for pack in packs]
+            # The gradient packs, then the loss's own all-reduce of one element.
+            if counted != [*wanted, 1]:
+                raise RuntimeError(f"{network}: traced packs {counted} != planned {wanted} + loss")
+            traced.append(f"{len(packs)} {dtype}")
+        packs = planned[1][0]
         print(
             f"## {network} at {'x'.join(map(str, shape))}: {params:,} parameters, "
-            f"{per_example / 1e9:.2f} GFLOP per training example, {grad_bytes / 1e6:.1f} MB of "
-            f"gradients; elements reduced per traced step: {traced} (parameters + 1 = {params + 1:,})"
+            f"{per_example / 1e9:.2f} GFLOP per training example, {4 * params / 1e6:.1f} MB of "
+            f"float32 gradients in {len(packs)} packs of "
+            + ", ".join(f"{sum(elements[i] for i in pack):,}" for pack in packs)
+            + f" elements (traced: {', '.join(traced) or 'not traced'}); backward pass done when "
+            "each pack is complete: "
+            + ", ".join(f"{max(ready[i] for i in pack):.0%}" for pack in packs)
         )
         print(
-            "| GPUs | links | per-GPU batch | compute ms | all-reduce ms | step ms (no overlap) "
-            "| efficiency no overlap | efficiency overlap |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| GPUs | links | per-GPU batch | compute ms | step ms, one all-reduce | efficiency: "
+            + " | ".join(label for label, _, _ in schemes)
+            + " |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
         )
         links = [("NVLink", args.nvlink_gbs)]
         links += [(f"{b:g} GB/s", b) for b in args.inter_gbs]
         for gpus in GPU_COUNTS:
-            for name, bandwidth in links:
-                if (gpus <= args.gpus_per_host) != (name == "NVLink"):
+            for link, bandwidth in links:
+                if (gpus <= args.gpus_per_host) != (link == "NVLink"):
                     continue
-                comm = 0.0 if gpus == 1 else 2 * (gpus - 1) / gpus * grad_bytes / (bandwidth * 1e9)
+                per_byte = 0.0 if gpus == 1 else 2 * (gpus - 1) / gpus / (bandwidth * 1e9)
+                wait = 0.0 if gpus == 1 else latency
+                steps = [
+                    functools.partial(
+                        step_seconds,
+                        ready=ready,
+                        sizes=sizes,
+                        packs=scheme_packs,
+                        seconds_per_byte=per_byte,
+                        latency=wait,
+                    )
+                    for scheme_packs, sizes in planned
+                ]
                 for batch in PER_GPU_BATCHES:
                     compute = batch * per_example / flops_rate
-                    step = compute + comm
+                    times = [step(compute) for step in steps]
                     print(
-                        f"| {gpus} | {name if gpus > 1 else '-'} | {batch} | {compute * 1e3:.2f} "
-                        f"| {comm * 1e3:.2f} | {step * 1e3:.2f} | {compute / step:.0%} "
-                        f"| {compute / max(compute, comm):.0%} |"
+                        f"| {gpus} | {link if gpus > 1 else '-'} | {batch} | {compute * 1e3:.2f} "
+                        f"| {times[0] * 1e3:.2f} | "
+                        + " | ".join(f"{compute / t:.0%}" for t in times)
+                        + " |"
                     )
-        for gpus in GPU_COUNTS[1:]:
-            for name, bandwidth in links:
-                if (gpus <= args.gpus_per_host) != (name == "NVLink"):
+                if gpus == 1:
                     continue
-                comm = 2 * (gpus - 1) / gpus * grad_bytes / (bandwidth * 1e9)
-                smallest = math.ceil(9 * comm * flops_rate / per_example)
+                found = [smallest_batch(per_example, flops_rate, step) for step in steps]
+                comm = wait + per_byte * 4 * params
                 hidden = math.ceil(0.9 * comm * flops_rate / per_example)
                 print(
-                    f"- {gpus} GPUs over {name}: >= 90% efficiency (no overlap) from a per-GPU "
-                    f"batch of {smallest} (global {smallest * gpus}); overlapped {hidden}"
+                    f"- {gpus} GPUs over {link}: >= 90% efficiency from a per-GPU batch of "
+                    + ", ".join(
+                        f"{b} ({label})" for b, (label, _, _) in zip(found, schemes, strict=True)
+                    )
+                    + f"; all of it hidden {hidden}"
                 )
                 summary.add(
                     network,
                     f"{params:,}",
                     f"{per_example / 1e9:.2f}",
-                    f"{traced:,} elements" if isinstance(traced, int) else traced,
+                    ", ".join(traced) or "not traced",
                     gpus,
-                    name,
-                    smallest,
+                    link,
+                    *found,
                     hidden,
                 )
         print()

@@ -43,6 +43,7 @@ from diffusion_lib.sde import SDES
 VERSION = 2
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+ALLREDUCE_DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "cooldown")
 # A version-1 record's names for what now has a section-local name.
 _V1_NAMES = {"network": "network.name", "network_overrides": "network.overrides"}
@@ -267,15 +268,35 @@ class RunConfig(Section):
 class ExecutionConfig(Section):
     NAME: ClassVar[str] = "execution"
     RESUMABLE: ClassVar[frozenset[str]] = frozenset(
-        {"jit_compile", "strategy", "devices", "deterministic"}
+        {
+            "jit_compile",
+            "strategy",
+            "devices",
+            "deterministic",
+            "allreduce_buckets",
+            "allreduce_dtype",
+        }
     )
-    CHOICES: ClassVar[dict[str, tuple]] = {"precision": PRECISIONS, "strategy": STRATEGIES}
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "precision": PRECISIONS,
+        "strategy": STRATEGIES,
+        "allreduce_dtype": ALLREDUCE_DTYPES,
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = ("allreduce_buckets",)
 
     precision: str = "float32"
     jit_compile: bool = False
     strategy: str = "auto"
     devices: tuple[str, ...] = ()
     deterministic: bool = False
+    # Over several workers, the gradients are all-reduced in about this many packs, each as
+    # soon as the backward pass has produced its gradients, hiding the transfer under the rest
+    # of the backward pass (1: one all-reduce after the whole backward pass). Where the
+    # backward pass is one XLA cluster (jit_compile) every gradient is ready at its end.
+    allreduce_buckets: int = 8
+    # What the gradients cross the network as: bfloat16 halves the bytes (each replica's
+    # gradient rounded to 8 significant bits before the sum); float32 sums them exactly.
+    allreduce_dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "devices", tuple(self.devices))

@@ -66,3 +66,36 @@ class CountingReduce(tf.distribute.ReductionToOneDevice):
         first = getattr(per_replica_value, "values", (per_replica_value,))[0]
         self.sizes.append(int(first.shape.num_elements()))
         return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)
+
+
+_collective_keys = []  # one key sequence for every counting_collective of the process
+
+
+def counting_collective(devices: list[str]):
+    """TensorFlow's collective all-reduce (the one MultiWorkerMirroredStrategy runs between
+    workers) over local `devices`, recording the element count of each pack it all-reduces:
+    hand it to MirroredStrategy(devices, cross_device_ops=...) to see how a training step
+    packs its gradients. Returns (cross_device_ops, packs), `packs` the list it appends to."""
+    from tensorflow.python.distribute import cross_device_ops, cross_device_utils
+
+    if not _collective_keys:  # keys restarted by a second one would name the first's ops
+        _collective_keys.append(cross_device_utils.CollectiveKeys())
+    packs: list[int] = []
+    ops = cross_device_ops.CollectiveAllReduce(
+        devices=devices,
+        group_size=len(devices),
+        options=tf.distribute.experimental.CommunicationOptions(),
+        collective_keys=_collective_keys[0],
+    )
+    first = ops._launchers[0]  # each replica launches the same packs: count the first's
+    launch = first.batch_all_reduce
+
+    def counted(input_tensor_packs, options=None):
+        for pack in input_tensor_packs:
+            packs.append(sum(int(t.shape.num_elements()) for t in pack))
+        return launch(input_tensor_packs, options)
+
+    first.batch_all_reduce = counted
+    if not isinstance(first, cross_device_utils.CollectiveReplicaLauncher):
+        raise RuntimeError("this TensorFlow launches collectives differently")
+    return ops, packs

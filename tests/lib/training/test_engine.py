@@ -23,9 +23,10 @@ from diffusion_lib.training import (
     TrainingDiverged,
     committed_steps,
     config_preset,
+    engine,
     train,
 )
-from diffusion_lib.training.strategy import CountingReduce
+from diffusion_lib.training.strategy import CountingReduce, counting_collective
 
 pytestmark = pytest.mark.cost(100)
 
@@ -356,3 +357,53 @@ def test_one_gradient_all_reduce_per_step_and_1_2_4_replicas_agree(eight, tmp_pa
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     assert done.stdout.strip().splitlines()[-1] == "checked [1, 2, 4]"
+
+
+def test_the_gradients_are_all_reduced_in_packs_and_packing_changes_no_weight(
+    eight, tmp_path, monkeypatch
+):
+    """Under TensorFlow's collective all-reduce on two logical devices (what
+    MultiWorkerMirroredStrategy runs between hosts), `allreduce_buckets=4` sends the gradients
+    in about 4 packs, the last variables first (the order the backward pass completes them),
+    and trains the same weights bit for bit as one all-reduce; `allreduce_dtype="bfloat16"`
+    sends the same elements and trains weights within bfloat16's rounding of them."""
+    monkeypatch.setattr(engine, "MIN_PACK_BYTES", 0)  # packs of this small network's size
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    runs = {"one": (1, "float32"), "packed": (4, "float32"), "bfloat16": (4, "bfloat16")}
+    packs, weights = {}, {}
+    for name, (buckets, dtype) in runs.items():
+        config = config_preset(
+            "toy-ddpm",
+            data_dir=eight,
+            network="mlp-small",
+            batch_size=16,
+            num_steps=6,
+            log_every=6,
+            checkpoint_every=6,
+            allreduce_buckets=buckets,
+            allreduce_dtype=dtype,
+        )
+        collective, packs[name] = counting_collective(devices)
+        strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=collective)
+        train(config, tmp_path / name, strategy=strategy)
+        weights[name] = [v.numpy() for v in Run(tmp_path / name).restore().model.weights]
+    variables = Run(tmp_path / "one").restore().model.trainable_variables
+    sizes = [v.shape.num_elements() for v in variables]
+    assert packs["one"] == [sum(sizes), 1]  # the gradients, then the loss
+    assert 3 <= len(packs["packed"]) - 1 <= 5 and packs["packed"][-1] == 1
+    assert sum(packs["packed"]) == sum(sizes) + 1
+    # The first pack is the last variables': the backward pass completes them first.
+    first, total = packs["packed"][0], 0
+    for size in reversed(sizes):
+        total += size
+        if total >= first:
+            break
+    assert total == first
+    assert packs["bfloat16"][:-1] == packs["packed"][:-1]  # by elements; half the bytes
+    for a, b in zip(weights["packed"], weights["one"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    differ = False
+    for a, b in zip(weights["bfloat16"], weights["one"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=2e-3)
+        differ |= not np.array_equal(a, b)
+    assert differ
