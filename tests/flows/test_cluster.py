@@ -1,6 +1,6 @@
 """The sample stage's shards and the evaluation's checkpoints on an existing Ray cluster (a real
 one, started with `ray start` on 127.0.0.1, two CPUs, token authentication), named to the
-flows by RAY_ADDRESS as a deployment names it: the same sample set and metrics file byte for
+flows by RAY_ADDRESS as the gpu deployment names its cluster (a Ray Client address): the same sample set and metrics file byte for
 byte as on the flow's own threads, each worker process loading the weights once for all the
 shards it draws, and a worker SIGKILLed in the middle of a shard costing only that shard."""
 
@@ -37,7 +37,7 @@ def cluster():
     """(environment naming the cluster, its temporary directory); stopped at the end."""
     # Short: Ray's socket paths live under it and must stay under the 107-byte limit.
     temp = pathlib.Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    port = _free_port()
+    port, client = _free_port(), _free_port()
     env = {
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # everything on 127.0.0.1
@@ -53,6 +53,7 @@ def cluster():
         "--head",
         "--node-ip-address=127.0.0.1",
         f"--port={port}",
+        f"--ray-client-server-port={client}",
         "--num-cpus=2",
         "--include-dashboard=false",
         "--disable-usage-stats",
@@ -63,7 +64,7 @@ def cluster():
     if shared:  # the test run's Prefect server, instead of one started by each flow
         env["PREFECT_API_URL"] = shared
     try:
-        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, temp
+        yield {**env, "RAY_ADDRESS": f"ray://127.0.0.1:{client}"}, temp
     finally:
         # `ray stop` would stop every cluster of this user on the host: this one's processes
         # only (its workers end with its raylet).
