@@ -52,4 +52,10 @@ def test_every_retried_task_classifies_its_failures():
             if isinstance(value, Task) and value.retries:
                 found.append(name)
                 assert value.retry_condition_fn is worth_retrying, name
-    assert {"prepare_shards", "train_model", "score_checkpoint", "sample_shards", "render_outputs"} <= set(found)
+    assert {
+        "prepare_shards",
+        "train_model",
+        "score_checkpoint",
+        "sample_shards",
+        "render_outputs",
+    } <= set(found)
