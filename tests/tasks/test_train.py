@@ -279,3 +279,31 @@ def test_on_a_cluster_with_gpus_each_worker_gets_one(data_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(json.loads(done.stdout.strip().splitlines()[-1]).values()) == ["0", "1"]
+
+
+@pytest.mark.system  # CI's second stage: three starts of a Ray Train worker, about a minute
+def test_a_worker_killed_at_every_start_is_given_up_after_the_engines_restarts(data_dir, tmp_path):
+    """A worker SIGKILLed as soon as it starts, every time: the engine starts it again
+    `max_failures` times, then the launcher gives up with a failure that says so and that no
+    retry of the task would get past (permanent); no worker is left."""
+    config = _toy_config(data_dir, num_steps=100_000, checkpoint_every=50, log_every=10)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    starts = []
+
+    def kill_each_start(worker, event):
+        if event["event"] == "start":
+            starts.append(event["pid"])
+            os.kill(event["pid"], signal.SIGKILL)
+
+    with pytest.raises(TrainingFailed) as failed:
+        launch(
+            str(tmp_path / "c.json"),
+            str(tmp_path / "run"),
+            timeout_seconds=600,
+            on_event=kill_each_start,
+            max_failures=2,
+        )
+    assert len(starts) == 3 and len(set(starts)) == 3  # the first start and two restarts
+    assert "failed after 2 restart(s) by the engine" in str(failed.value)
+    assert failed.value.permanent
+    assert not _ray_workers()
