@@ -22,12 +22,11 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
+from report import Table, add_markdown_option, clone_at, measure_machine, publish  # noqa: E402
 
 BAR_SECONDS = 300.0
 SUMMARY = re.compile(r"(\d+) passed.* in ([\d.]+)s")
@@ -100,18 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     sides = {"working tree": ROOT}
     scratch = None
     if args.against:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--verify", f"{args.against}^{{commit}}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if commit.returncode != 0:
-            parser.error(f"--against: {args.against!r} is not a commit of {ROOT}")
-        scratch = pathlib.Path(tempfile.mkdtemp(prefix="test-run-time-"))
-        clone = scratch / "clone"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        subprocess.run(["git", "checkout", "-q", commit.stdout.strip()], cwd=clone, check=True)
+        clone = clone_at(args.against, parser, "test-run-time-")
+        scratch = clone.parent
         sides = {args.against: clone, **sides}
     try:
         if args.against:

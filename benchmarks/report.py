@@ -212,3 +212,23 @@ def publish(
         os.chmod(handle.name, path.stat().st_mode & 0o777)
         os.replace(handle.name, path)
         print(f"updated {path.relative_to(root)}")
+
+
+def clone_at(ref: str, parser: argparse.ArgumentParser, prefix: str) -> pathlib.Path:
+    """A temporary clone of this repository at commit `ref` (its parent directory is the
+    caller's to remove); a ref that names no commit is the parser's error."""
+    import subprocess
+    import tempfile
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if commit.returncode != 0:
+        parser.error(f"--against: {ref!r} is not a commit of {REPO}")
+    clone = pathlib.Path(tempfile.mkdtemp(prefix=prefix)) / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "checkout", "-q", commit.stdout.strip()], cwd=clone, check=True)
+    return clone
