@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,11 @@ import psutil
 import pytest
 
 from tests import runner
+from tests.local_servers import free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.cost(150)]
 
 SHARD = re.compile(r"shard (\d+) \(\S+\) by process (\d+) on \S+, which has loaded weights (\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def cluster():
     """(environment naming the cluster, its temporary directory); stopped at the end."""
     # Short: Ray's socket paths live under it and must stay under the 107-byte limit.
     temp = pathlib.Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    port, client = _free_port(), _free_port()
+    port, client = free_port(), free_port()
     env = {
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # everything on 127.0.0.1
