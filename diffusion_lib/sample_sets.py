@@ -10,8 +10,9 @@ regenerating a shard gives the same samples, and memory holds one chunk, never t
 
 EMA weights always, loaded on the first chunk drawn (planning a set or finding its shards done
 loads nothing) and kept for the process's next shards of the same checkpoint: a worker drawing
-many shards loads them once (`weight_loads` counts the loads). Images are stored as uint8, points in data units (`Normalizer.to_data`). With
-several local GPUs each chunk is split over all of them.
+many shards loads them once (`weight_loads` counts the loads). Images are stored as uint8,
+points in data units (`Normalizer.to_data`). With several local GPUs each chunk is split over
+all of them.
 """
 
 from __future__ import annotations

@@ -442,11 +442,9 @@ class Trainer:
             step_seed = tf.random.experimental.stateless_fold_in(base_seed, step)
             loss, grads = compute(x, labels, step_seed, offset)
             if compress and ctx.num_replicas_in_sync > 1:
-                sent = [tf.cast(g, tf.bfloat16) for g in grads]
-                sent = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sent, options=packing)
-                grads = [tf.cast(g, tf.float32) for g in sent]
-            else:
-                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads, options=packing)
+                grads = [tf.cast(g, tf.bfloat16) for g in grads]
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads, options=packing)
+            grads = [tf.cast(g, tf.float32) for g in grads]  # float32 ones pass unchanged
             loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
             scale = tf.cast(optimizer.scale, tf.float32) if loss_scaled else tf.constant(1.0)
             norm = tf.linalg.global_norm(grads) / scale
