@@ -92,10 +92,16 @@ def _shard_lines(temp: pathlib.Path) -> set[tuple[int, int, int]]:
     return found
 
 
-def _kill_the_first_shard_worker(deadline: float) -> int:
+def _kill_the_first_shard_worker(deadline: float, flow: subprocess.Popen) -> int:
     """SIGKILLs the first worker seen drawing a shard (Ray titles it ray::sample_shards),
-    half a second into its shard; its pid."""
+    half a second into its shard; its pid. A flow that ends first fails the test with its
+    output."""
     while time.monotonic() < deadline:
+        if flow.poll() is not None:
+            raise AssertionError(
+                f"the flow ended before a worker was seen drawing a shard:\n"
+                f"{flow.stdout.read()[-3000:]}"
+            )
         for proc in psutil.process_iter(["cmdline"]):
             try:
                 if (proc.info["cmdline"] or [""])[0].startswith("ray::sample_shards"):
@@ -136,7 +142,7 @@ def test_shards_and_checkpoints_on_a_cluster_match_the_flows_own_and_survive_a_k
         stderr=subprocess.STDOUT,
         text=True,
     )
-    killed = _kill_the_first_shard_worker(time.monotonic() + 300)
+    killed = _kill_the_first_shard_worker(time.monotonic() + 300, proc)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-3000:]
     _flow("sample", local, "--run-name", "local", *sample)
