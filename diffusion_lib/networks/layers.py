@@ -112,6 +112,10 @@ def group_norm(
         out = y * tf.sigmoid(y) if silu else y
 
         def grad(dy):
+            with tf.name_scope("group_norm_grad"):  # the gradient's ops are named in profiles
+                return _grad(dy)
+
+        def _grad(dy):
             # y = gamma * xhat + beta, xhat = (x - mean) * inv, n = H * W * C/G per group:
             # dx = inv * (dxhat - mean_g(dxhat) - xhat * mean_g(dxhat * xhat)), dxhat = dy * gamma,
             # collected as dx = dy * a + x * b + c with a, b, c per (example, channel).
