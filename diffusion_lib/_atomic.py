@@ -8,6 +8,8 @@ import pathlib
 import uuid
 from collections.abc import Iterator
 
+from diffusion_lib import failures
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
@@ -17,14 +19,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     files never see it; on failure it is removed.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as error:
+        # A write deep in a library ("No space left on device") names no file: name this one.
+        if error.filename in (None, str(tmp)):
+            raise failures.naming(error, path) from error
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -7,7 +7,9 @@
 The lock belongs to an open file, so the kernel drops it when its last holder dies, however it
 dies: a lock left by a killed process is no lock (the file still names the old holder, which is
 then overwritten). A second process asking for it gets `RunBusy` naming the holder:
-"run X is being written by pid N (host) since T".
+"run X is being written by pid N (host) since T". Taking it is every writer's first write, so a
+run directory that cannot be made or written (an output root that is a file, read-only, full,
+forbidden, or under /proc) ends there, before any work, as `failures.OutputRootError`.
 
 Within one process the lock is re-entrant (a flow's stages and its tasks' threads share it).
 A process the holder has work done by (the chief training worker, a Ray worker that inherits
@@ -29,6 +31,8 @@ import pathlib
 import socket
 import threading
 from collections.abc import Iterator
+
+from diffusion_lib.failures import OutputRootError
 
 LOCK_NAME = ".writer.lock"
 ENV = "DIFFUSION_LIB_RUN_LOCK"
@@ -87,8 +91,11 @@ def acquire(run_dir: str | pathlib.Path) -> None:
         if _lent(path):
             _held[path] = [-1, 1]
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # the first write of every writer: an unusable output root ends here, before work
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputRootError.of(path.parent, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -103,8 +110,12 @@ def acquire(run_dir: str | pathlib.Path) -> None:
             "host": socket.gethostname(),
             "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(stamp).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(stamp).encode(), 0)
+        except OSError as error:
+            os.close(fd)
+            raise OutputRootError.of(path.parent, error) from None
         _held[path] = [fd, 1]
 
 

@@ -13,6 +13,8 @@ flow validates each value against its type before any work (exit 2 with the para
 from __future__ import annotations
 
 import argparse
+import inspect
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ from typing import Any
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
 
+from diffusion_lib import failures
 from flows.console import progress_bars
 
 _TYPES: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str}
@@ -116,11 +119,29 @@ def run_cli(
     # run: without this, the temporary Prefect server outlived a terminated job.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        root = inspect.signature(flow_obj.fn).parameters.get("output_root")
+        if root is not None:  # checked here too, so that the rejection is one line
+            failures.check_output_root(arguments.get("output_root", root.default))
         with progress_bars():  # on a terminal only
             return flow_obj(**arguments)
     except (ParameterTypeError, ValueError) as err:  # rejected before any work
         print(f"{flow_obj.name}: bad parameter: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
-        print(f"{flow_obj.name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"{flow_obj.name} failed: {failures.describe(err)}", file=sys.stderr)
+        run_name = arguments.get("run_name") or getattr(err, "run_name", None)
+        if run_name:
+            resume = command_line(prog or flow_obj.name, {**arguments, "run_name": run_name})
+            print(f"it resumes where it stopped: {resume}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def command_line(prog: str, parameters: dict[str, Any]) -> str:
+    """The command line that runs `prog` with `parameters` (a flag each; None left out)."""
+    words = prog.split()
+    for name, value in parameters.items():
+        if isinstance(value, bool):
+            words.append(_flag(name) if value else "--no-" + _flag(name)[2:])
+        elif value is not None:
+            words += [_flag(name), str(value)]
+    return shlex.join(words)

@@ -1,27 +1,16 @@
 """When a failed task gets another attempt: after what another attempt can get past (a crash, a
-killed worker, a full disk, a run another writer held), not after bad input, which fails the
-same way every time and would only be delayed by the retries (and their waits) before it is
-reported."""
+killed worker, a run another writer held), not after what fails the same way every time (bad
+input, a full or read-only disk: `diffusion_lib.failures`), which retries would only delay, nor
+after the Prefect API stopped answering: the attempt's work may be done (only its report was
+lost), another attempt could not report either, and `flows.api_watch` ends the run."""
 
 from __future__ import annotations
 
-# What the library raises for bad input (its ConfigError, DataError, CheckpointMismatch,
-# SamplerMismatch, MetricInputError are ValueErrors), and a path that is of the wrong kind or
-# not ours to write: another attempt with the same inputs meets the same error.
-PERMANENT = (
-    ValueError,
-    TypeError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
+import httpx
 
+from diffusion_lib.failures import is_permanent
 
-def is_permanent(error: BaseException) -> bool:
-    """True when retrying cannot help: one of PERMANENT, or an error that says so itself (its
-    `permanent` attribute: a training worker's exit for bad input or divergence)."""
-    return isinstance(error, PERMANENT) or bool(getattr(error, "permanent", False))
+__all__ = ["is_permanent", "worth_retrying"]
 
 
 def worth_retrying(task, task_run, state) -> bool:
@@ -29,5 +18,5 @@ def worth_retrying(task, task_run, state) -> bool:
     try:
         state.result()
     except Exception as error:  # noqa: BLE001 - the failed attempt's own error, to classify
-        return not is_permanent(error)
+        return not (is_permanent(error) or isinstance(error, httpx.TransportError))
     return True

@@ -5,7 +5,8 @@ of its own) and the Ray Train workers of `launch` both call `run_worker`.
 
 It reports through `emit(event, **fields)`, the worker protocol's events ("start",
 "progress", "warning", "error" and "done"), and returns the protocol's status: 0 finished (or
-stopped on request, a checkpoint written first), BAD_INPUT, DIVERGED, or 1 for anything else.
+stopped on request, a checkpoint written first), BAD_INPUT, DIVERGED, DISK (a full, read-only
+or forbidden file system: `diffusion_lib.failures`), or 1 for anything else.
 An "error" event carries the status as `code` and, for a crash, the traceback's last lines.
 """
 
@@ -15,14 +16,20 @@ import dataclasses
 import traceback
 from collections.abc import Callable
 
-from diffusion_lib.training.worker_protocol import BAD_INPUT, DIVERGED
+from diffusion_lib import failures
+from diffusion_lib.training.worker_protocol import BAD_INPUT, DISK, DIVERGED
 
 Emit = Callable[..., None]
 TAIL_LINES = 40
 
 
 def _crash(emit: Emit, err: BaseException) -> int:
-    """An unexpected exception: its class, message and traceback's last lines as the error."""
+    """An unexpected exception: its class, message and traceback's last lines as the error;
+    a disk error (`failures.disk_error`) as DISK, naming its path and what to do."""
+    disk = failures.disk_error(err)
+    if disk is not None:
+        emit("error", kind=type(disk).__name__, message=failures.describe(disk), code=DISK)
+        return DISK
     lines = traceback.format_exception(err)
     tail = "".join(lines).splitlines()[-TAIL_LINES:]
     print("\n".join(tail), flush=True)

@@ -4,7 +4,9 @@ not worth a retry."""
 
 BAD_INPUT = 2
 DIVERGED = 3
+DISK = 4
 EXIT_MEANINGS = {
     BAD_INPUT: "bad input (config, data, run directory or checkpoint)",
     DIVERGED: "training diverged (NaN/Inf)",
+    DISK: "the run directory cannot be written (disk full, read-only or no permission)",
 }

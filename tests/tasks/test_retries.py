@@ -1,9 +1,10 @@
-"""Which failures a task retries: what another attempt can get past, not bad input. Real tasks
-under a real (temporary) Prefect server, with the project's retry condition."""
+"""Which failures a task retries: what another attempt can get past, not bad input or a full
+disk. Real tasks under a real (temporary) Prefect server, with the project's retry condition."""
 
 import importlib
 import pkgutil
 
+import httpx
 import pytest
 from prefect import Task, flow, task
 
@@ -20,9 +21,22 @@ from tasks.retries import is_permanent, worth_retrying
         (TrainingFailed("bad config", exit_code=2), 1),
         (TrainingFailed("diverged", exit_code=3), 1),
         (TrainingFailed("killed", exit_code=-9), 3),
-        (OSError(28, "No space left on device"), 3),
+        (OSError(28, "No space left on device"), 1),
+        (TrainingFailed("disk full", exit_code=4), 1),
+        (ConnectionError("connection reset"), 3),
+        (httpx.ConnectError("All connection attempts failed"), 1),
     ],
-    ids=["file-exists", "value", "exit-2", "exit-3", "killed", "disk-full"],
+    ids=[
+        "file-exists",
+        "value",
+        "exit-2",
+        "exit-3",
+        "killed",
+        "disk-full",
+        "exit-4",
+        "lost-worker",
+        "lost-api",
+    ],
 )
 def test_bad_input_fails_at_once_and_what_may_pass_is_retried(prefect_server, error, attempts):
     calls = []
@@ -38,7 +52,7 @@ def test_bad_input_fails_at_once_and_what_may_pass_is_retried(prefect_server, er
 
     state = one(return_state=True)
     assert state.is_failed() and len(calls) == attempts
-    assert is_permanent(error) == (attempts == 1)
+    assert is_permanent(error) == (attempts == 1 and not isinstance(error, httpx.HTTPError))
 
 
 def test_every_retried_task_classifies_its_failures():
