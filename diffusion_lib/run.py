@@ -36,7 +36,7 @@ from diffusion_lib.training.checkpoints import (
     restore,
     verify,
 )
-from diffusion_lib.training.config import TrainConfig
+from diffusion_lib.training.config import ConfigError, TrainConfig
 from diffusion_lib.training.engine import (
     CHECKPOINTS_DIR,
     CONFIG_NAME,
@@ -124,7 +124,15 @@ class Run:
             raise FileNotFoundError(
                 f"{self.path}: no {CONFIG_NAME}; is this a run directory that has trained?"
             )
-        return json.loads(self.config_path.read_text())
+        try:
+            record = json.loads(self.config_path.read_text())
+            TrainConfig.from_dict(record["config"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError among them
+            raise ConfigError(
+                f"{self.config_path} cannot be read ({type(error).__name__}: {error}); training "
+                "this run again with its own parameters rebuilds it (the train stage resumes)"
+            ) from None
+        return record
 
     @functools.cached_property
     def config(self) -> TrainConfig:

@@ -36,6 +36,7 @@ from diffusion_lib.training.checkpoints import (
     DAMAGED_DIR,
     CheckpointStore,
     committed_steps,
+    read_marker,
     restore,
 )
 from diffusion_lib.training.config import (
@@ -51,6 +52,9 @@ from diffusion_lib.training.strategy import choose_strategy, worker_role
 CONFIG_NAME = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_LOG = "metrics.jsonl"
+# The training log's figures that TensorBoard's events hold as well (a damaged log is rebuilt
+# from them); with step, total and time they make a log row.
+_LOG_SCALARS = ("loss", "images_per_sec", "learning_rate", "grad_norm")
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -224,21 +228,112 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def _trim_log(path: pathlib.Path, step: int) -> None:
-    """Drops the training log's rows past `step` (written after the checkpoint resumed from),
-    so a resumed run logs each step once."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
-    for line in lines:
+def _repair_log(
+    path: pathlib.Path,
+    step: int,
+    log_every: int,
+    total: int,
+    tensorboard_dir: pathlib.Path,
+    warn: Callable[[str], None],
+) -> None:
+    """Makes the training log hold each logged step up to `step` (the checkpoint resumed from)
+    once: rows past it (logged after that checkpoint) are dropped, and rows cut short or lost
+    (a kill mid-write, a truncated file) are rebuilt from the TensorBoard events, which hold the
+    same figures; steps neither holds are reported by `warn`."""
+    rows, damaged = {}, 0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                rows[int(row["step"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                damaged += 1  # a row cut short
+    kept = {k: row for k, row in rows.items() if k <= step}
+    missing = [k for k in range(log_every, step + 1, log_every) if k not in kept]
+    rebuilt = []
+    if damaged or missing:
+        for k, row in _tensorboard_rows(tensorboard_dir, step, total).items():
+            if k not in kept:
+                kept[k] = row
+                rebuilt.append(k)
+    if rebuilt:
+        warn(
+            f"{path}: {len(rebuilt)} logged step(s) were cut short or missing "
+            f"({_spans(sorted(rebuilt))}); rebuilt from the TensorBoard events in "
+            f"{tensorboard_dir}"
+        )
+    lost = [k for k in missing if k not in kept]
+    if lost:
+        warn(f"{path}: step(s) {_spans(lost)} are in neither the log nor the TensorBoard events")
+    if damaged or rebuilt or len(kept) != len(rows):
+        text = "".join(json.dumps(kept[k]) + "\n" for k in sorted(kept))
+        atomic_write_bytes(path, text.encode())
+
+
+def _tensorboard_rows(directory: pathlib.Path, step: int, total: int) -> dict[int, dict]:
+    """Training-log rows up to `step` from the scalars `Trainer._log` writes beside them (the
+    last event of a step wins: a resumed run writes the steps after its checkpoint again)."""
+    fields: dict[int, dict] = {}
+    for events in sorted(directory.glob("events.out.tfevents.*")):
         try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a row cut short by a kill
-    if len(kept) != len(lines):
-        atomic_write_bytes(path, "".join(kept).encode())
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                if not event.HasField("summary") or event.step > step:
+                    continue
+                row = fields.setdefault(int(event.step), {})
+                for value in event.summary.value:
+                    if value.tag in _LOG_SCALARS:
+                        row[value.tag] = float(tf.make_ndarray(value.tensor))
+                row["time"] = event.wall_time
+        except tf.errors.DataLossError:
+            continue  # a file cut short by a kill: its complete events have been read
+    return {
+        k: {
+            "step": k,
+            "total": total,
+            **{name: row.get(name) for name in _LOG_SCALARS},
+            "time": row["time"],
+        }
+        for k, row in fields.items()
+        if "loss" in row
+    }
+
+
+def _spans(steps: list[int]) -> str:
+    """ "50-300 (6 steps), 450" style: the steps, short."""
+    if len(steps) <= 4:
+        return ", ".join(map(str, steps))
+    return f"{steps[0]}-{steps[-1]} ({len(steps)} steps)"
+
+
+def _read_record(
+    path: pathlib.Path, run_dir: pathlib.Path, config: TrainConfig, warn: Callable[[str], None]
+) -> dict | None:
+    """The run's stored record, or None when `path` is damaged (cut short, not JSON, not a
+    record) and `config` is the one the run's checkpoints were written by, so that it is
+    rebuilt from `config`; a damaged record that `config` does not match is a ConfigError
+    naming the file and what to do."""
+    try:
+        stored = json.loads(path.read_text())
+        TrainConfig.from_dict(stored["config"])
+        return stored
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError, UnicodeDecodeError
+        damage = f"{path} cannot be read ({type(error).__name__}: {error})"
+    steps = committed_steps(run_dir / CHECKPOINTS_DIR)
+    written_by = None
+    if steps:
+        try:
+            written_by = read_marker(run_dir / CHECKPOINTS_DIR, steps[-1])["config_fingerprint"]
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # a marker as damaged as the record: nothing to rebuild it against
+    if steps and written_by != config.fingerprint():
+        raise ConfigError(
+            f"{damage}, and this config is not the one its checkpoints were written by "
+            f"(fingerprint {config.fingerprint()}, ckpt-{steps[-1]}'s {written_by}): resume with "
+            f"the run's own parameters, or restore {path.name} from a copy"
+        )
+    agreed = f"the checkpoints up to ckpt-{steps[-1]}" if steps else "no checkpoint yet"
+    warn(f"{damage}: rebuilt from this run's parameters, which match {agreed}")
+    return None
 
 
 def _prepare_run_dir(
@@ -247,8 +342,10 @@ def _prepare_run_dir(
     dataset_fingerprint: str,
     is_chief: bool,
     network: NetworkConfig,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> None:
-    """Writes config.json on a new run; on an existing one, refuses a different identity."""
+    """Writes config.json on a new run, or rebuilds a damaged one (`_read_record`); on an
+    existing one, refuses a different identity."""
     path = run_dir / CONFIG_NAME
     # A data directory inside the run is recorded relative to it, so the run can be moved,
     # copied or resumed from any working directory; one elsewhere is recorded absolute.
@@ -263,8 +360,8 @@ def _prepare_run_dir(
         "dataset_fingerprint": dataset_fingerprint,
         "network": network.to_dict(),
     }
-    if path.is_file():
-        stored = json.loads(path.read_text())
+    stored = _read_record(path, run_dir, config, warn) if path.is_file() else None
+    if stored is not None:
         # Through TrainConfig: a field added since the run began reads as its default, which
         # is what that run trained with, so older run directories stay resumable.
         # A record of an earlier version is migrated on read (TrainConfig.from_dict).
@@ -326,6 +423,7 @@ class Trainer:
             self.dataset.manifest.fingerprint,
             self.is_chief,
             self.network_config,
+            warn,
         )
         self._build_state()
         self._resume(warn)
@@ -369,7 +467,14 @@ class Trainer:
             if int(self.step.numpy()) != latest:
                 raise ConfigError(f"checkpoint ckpt-{latest} holds step {int(self.step.numpy())}")
             if self.is_chief:
-                _trim_log(self.run_dir / TRAINING_LOG, latest)
+                _repair_log(
+                    self.run_dir / TRAINING_LOG,
+                    latest,
+                    self.config.run.log_every,
+                    self.config.run.num_steps,
+                    self.run_dir / TENSORBOARD_DIR,
+                    warn,
+                )
         elif self.config.run.init_from:
             self._warm_start(*init_from_parts(self.config.run.init_from))
 
@@ -581,10 +686,8 @@ class Trainer:
         with open(self.run_dir / TRAINING_LOG, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         with writer.as_default(step=report.step):
-            tf.summary.scalar("loss", report.loss)
-            tf.summary.scalar("learning_rate", report.learning_rate)
-            tf.summary.scalar("grad_norm", report.grad_norm)
-            tf.summary.scalar("images_per_sec", report.images_per_sec)
+            for name in _LOG_SCALARS:
+                tf.summary.scalar(name, row[name])
 
 
 def train(
