@@ -11,14 +11,18 @@ the same `run_name` again to resume a failed run (every stage skips what is done
 from __future__ import annotations
 
 import inspect
+import json
+import shlex
 import time
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from flows.cli import run_cli
+from flows.api_watch import watching_api
+from flows.cli import command_line, run_cli
 from flows.evaluate import evaluate_flow
 from flows.params import (
     Guidance,
@@ -38,9 +42,18 @@ from flows.summary import RunSummary, StageRecord
 from flows.train import train_flow
 from tasks.presets import resolve
 
+PROG = "python -m flows.train_and_sample"
+# The stages, in order: each a subflow of its own.
+STAGES = ("prepare-dataset", "train", "evaluate", "sample")
+
 
 class StageFailed(RuntimeError):
-    """A stage (subflow) failed; the message names it and keeps the cause's message."""
+    """A stage (subflow) failed; the message names it and keeps the cause's message, and
+    `run_name` the run a re-run resumes."""
+
+    def __init__(self, message: str, run_name: str | None = None):
+        super().__init__(message)
+        self.run_name = run_name
 
 
 def _taken(fn, values: dict) -> dict:
@@ -64,27 +77,58 @@ def _stage(summary: RunSummary, name: str, subflow, **parameters):
     record.state = state.name
     if not state.is_completed():
         summary.publish()
-        raise StageFailed(f"stage {name!r} failed: {state.message}")
+        raise StageFailed(f"stage {name!r} failed: {state.message}", parameters.get("run_name"))
     logger.info(f"stage {name!r} finished in {record.seconds:.1f} s")
     result = state.result()
     summary.learn(result)
+    summary.link_reports(record.flow_run_id)
     summary.publish()
     return result
 
 
+def resume_hint(parameters: dict) -> str:
+    """How to resume the run of these flow `parameters` (its `run_name` filled in): from a
+    deployment, or the command line, with every parameter given that is not the flow's default
+    (and the preset, output root and run name always)."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(train_and_sample.fn).parameters.items()
+    }
+    always = ("preset", "output_root", "run_name")
+    shown = {
+        name: value
+        for name, value in parameters.items()
+        if value is not None and (name in always or value != defaults.get(name))
+    }
+    deployment = ["prefect", "deployment", "run", "train-and-sample/default"]
+    for name, value in shown.items():
+        deployment += [
+            "--param",
+            f"{name}={json.dumps(value) if not isinstance(value, str) else value}",
+        ]
+    return f"{shlex.join(deployment)} (or {command_line(PROG, shown)})"
+
+
 def report_failure(flow_obj, flow_run, state) -> None:
     """On failure: a short artifact naming the failed stage and how to resume."""
-    parameters = flow_run.parameters or {}
-    run_name = parameters.get("run_name") or default_run_name(
+    parameters = dict(flow_run.parameters or {})
+    parameters["run_name"] = parameters.get("run_name") or default_run_name(
         parameters.get("preset", "tiny"), flow_run.name
     )
+    command, _, alternative = resume_hint(parameters).partition(" (or ")
     create_markdown_artifact(
         key="failure-report",
         markdown=(
-            f"# train-and-sample failed\n\n{state.message}\n\nEvery stage resumes where it stopped. Re-run with\n\n"
-            f"    prefect deployment run train-and-sample/default --param run_name={run_name}\n\n"
-            f"(or `python -m flows.train_and_sample --run-name {run_name}`)."
+            f"# train-and-sample failed\n\n{state.message}\n\nEvery stage resumes where it "
+            f"stopped. Re-run with\n\n    {command}\n\n(or `{alternative[:-1]}`)."
         ),
+    )
+
+
+def _api_lost(parameters: dict) -> Callable[[str, float], str]:
+    return lambda url, quiet: (
+        f"train-and-sample: lost the Prefect API at {url} (no answer for {quiet:.0f} s); the "
+        f"finished work of run {parameters['run_name']!r} is kept and not redone. Once the API "
+        f"is back, resume: {resume_hint(parameters)}"
     )
 
 
@@ -116,8 +160,8 @@ def train_and_sample(
     where = {"preset": preset, "output_root": output_root, "run_name": run_name, "model": model}
     # One writer per run directory: a second run of the same name stops here, naming the
     # first (the stages and the training worker share this lock).
-    with writing(Run.at(output_root, run_name).path):
-        summary = RunSummary(Run.at(output_root, run_name).path)
+    with writing(Run.at(output_root, run_name).path), watching_api(_api_lost(given)):
+        summary = RunSummary(Run.at(output_root, run_name).path, total_stages=len(STAGES))
         _stage(summary, "prepare-dataset", prepare_dataset_flow, **where)
         trained = _stage(summary, "train", train_flow, **_taken(train_flow, given))
         # Scored by the preset's sampler: this flow's `sampler` is the sample set's.
@@ -139,12 +183,7 @@ def train_and_sample(
 def main(argv: list[str] | None = None) -> None:
     """The flow's command line (flows/cli.py): a flag a parameter, the preset defaulting to the
     main job's instead of the deployment's `tiny`."""
-    run_cli(
-        train_and_sample,
-        argv,
-        defaults={"preset": "mnist-cpu"},
-        prog="python -m flows.train_and_sample",
-    )
+    run_cli(train_and_sample, argv, defaults={"preset": "mnist-cpu"}, prog=PROG)
 
 
 if __name__ == "__main__":

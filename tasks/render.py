@@ -18,10 +18,22 @@ from diffusion_lib.samplers import SamplerSpec
 from tasks.progress import show_progress
 from tasks.retries import worth_retrying
 
+# The largest image a markdown artifact embeds: a sampling GIF is 0.1-0.3 MB.
+EMBED_LIMIT_BYTES = 4 << 20
+
 
 def embedded_png(path: pathlib.Path) -> str:
-    """A PNG file as a data URI, for markdown artifacts (which cannot reach files)."""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    """A PNG (or GIF) file as a data URI, for markdown artifacts (which cannot reach files)."""
+    kind = "gif" if path.suffix.lower() == ".gif" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def shown_image(title: str, path: pathlib.Path) -> str:
+    """Markdown that shows the image at `path` in the UI, or names the path when it is
+    larger than EMBED_LIMIT_BYTES."""
+    if path.stat().st_size > EMBED_LIMIT_BYTES:
+        return f"- {title}: `{path}` ({path.stat().st_size / 2**20:.1f} MB, too large to show here)"
+    return f"![{title}]({embedded_png(path)})"
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=worth_retrying)

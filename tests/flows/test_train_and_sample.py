@@ -6,6 +6,7 @@ report, and parameters rejected before any work."""
 import asyncio
 import json
 import pathlib
+import re
 import time
 
 import pytest
@@ -110,19 +111,22 @@ def test_tiny_preset_end_to_end(tiny_run):
     report = next(a for a in artifacts if a.key == "sample-report")
     assert "data:image/png;base64," in report.data
 
-    # The parent tells the story: a run-summary kept current (one version a stage), linking the
-    # four stage runs, with the best checkpoint's metrics against floors and the sample grid.
-    summaries = sorted(
-        (a for a in artifacts_of(parent_id) if a.key == "run-summary"), key=lambda a: a.created
-    )
-    assert len(summaries) == 4
-    latest = summaries[-1].data
+    # The parent tells the story: one run-summary (each version replaced the one before) saying
+    # what it covers, linking the four stage runs and the stages' reports, with the best
+    # checkpoint's metrics against floors, the sample grid and the sampling GIF.
+    (summary,) = [a for a in artifacts_of(parent_id) if a.key == "run-summary"]
+    assert summary.description == "all stages done"
+    latest = summary.data
+    assert latest.startswith("# train-and-sample: all stages done\n")
     assert sorted(latest.split("/runs/flow-run/")[i][:36] for i in range(1, 5)) == sorted(
         str(child.id) for child in children
     )
+    reports = {a.key: a for a in artifacts if a.key in ("checkpoint-metrics", "sample-report")}
+    assert f"[checkpoint metrics](/artifacts/artifact/{reports['checkpoint-metrics'].id})" in latest
+    assert f"[sample report](/artifacts/artifact/{reports['sample-report'].id})" in latest
     assert f"## Best checkpoint: step {result['best_step']}" in latest
     assert "| balanced_pr |" in latest and "data:image/png;base64," in latest
-    assert "Best checkpoint" not in summaries[0].data  # after prepare-dataset: no metrics yet
+    assert "![sampling](data:image/gif;base64," in latest
     # Logs reach the server in batches after the run returns: wait for the closing line.
     closing = f"Best checkpoint: step {result['best_step']}: "
     deadline = time.monotonic() + 30
@@ -251,7 +255,9 @@ def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
         a for a in artifacts_of(state.state_details.flow_run_id) if a.key == "failure-report"
     ]
     assert reports and "stage 'train' failed" in reports[-1].data
-    assert "run_name=r1" in reports[-1].data
+    # The command that resumes gives every parameter the run was started with.
+    assert f"--param output_root={root} --param run_name=r1 --param model=ncsn" in reports[-1].data
+    assert f"--output-root {root} --run-name r1 --model ncsn`" in reports[-1].data
     assert sorted(p.name for p in (root / "r1" / "checkpoints").glob("*.json")) == [
         f"ckpt-{FIRST}.json",
         f"ckpt-{LAST}.json",
@@ -322,7 +328,6 @@ def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_
     import subprocess
     import sys
 
-    import numpy as np
     from prefect.settings import PREFECT_API_URL
 
     from diffusion_lib.run import Run
@@ -382,7 +387,16 @@ def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert _storm_processes(str(run_dir)) == []
-    ours, theirs = Run(run_dir), Run(reference / "r1")
+    _assert_same_run(run_dir, reference / "r1")
+
+
+def _assert_same_run(run_dir: pathlib.Path, reference: pathlib.Path) -> None:
+    """Checkpoints, scores and sample shards of `run_dir` equal `reference`'s, bit for bit."""
+    import numpy as np
+
+    from diffusion_lib.run import Run
+
+    ours, theirs = Run(run_dir), Run(reference)
     assert ours.steps() == theirs.steps() == [FIRST, LAST]
     for step in (FIRST, LAST):
         for a, b in zip(
@@ -390,10 +404,93 @@ def test_a_kill_storm_across_stages_then_a_clean_finish_equals_an_uninterrupted_
         ):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     mine = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    other = json.loads((reference / "r1" / "eval" / "metrics.json").read_text())
+    other = json.loads((reference / "eval" / "metrics.json").read_text())
     assert [r["metrics"] for r in mine["rows"]] == [r["metrics"] for r in other["rows"]]
-    for path in sorted((reference / "r1" / "samples").glob("*.parquet")):
+    for path in sorted((reference / "samples").glob("*.parquet")):
         assert (run_dir / "samples" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.system
+def test_losing_the_api_mid_run_ends_the_job_within_a_minute_and_a_rerun_finishes_it(
+    tiny_run, tmp_path
+):
+    """A real Prefect server SIGKILLed while `tiny` trains: the CLI ends within a minute, exit
+    1, its last line naming the API it lost and the command that resumes; no process of the run
+    is left. With a server back, that command finishes the run equal to the uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.local_servers import free_port, healthy
+
+    reference, _ = tiny_run
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    prefect = str(pathlib.Path(sys.executable).parent / "prefect")
+    servers = []
+
+    def start_server():
+        with open(tmp_path / f"server-{len(servers)}.log", "w") as log:
+            servers.append(
+                subprocess.Popen(
+                    [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 120
+        while not healthy(api):
+            assert time.monotonic() < deadline, "the Prefect server did not start in 120 s"
+            time.sleep(0.2)
+
+    root = tmp_path / "root"
+    run_dir = root / "lost"
+    command = [sys.executable, "-m", "flows.train_and_sample", "--preset", "tiny"]
+    command += ["--output-root", str(root), "--run-name", "lost"]
+    try:
+        start_server()
+        with open(tmp_path / "job.out", "w") as out, open(tmp_path / "job.err", "w") as err:
+            job = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / f"ckpt-{FIRST}.json").exists():
+            assert job.poll() is None, (tmp_path / "job.err").read_text()[-3000:]
+            assert time.monotonic() < deadline, "training did not reach its first checkpoint"
+            time.sleep(0.05)
+        os.killpg(servers[-1].pid, signal.SIGKILL)
+        lost = time.monotonic()
+        job.wait(timeout=180)
+        took = time.monotonic() - lost
+        stderr = (tmp_path / "job.err").read_text()
+        assert job.returncode == 1, stderr[-3000:]
+        assert took < 60, f"the job took {took:.0f} s to end after the API went away"
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"train-and-sample: lost the Prefect API at {api} (no answer for")
+        assert last.endswith(
+            f"--param preset=tiny --param output_root={root} --param run_name=lost (or python "
+            f"-m flows.train_and_sample --preset tiny --output-root {root} --run-name lost)"
+        ), last
+        time.sleep(1.0)
+        assert _storm_processes(str(run_dir)) == []
+
+        start_server()
+        final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+        _assert_same_run(run_dir, reference / "r1")
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 def test_a_stage_whose_tasks_failed_fails_and_is_named(prefect_server, tmp_path):
@@ -427,3 +524,104 @@ def test_the_cli_exits_2_on_a_bad_parameter_before_any_work(prefect_server, tmp_
     assert exit_info.value.code == 2
     assert "bad parameter" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("root", "cause"),
+    [
+        ("file", "file-root is not a directory"),
+        ("under-a-file", "lies under .*/file-root, which is not a directory"),
+        ("proc", "/proc/runs cannot be written: No such file or directory"),
+    ],
+)
+def test_the_cli_refuses_an_unusable_output_root_in_one_line(
+    prefect_server, tmp_path, capsys, root, cause
+):
+    """Exit 2 before any work, with one line naming the output root and why: no traceback."""
+    from flows.train_and_sample import main
+
+    (tmp_path / "file-root").write_text("")
+    given = {
+        "file": tmp_path / "file-root",
+        "under-a-file": tmp_path / "file-root" / "runs",
+        "proc": pathlib.Path("/proc/runs"),
+    }[root]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "tiny", "--output-root", str(given)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(rf"train-and-sample: bad parameter: output root .*{cause}.*", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file-root"]
+
+
+def test_a_failed_stage_ends_the_cli_with_the_command_that_resumes(
+    prefect_server, tmp_path, capsys
+):
+    from flows.train_and_sample import main
+
+    (tmp_path / "r" / "data").mkdir(parents=True)
+    (tmp_path / "r" / "data" / "train").write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "tiny", "--output-root", str(tmp_path), "--run-name=r"])
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert last[0].startswith("train-and-sample failed: ") and "prepare-dataset" in last[0]
+    assert last[1] == (
+        "it resumes where it stopped: python -m flows.train_and_sample --preset tiny "
+        f"--output-root {tmp_path} --run-name r"
+    )
+
+
+@pytest.mark.system
+def test_a_full_disk_fails_the_job_at_once_naming_the_file_and_a_rerun_with_space_finishes_it(
+    tiny_run, tmp_path
+):
+    """`tiny` on a 2 MiB tmpfs: the disk fills during training; the job ends (exit 1) without
+    retrying, its last lines naming a file under the output root, "No space left on device" and
+    the command that resumes. With the tmpfs grown, that command finishes the run equal to the
+    uninterrupted one."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    reference, _ = tiny_run
+    root = tmp_path / "small-disk"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        command = [sys.executable, "-m", "flows.train_and_sample", "--preset", "tiny"]
+        command += ["--output-root", str(root), "--run-name", "full"]
+        started = time.monotonic()
+        full = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert full.returncode == 1, full.stderr[-3000:]
+        took = time.monotonic() - started
+        assert took < 120, f"the job took {took:.0f} s to fail on a full disk"
+        # The CLI's own last two lines (a library's exit handler may print after them).
+        lines = full.stderr.strip().splitlines()
+        at = max(i for i, line in enumerate(lines) if line.startswith("it resumes where"))
+        assert at >= len(lines) - 3, lines[-5:]
+        failed, resume = lines[at - 1 : at + 1]
+        assert re.search(rf"{root}/full/\S+: No space left on device \(free space there", failed), (
+            full.stderr[-2000:]
+        )
+        assert resume == (
+            "it resumes where it stopped: python -m flows.train_and_sample --preset tiny "
+            f"--output-root {root} --run-name full"
+        )
+        assert "AwaitingRetry" not in full.stderr  # no retry of what cannot pass
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(root)], check=True)
+        final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+        _assert_same_run(root / "full", reference / "r1")
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

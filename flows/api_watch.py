@@ -1,0 +1,88 @@
+"""The orchestration API, watched beside a long flow.
+
+A flow run reports every state, log line and artifact to the Prefect API. When the API goes
+away (its server killed, its host gone), nothing the run does can be recorded any more, and
+Prefect's client retries each call with growing waits: a job whose server died during training
+took over 7 minutes to fail, retrying a finished stage on the way. `watching_api` probes the
+API's health endpoint every PROBE_SECONDS beside the flow; after LOST_SECONDS without an
+answer it prints one line naming the API and how to resume, and ends the process with status 1.
+Work finished before (data, checkpoints, scores, sample shards) is on disk and is not redone
+on resume; work in flight resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+PROBE_SECONDS = 5.0
+LOST_SECONDS = 30.0
+EXIT_STATUS = 1
+
+
+def api_url() -> str | None:
+    """The API this flow run reports to (the temporary server's, when Prefect started one),
+    or None outside a flow run."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    client = getattr(context, "client", None)
+    url = getattr(client, "api_url", None)
+    return str(url).rstrip("/") if url else None
+
+
+def answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether the API at `url` answers its health check within `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _end(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    # Not an exception: the main thread is inside the client's retries, and unwinding through
+    # Prefect's engine would try to report the failure to the API that is gone. The workers
+    # this process started die with it (their parent-death signal, Ray's fate sharing).
+    os._exit(EXIT_STATUS)
+
+
+@contextlib.contextmanager
+def watching_api(
+    describe: Callable[[str, float], str],
+    *,
+    url: str | None = None,
+    probe_seconds: float = PROBE_SECONDS,
+    lost_seconds: float = LOST_SECONDS,
+    on_lost: Callable[[str], None] = _end,
+) -> Iterator[None]:
+    """Watches the API at `url` (default: this flow run's) for the block. When it has not
+    answered for `lost_seconds`, calls `on_lost(describe(url, seconds_without_answer))`, by
+    default: print the line and end the process (module docstring)."""
+    url = url or api_url()
+    if url is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        last_answer = time.monotonic()
+        while not stop.wait(probe_seconds):
+            if answers(url, timeout=probe_seconds):
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer >= lost_seconds and not stop.is_set():
+                on_lost(describe(url, time.monotonic() - last_answer))
+                return
+
+    thread = threading.Thread(target=watch, name="prefect-api-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
