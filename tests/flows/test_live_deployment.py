@@ -257,8 +257,12 @@ def _check_the_ui(base: str, flow_run_id, artifacts: dict, tmp_path) -> None:
         page.screenshot(path=shots / "parent-run.png", full_page=True)
         page.locator("li.p-tab#artifacts").click()
         page.wait_for_load_state("networkidle")
-        page.locator("#artifacts-content").get_by_text("run-summary").first.wait_for(timeout=30_000)
+        tab = page.locator("#artifacts-content")
+        tab.get_by_text("all stages done").first.wait_for(timeout=30_000)
         page.screenshot(path=shots / "parent-run-artifacts.png", full_page=True)
+        # One run-summary, the final one: each version replaced the one before.
+        assert tab.get_by_text("run-summary", exact=True).count() == 1
+        assert tab.get_by_text("stages done").count() == 1
 
         page.goto(f"{base}/artifacts/artifact/{artifacts['run-summary'].id}")
         page.wait_for_load_state("networkidle")
@@ -267,6 +271,14 @@ def _check_the_ui(base: str, flow_run_id, artifacts: dict, tmp_path) -> None:
         assert page.locator("a[href*='/runs/flow-run/']").count() >= 4  # the stage runs
         assert page.get_by_text("Best checkpoint: step").count() == 1
         assert all(w > 0 for w in page.eval_on_selector_all(png, widths))
+        gif = "img[src^='data:image/gif']"  # the sampling GIF, inline
+        assert [w > 0 for w in page.eval_on_selector_all(gif, widths)] == [True]
+        for title, key in (
+            ("checkpoint metrics", "checkpoint-metrics"),
+            ("sample report", "sample-report"),
+        ):
+            link = page.get_by_role("link", name=title)
+            assert link.get_attribute("href").endswith(f"/artifacts/artifact/{artifacts[key].id}")
 
         page.goto(f"{base}/artifacts/artifact/{artifacts['sample-report'].id}")
         page.wait_for_load_state("networkidle")
