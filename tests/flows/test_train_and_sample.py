@@ -177,6 +177,32 @@ def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     ]
 
 
+def test_a_rerun_repairs_a_damaged_config_and_a_training_log_cut_short(tiny_run, tmp_path):
+    """A copy of the finished run with config.json cut short and metrics.jsonl cut in the middle
+    of a row: a plain re-run completes, config.json is back byte for byte, the log holds every
+    logged step again with the same losses, and the sample set is left as it was."""
+    import shutil
+
+    root, _ = tiny_run
+    copy = tmp_path / "root" / "r1"
+    shutil.copytree(root / "r1", copy, ignore=shutil.ignore_patterns(".writer.lock"))
+    record, log = copy / "config.json", copy / "metrics.jsonl"
+    original_record, original_log = record.read_bytes(), log.read_text()
+    record.write_bytes(original_record[:13])
+    log.write_text(original_log[: len(original_log) // 3])
+    samples = {p.name: p.read_bytes() for p in (copy / "samples").glob("*.parquet")}
+
+    again = train_and_sample(
+        preset="tiny", output_root=str(tmp_path / "root"), run_name="r1", return_state=True
+    )
+    assert again.is_completed(), again.message
+    assert record.read_bytes() == original_record
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    before = [json.loads(line) for line in original_log.splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(r["step"], r["loss"]) for r in before]
+    assert {p.name: p.read_bytes() for p in (copy / "samples").glob("*.parquet")} == samples
+
+
 def test_evaluation_scores_another_sampler_beside_the_runs_own_report(tiny_run):
     """The evaluate flow with `sampler`: the DDPM run scored by DPM-Solver++ (the VP SDE's
     sampler) into eval/metrics-dpm_solver_pp.json; the run's own report is left as it was."""
