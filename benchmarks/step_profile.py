@@ -28,16 +28,17 @@ import pathlib
 import re
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
 from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
-from diffusion_lib.training import Trainer, config_preset  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
+from training_throughput import engine_steps  # noqa: E402
 
 KINDS = (
     "convolution",
@@ -100,37 +101,14 @@ def op_events(logdir: pathlib.Path):
 
 
 def profile(data_dir: str, network: str, precision: str, steps: int, workdir: pathlib.Path):
-    config = config_preset(
-        "mnist-ddpm",
-        data_dir=data_dir,
-        network=network,
-        batch_size=64,
-        num_steps=10**9,
-        log_every=10**9,
-        checkpoint_every=10**9,
-        precision=precision,
-    )
-    trainer = Trainer(config, workdir / f"run-{network}-{precision}")
-    trainer.run(max_steps=3)
-    iterator = iter(trainer._dataset(int(trainer.step.numpy())))
-    start_step = int(trainer.step.numpy())
-
-    def step(k):
-        examples = next(iterator)
-        loss, _, _ = trainer._train_step(
-            examples.x, examples.label, tf.constant(start_step + k, tf.int64)
-        )
-        return float(loss)
-
-    for k in range(3):
-        step(k)
+    step = engine_steps(data_dir, network, 64, workdir, precision=precision)
+    for _ in range(3):
+        float(step())
     logdir = workdir / f"profile-{network}-{precision}"
-    import time
-
     tf.profiler.experimental.start(str(logdir))
     start = time.perf_counter()
-    for k in range(steps):
-        step(3 + k)
+    for _ in range(steps):
+        float(step())
     wall = time.perf_counter() - start
     tf.profiler.experimental.stop()
     by_kind, by_type = collections.Counter(), collections.Counter()

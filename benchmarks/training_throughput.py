@@ -19,6 +19,7 @@ the table into the benchmarks page (benchmarks/report.py).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pathlib
 import sys
@@ -58,15 +59,17 @@ def forward_flops(model, batch: int, shape) -> float:
     return float(profile.total_float_ops)
 
 
-def train_rate(
+def engine_steps(
     data_dir: str,
     network: str,
     batch: int,
-    steps: int,
-    xla: bool,
     workdir: pathlib.Path,
+    *,
+    xla: bool = False,
     precision: str = "float32",
-) -> float:
+):
+    """The real engine's mnist-ddpm training step at `batch`, traced and warmed up: a function
+    that runs the next step and returns its loss (a tensor, so steps are not synchronised)."""
     config = config_preset(
         "mnist-ddpm",
         data_dir=data_dir,
@@ -81,14 +84,32 @@ def train_rate(
     trainer = Trainer(config, workdir / f"run-{network}-{precision}-{'xla' if xla else 'plain'}")
     trainer.run(max_steps=3)  # trace and warm up; saves one checkpoint at the end
     iterator = iter(trainer._dataset(int(trainer.step.numpy())))
-    start_step = int(trainer.step.numpy())
+    numbers = itertools.count(int(trainer.step.numpy()))
     next(iterator)
-    start = time.perf_counter()
-    for k in range(steps):
+
+    def step() -> tf.Tensor:
         examples = next(iterator)
         loss, _, _ = trainer._train_step(
-            examples.x, examples.label, tf.constant(start_step + k, tf.int64)
+            examples.x, examples.label, tf.constant(next(numbers), tf.int64)
         )
+        return loss
+
+    return step
+
+
+def train_rate(
+    data_dir: str,
+    network: str,
+    batch: int,
+    steps: int,
+    xla: bool,
+    workdir: pathlib.Path,
+    precision: str = "float32",
+) -> float:
+    step = engine_steps(data_dir, network, batch, workdir, xla=xla, precision=precision)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
     float(loss)
     return steps * batch / (time.perf_counter() - start)
 
