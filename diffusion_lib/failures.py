@@ -29,10 +29,10 @@ PERMANENT_TYPES = (
 DISK_ERRORS = {
     errno.ENOSPC: "free space there, or choose another output root",
     errno.EDQUOT: "free space within the quota, or choose another output root",
-    errno.EFBIG: "the file exceeds this process's file-size limit (ulimit -f): raise it",
-    errno.EROFS: "the file system is mounted read-only: choose a writable output root",
-    errno.EACCES: "this user may not write there: change its permissions or the output root",
-    errno.EPERM: "this user may not write there: change its permissions or the output root",
+    errno.EFBIG: "raise this process's file-size limit (ulimit -f)",
+    errno.EROFS: "choose a writable output root, or mount it read-write",
+    errno.EACCES: "change its permissions, or choose another output root",
+    errno.EPERM: "change its permissions, or choose another output root",
 }
 
 

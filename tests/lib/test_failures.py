@@ -124,4 +124,10 @@ def test_a_read_only_output_root_is_refused_before_anything_is_written(mounted, 
     ):
         with writing(read_only / "r"):
             pass
+    # The command line's check before the flow starts says the same of the root itself.
+    with pytest.raises(
+        OutputRootError,
+        match=rf"output root {read_only}/runs cannot be written: Read-only file system; choose a",
+    ):
+        failures.check_output_root(read_only / "runs")
     assert list(source.iterdir()) == []
