@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -37,10 +38,14 @@ def api_url() -> str | None:
 
 
 def answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether the API at `url` answers its health check within `timeout` seconds."""
+    """Whether the API at `url` answers its health check within `timeout` seconds. Any HTTP
+    answer counts (a hosted API may answer the path with an error status, and an API that
+    answers is reachable); no connection, or none within `timeout`, does not."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
-            return response.status == 200
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
     except OSError:
         return False
 
