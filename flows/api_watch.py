@@ -7,7 +7,8 @@ took over 7 minutes to fail, retrying a finished stage on the way. `watching_api
 API's health endpoint every PROBE_SECONDS beside the flow; after LOST_SECONDS without an
 answer it prints one line naming the API and how to resume, and ends the process with status 1.
 Work finished before (data, checkpoints, scores, sample shards) is on disk and is not redone
-on resume; work in flight resumes from its last checkpoint.
+on resume; work in flight resumes from its last checkpoint. `train-and-sample` watches beside
+its stages; a stage flow run on its own (`python -m flows.train`) watches beside itself.
 """
 
 from __future__ import annotations
@@ -91,3 +92,31 @@ def watching_api(
         yield
     finally:
         stop.set()
+
+
+def lost_line(flow_name: str, url: str, quiet: float, run_name: str, resume: str) -> str:
+    """The one line a flow ends with when it has lost the API."""
+    return (
+        f"{flow_name}: lost the Prefect API at {url} (no answer for {quiet:.0f} s); the "
+        f"finished work of run {run_name!r} is kept and not redone. Once the API is back, "
+        f"resume: {resume}"
+    )
+
+
+@contextlib.contextmanager
+def watching_stage(flow_obj, prog: str, parameters: dict) -> Iterator[None]:
+    """`watching_api` for a stage flow run on its own, ending with the command line `prog` and
+    the run's `parameters` (`flows.cli.not_defaults`); as a subflow, its parent watches."""
+    from prefect.context import FlowRunContext
+
+    from flows.cli import command_line, not_defaults
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run.parent_task_run_id is not None:
+        yield
+        return
+    resume = command_line(prog, not_defaults(flow_obj, parameters))
+    with watching_api(
+        lambda url, quiet: lost_line(flow_obj.name, url, quiet, parameters["run_name"], resume)
+    ):
+        yield

@@ -136,6 +136,19 @@ def run_cli(
         raise SystemExit(1) from None
 
 
+def not_defaults(
+    flow_obj, parameters: dict[str, Any], always=("preset", "output_root", "run_name")
+) -> dict[str, Any]:
+    """The `parameters` of a run of `flow_obj` that say something: those given and not None
+    that differ from the flow's defaults, and `always` those that name the run."""
+    defaults = {name: p.default for name, p in inspect.signature(flow_obj.fn).parameters.items()}
+    return {
+        name: value
+        for name, value in parameters.items()
+        if value is not None and (name in always or value != defaults.get(name))
+    }
+
+
 def command_line(prog: str, parameters: dict[str, Any]) -> str:
     """The command line that runs `prog` with `parameters` (a flag each; None left out)."""
     words = prog.split()

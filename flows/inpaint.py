@@ -11,6 +11,7 @@ from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
+from flows.api_watch import watching_stage
 from flows.params import Masks, Model, Positive, Preset, RunName, Sampler, Weight, described
 from tasks.inpaint import (
     completion_shards,
@@ -21,6 +22,8 @@ from tasks.inpaint import (
 )
 from tasks.presets import resolve
 from tasks.progress import follow_shards
+
+PROG = "python -m flows.inpaint"
 
 
 @flow(name="inpaint", log_prints=True)
@@ -41,6 +44,7 @@ def inpaint_flow(
 ) -> dict:
     """Fills in held-out examples of a finished run under each mask, scores the completions
     against two baselines and renders them. Returns the set, the report and the pictures."""
+    given = dict(locals())  # this flow's parameters, before any other name is bound
     plan = resolve(preset, model, sampler=sampler)
     method = plan.inpaint  # the preset's way of filling in, each part replaced if given
     # A sampler named here replaces the preset's; the run's unconditional model fills in:
@@ -57,7 +61,7 @@ def inpaint_flow(
     chosen = masks or ("top-known" if len(run.example_shape) == 3 else "coordinate-known:0")
     mask_list = [m.strip() for m in chosen.split(",") if m.strip()]
     out = run.path / "inpaint"
-    with writing(run.path):
+    with writing(run.path), watching_stage(inpaint_flow, PROG, given):
         directory = str(out / "completions")
         set_spec, count = plan_completions(
             str(run.path),
@@ -84,4 +88,4 @@ def inpaint_flow(
 if __name__ == "__main__":
     from flows.cli import run_cli
 
-    run_cli(inpaint_flow, prog="python -m flows.inpaint")
+    run_cli(inpaint_flow, prog=PROG)

@@ -9,12 +9,15 @@ from prefect.utilities.annotations import unmapped
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
+from flows.api_watch import watching_stage
 from flows.params import Guidance, Model, Positive, Preset, RunName, Sampler, Sigma, described
 from flows.task_runner import ClusterTaskRunner
 from tasks.presets import resolve
 from tasks.progress import follow_shards
 from tasks.render import render_outputs
 from tasks.sample import finalize_samples, plan_samples, sample_shards
+
+PROG = "python -m flows.sample"
 
 
 @flow(name="sample", log_prints=True, task_runner=ClusterTaskRunner())
@@ -33,6 +36,7 @@ def sample_flow(
 ) -> dict:
     """Samples checkpoint `step` (default: the latest) into <run>/samples, renders <run>/render.
     Returns the sample directory and the rendered files."""
+    given = dict(locals())  # this flow's parameters, before any other name is bound
     plan = resolve(
         preset,
         model,
@@ -43,7 +47,7 @@ def sample_flow(
         guidance_sigma_max=guidance_sigma_max,
     )
     run = Run.at(output_root, run_name)
-    with writing(run.path):
+    with writing(run.path), watching_stage(sample_flow, PROG, given):
         run_dir, part, samples_dir = str(run.path), plan.samples, str(run.samples_dir)
         spec, count = plan_samples(run_dir, part, step, samples_dir)
         futures = sample_shards.map(unmapped(spec), unmapped(samples_dir), range(count))
@@ -58,4 +62,4 @@ def sample_flow(
 if __name__ == "__main__":
     from flows.cli import run_cli
 
-    run_cli(sample_flow, prog="python -m flows.sample")
+    run_cli(sample_flow, prog=PROG)

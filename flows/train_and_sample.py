@@ -21,8 +21,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib.run import Run
 from diffusion_lib.run_lock import writing
-from flows.api_watch import watching_api
-from flows.cli import command_line, run_cli
+from flows.api_watch import lost_line, watching_api
+from flows.cli import command_line, not_defaults, run_cli
 from flows.evaluate import evaluate_flow
 from flows.params import (
     Guidance,
@@ -88,17 +88,9 @@ def _stage(summary: RunSummary, name: str, subflow, **parameters):
 
 def resume_hint(parameters: dict) -> str:
     """How to resume the run of these flow `parameters` (its `run_name` filled in): from a
-    deployment, or the command line, with every parameter given that is not the flow's default
-    (and the preset, output root and run name always)."""
-    defaults = {
-        name: p.default for name, p in inspect.signature(train_and_sample.fn).parameters.items()
-    }
-    always = ("preset", "output_root", "run_name")
-    shown = {
-        name: value
-        for name, value in parameters.items()
-        if value is not None and (name in always or value != defaults.get(name))
-    }
+    deployment, or the command line, with the parameters that say something
+    (`flows.cli.not_defaults`)."""
+    shown = not_defaults(train_and_sample, parameters)
     deployment = ["prefect", "deployment", "run", "train-and-sample/default"]
     for name, value in shown.items():
         deployment += [
@@ -125,10 +117,8 @@ def report_failure(flow_obj, flow_run, state) -> None:
 
 
 def _api_lost(parameters: dict) -> Callable[[str, float], str]:
-    return lambda url, quiet: (
-        f"train-and-sample: lost the Prefect API at {url} (no answer for {quiet:.0f} s); the "
-        f"finished work of run {parameters['run_name']!r} is kept and not redone. Once the API "
-        f"is back, resume: {resume_hint(parameters)}"
+    return lambda url, quiet: lost_line(
+        "train-and-sample", url, quiet, parameters["run_name"], resume_hint(parameters)
     )
 
 

@@ -54,3 +54,33 @@ def test_an_api_that_answers_is_kept_and_one_that_stops_is_reported_once():
         time.sleep(0.5)
     assert len(lost) == 1 and lost[0].startswith(f"{url} ")
     assert 0.5 <= float(lost[0].split()[-1]) < 2.0
+
+
+def _watching() -> bool:
+    return any(thread.name == "prefect-api-watch" for thread in threading.enumerate())
+
+
+def test_a_stage_flow_watches_the_api_on_its_own_and_not_as_a_subflow(prefect_server):
+    """Run alone (`python -m flows.train`), a stage watches the API itself; as a stage of
+    train-and-sample it leaves that to its parent."""
+    from prefect import flow
+
+    from flows.api_watch import watching_stage
+
+    seen = []
+
+    @flow(name="a-stage")
+    def stage(run_name: str = "r"):
+        with watching_stage(stage, "python -m flows.a_stage", {"run_name": run_name}):
+            seen.append(_watching())
+
+    @flow(name="a-parent")
+    def parent():
+        stage()
+
+    stage()
+    deadline = time.monotonic() + 10  # the stopped watch ends within its probe
+    while _watching() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parent()
+    assert seen == [True, False]
