@@ -53,10 +53,22 @@ def answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
 
 def _end(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+    _stop_ray()
     # Not an exception: the main thread is inside the client's retries, and unwinding through
     # Prefect's engine would try to report the failure to the API that is gone. The workers
     # this process started die with it (their parent-death signal, Ray's fate sharing).
     os._exit(EXIT_STATUS)
+
+
+def _stop_ray(timeout: float = 10.0) -> None:
+    """Disconnects from Ray, stopping the local cluster this process started (its agents
+    outlived the process by about a minute otherwise); waits at most `timeout` seconds."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout)
 
 
 @contextlib.contextmanager
