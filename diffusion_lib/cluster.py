@@ -16,8 +16,10 @@ nothing answers at is reported at once (ClusterUnreachable), not retried for eve
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
+import time
 import urllib.parse
 
 # A local cluster on Linux would advertise this host's network address and reach its own
@@ -39,6 +41,12 @@ ADDRESS_ENV = "RAY_ADDRESS"
 _started_local = False  # this process started the local cluster it is connected to
 LOOPBACK = ("127.0.0.1", "localhost")
 REACH_SECONDS = 10.0
+# Ray Client starts a server process on the head for each connection; on a busy head that
+# start can fail ("Starting Ray client server failed", seen once in a few dozen connections
+# here while other jobs shared the 2 cores), and a new connection gets a new one.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_SECONDS = 2.0
 
 
 class ClusterUnreachable(ConnectionError):
@@ -86,16 +94,40 @@ def connect(address: str | None = None) -> Cluster:
                 if where[0] in LOOPBACK:
                     local_settings()
                 _check_reachable(address, *where)
-            try:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
-            except ConnectionError as err:
+            _init_client(ray, address)
+    resources = ray.cluster_resources()
+    return Cluster(_started_local, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+
+
+def _init_client(ray, address: str) -> None:
+    """`ray.init(address)`, once more (up to CLIENT_ATTEMPTS) when the cluster's Ray Client
+    server failed to start the server process it starts for each connection, which happens on
+    a busy head and passes; ClusterUnreachable when it does not, or the cluster refuses."""
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            return
+        except ConnectionError as err:
+            if CLIENT_SERVER_FAILED not in str(err):
                 raise ClusterUnreachable(
                     f"the Ray cluster at {address} refused this process ({err}); if it uses "
                     "token authentication, set RAY_AUTH_MODE=token and its token in "
                     "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
                 ) from None
-    resources = ray.cluster_resources()
-    return Cluster(_started_local, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+            if attempt == CLIENT_ATTEMPTS:
+                raise ClusterUnreachable(
+                    f"the Ray cluster at {address} could not start a client server for this "
+                    f"process in {CLIENT_ATTEMPTS} attempts; its ray_client_server_*.err logs "
+                    f"on the head say why ({' '.join(str(err).split())[-300:]})"
+                ) from None
+            logging.getLogger(__name__).warning(
+                "the Ray cluster at %s could not start a client server for this process "
+                "(attempt %d of %d); connecting again",
+                address,
+                attempt,
+                CLIENT_ATTEMPTS,
+            )
+            time.sleep(CLIENT_RETRY_SECONDS * attempt)
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

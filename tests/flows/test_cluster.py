@@ -92,15 +92,26 @@ def _shard_lines(temp: pathlib.Path) -> set[tuple[int, int, int]]:
     return found
 
 
-def _kill_the_first_shard_worker(deadline: float, flow: subprocess.Popen) -> int:
+def _client_server_logs(temp: pathlib.Path) -> str:
+    """The last lines of the head's Ray Client server logs, for a failure message."""
+    tails = []
+    for path in sorted(temp.glob("session_*/logs/ray_client_server*.err")):
+        lines = path.read_text(errors="replace").splitlines()
+        tails.append(f"--- {path.name}\n" + "\n".join(lines[-15:]))
+    return "\n".join(tails)[-4000:]
+
+
+def _kill_the_first_shard_worker(
+    deadline: float, flow: subprocess.Popen, temp: pathlib.Path
+) -> int:
     """SIGKILLs the first worker seen drawing a shard (Ray titles it ray::sample_shards),
     half a second into its shard; its pid. A flow that ends first fails the test with its
-    output."""
+    output and the head's client server logs."""
     while time.monotonic() < deadline:
         if flow.poll() is not None:
             raise AssertionError(
                 f"the flow ended before a worker was seen drawing a shard:\n"
-                f"{flow.stdout.read()[-3000:]}"
+                f"{flow.stdout.read()[-3000:]}\n{_client_server_logs(temp)}"
             )
         for proc in psutil.process_iter(["cmdline"]):
             try:
@@ -142,7 +153,7 @@ def test_shards_and_checkpoints_on_a_cluster_match_the_flows_own_and_survive_a_k
         stderr=subprocess.STDOUT,
         text=True,
     )
-    killed = _kill_the_first_shard_worker(time.monotonic() + 300, proc)
+    killed = _kill_the_first_shard_worker(time.monotonic() + 300, proc, temp)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-3000:]
     _flow("sample", local, "--run-name", "local", *sample)
