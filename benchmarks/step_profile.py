@@ -27,18 +27,15 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from diffusion_lib.data import DatasetSpec, prepare_dataset  # noqa: E402
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import Table, add_markdown_option, measure_machine, publish  # noqa: E402
-from training_throughput import engine_steps  # noqa: E402
+from training_throughput import engine_steps, prepared_mnist  # noqa: E402
 
 KINDS = (
     "convolution",
@@ -132,9 +129,7 @@ def main() -> None:
     args = parser.parse_args()
 
     machine = measure_machine()
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_step_profile_"))
-    data_dir = str(workdir / "mnist")
-    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), data_dir)
+    workdir, data_dir = prepared_mnist("diffusion_step_profile_")
     table = Table(
         "step_profile",
         ["network", "precision", "step ms (profiled)", "op time / wall", *KINDS],

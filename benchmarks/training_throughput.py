@@ -59,6 +59,15 @@ def forward_flops(model, batch: int, shape) -> float:
     return float(profile.total_float_ops)
 
 
+def prepared_mnist(prefix: str) -> tuple[pathlib.Path, str]:
+    """A new temporary directory and, inside it, the embedded MNIST training digits prepared
+    as a dataset: (the directory, the dataset's directory)."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    data_dir = str(workdir / "mnist")
+    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), data_dir)
+    return workdir, data_dir
+
+
 def engine_steps(
     data_dir: str,
     network: str,
@@ -146,9 +155,7 @@ def main() -> None:
     args = parser.parse_args()
 
     machine = measure_machine()
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="diffusion_train_bench_"))
-    data_dir = str(workdir / "mnist")
-    prepare_dataset(DatasetSpec.create("mnist_embedded", split="train"), data_dir)
+    workdir, data_dir = prepared_mnist("diffusion_train_bench_")
     table = Table(
         "training_throughput",
         ["network", "parameters", "MFLOP a training image", "precision", "XLA"]
