@@ -13,6 +13,8 @@ import math
 import keras
 import tensorflow as tf
 
+from diffusion_lib import kernels
+
 # What a network's condition is and which scalar of it is embedded: "timestep" a DDPM timestep
 # (itself), "log_sigma" a noise level sigma (LOG_SIGMA_SCALE * ln sigma), "c_noise" a noise level
 # sigma (EDM's c_noise = ln(sigma) / 4, Karras et al. 2022, table 1).
@@ -87,7 +89,20 @@ def group_norm(
     the same speed and the forward the same bits. The backward recomputes y and its sigmoid
     from x rather than keeping them: only x's float32 copy is held from forward to backward, as
     without the SiLU, at the same speed and with the same bits.
+
+    On a CPU, float32 and bfloat16 inputs go to the compiled kernel of `kernels` (the same
+    math in one op each way, 2-5x faster: `compiled_group_norm`), unless
+    DIFFUSION_LIB_KERNELS=off or it cannot be built; `tensorflow_group_norm` is the reference
+    and the GPU path.
     """
+    ops = kernels.group_norm_ops() if x.dtype in (tf.float32, tf.bfloat16) else None
+    if ops is not None:
+        return compiled_group_norm(ops, x, gamma, beta, groups, epsilon, silu)
+    return tensorflow_group_norm(x, gamma, beta, groups, epsilon, silu)
+
+
+def tensorflow_group_norm(x, gamma, beta, groups, epsilon, silu=False):
+    """`group_norm` in TensorFlow's ops, whatever `kernels` has."""
     channels = x.shape[-1]
     per_group = channels // groups
     dtype = x.dtype
@@ -141,6 +156,28 @@ def group_norm(
         return tf.cast(out, dtype), grad
 
     return normalise(x, gamma, beta)
+
+
+def compiled_group_norm(ops, x, gamma, beta, groups, epsilon, silu=False):
+    """`group_norm` by the compiled kernel's `ops` (`kernels.group_norm_ops()`): the same math,
+    one op each way."""
+
+    @tf.custom_gradient
+    def normalise(x, gamma32, beta32):
+        with tf.name_scope("group_norm"):
+            y, mean, inv = ops.diffusion_group_norm(
+                x, gamma32, beta32, groups=groups, epsilon=epsilon, silu=silu
+            )
+
+        def grad(dy):
+            with tf.name_scope("group_norm_grad"):
+                return ops.diffusion_group_norm_grad(
+                    dy, x, gamma32, beta32, mean, inv, groups=groups, silu=silu
+                )
+
+        return y, grad
+
+    return normalise(x, tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32))
 
 
 @keras.saving.register_keras_serializable(package="diffusion_lib")

@@ -1,11 +1,22 @@
 """networks/layers.py: GroupNorm's value and gradients (alone and fused with SiLU) against the
-float64 definition, and its float32 statistics under bfloat16."""
+float64 definition, and its float32 statistics under bfloat16, by both ways of computing it:
+the compiled CPU kernel (diffusion_lib.kernels) and TensorFlow's ops."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from diffusion_lib import kernels
 from diffusion_lib.networks import layers
+
+
+@pytest.fixture(params=["compiled", "tensorflow"], autouse=True)
+def way(request, monkeypatch):
+    """Each test runs with the compiled kernel (built here: a build failure fails the test) and
+    with TensorFlow's ops."""
+    ops = tf.load_op_library(str(kernels.build())) if request.param == "compiled" else None
+    monkeypatch.setattr(kernels, "group_norm_ops", lambda: ops)
+    return request.param
 
 
 def _group_norm_float64(x, gamma, beta, groups, epsilon=1e-5):
