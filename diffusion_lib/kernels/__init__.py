@@ -19,8 +19,8 @@ built for the host's instruction set). Processes building it at once wait for on
     DIFFUSION_LIB_KERNELS=on    as auto, but fail when it cannot be built
 
 `python -m diffusion_lib.kernels` builds it ahead (a container image, a shared cache)
-and prints where it is. With a GPU visible, GroupNorm stays in TensorFlow's ops (the kernel is
-CPU-only).
+and prints where it is. With a GPU visible, and inside functions XLA compiles, GroupNorm stays
+in TensorFlow's ops (the kernel is CPU-only and has no XLA form).
 """
 
 from __future__ import annotations
@@ -141,6 +141,14 @@ def build() -> pathlib.Path:
             return target
     except (OSError, subprocess.SubprocessError) as err:
         raise KernelBuildError(f"cannot build the GroupNorm kernel: {err}") from None
+
+
+def inside_xla() -> bool:
+    """True while tracing a function XLA compiles (`jit_compile=True`): the kernel has no XLA
+    form, so GroupNorm stays in TensorFlow's ops there."""
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 @functools.cache

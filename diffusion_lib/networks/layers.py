@@ -95,7 +95,8 @@ def group_norm(
     DIFFUSION_LIB_KERNELS=off or it cannot be built; `tensorflow_group_norm` is the reference
     and the GPU path.
     """
-    ops = kernels.group_norm_ops() if x.dtype in (tf.float32, tf.bfloat16) else None
+    compiled = x.dtype in (tf.float32, tf.bfloat16) and not kernels.inside_xla()
+    ops = kernels.group_norm_ops() if compiled else None
     if ops is not None:
         return compiled_group_norm(ops, x, gamma, beta, groups, epsilon, silu)
     return tensorflow_group_norm(x, gamma, beta, groups, epsilon, silu)

@@ -98,6 +98,19 @@ def _bits(tensor) -> bytes:
     return tensor.numpy().tobytes()
 
 
+def test_a_function_xla_compiles_keeps_tensorflow_ops():
+    from diffusion_lib.networks import layers
+
+    x = tf.random.stateless_normal([2, 4, 4, 8], seed=[4, 5])
+    gamma, beta = tf.ones([8]), tf.zeros([8])
+    compiled = tf.function(
+        lambda x: layers.group_norm(x, gamma, beta, 4, 1e-5, True), jit_compile=True
+    )
+    assert not kernels.inside_xla()
+    reference = layers.tensorflow_group_norm(x, gamma, beta, 4, 1e-5, True)
+    np.testing.assert_allclose(compiled(x).numpy(), reference.numpy(), atol=1e-5)
+
+
 def test_wrong_shapes_are_refused_by_the_op():
     ops = tf.load_op_library(str(kernels.build()))
     x = tf.zeros([2, 3, 3, 6])
