@@ -309,10 +309,13 @@ EDM_VARIANTS: dict[str, ModelVariant] = {
             noise_log_std=1.4,
         ),
         _HEUN_35_CHURN,
-        # Filling in: Heun in 50 steps with churn and reconstruction guidance of weight 30
-        # (benchmarks/inpainting.py, top half given: the classifier recognises the digit in 85%
-        # of the completions, against 61% by replacement and 65% by RePaint's resampling).
-        inpaint=InpaintPart(_HEUN_35_CHURN.replace(num_steps=50), reconstruction=30.0),
+        # Filling in: Heun in 50 steps with churn, reconstruction guidance of weight 30 and 2
+        # resamplings (benchmarks/inpainting.py, top half given: the classifier recognises the
+        # digit in 87.5% of the completions in a 122 s stage, against 85.5% in 79 s without the
+        # resampling, 63% by replacement and 67% by RePaint's resampling alone).
+        inpaint=InpaintPart(
+            _HEUN_35_CHURN.replace(num_steps=50), resamplings=2, reconstruction=30.0
+        ),
     ),
     **{
         name: ModelVariant(
