@@ -1,15 +1,16 @@
 // GroupNorm (+ SiLU) over the last axis of x [N, H, W, C], forward and backward, for the CPU.
 //
-// The same math as diffusion_lib.networks.layers.group_norm's TensorFlow ops, in one pass
-// structure per example instead of a chain of elementwise ops: the forward reads x three times
-// (the mean, the variance about it, the output) and writes y once; the backward reads x and dy
-// once for its sums, then writes dx. Statistics are accumulated in double and kept in float32
-// for any input dtype (float32 or bfloat16). Each example is computed by one thread in a fixed
-// order, so results are the same bits whatever the number of threads; the parameters' gradients
-// are summed over examples in order after all examples are done.
+// The same math as diffusion_lib.networks.layers.tensorflow_group_norm, in one pass structure
+// per example instead of a chain of elementwise ops: the forward reads x three times (the mean,
+// the variance about it, the output) and writes y once; the backward reads x and dy once for its
+// sums, then writes dx. Sums over pixels are float32 within blocks of 64 pixels and double across
+// blocks; the statistics are float32 for any input dtype (float32 or bfloat16). Each example is
+// computed by one thread in a fixed order, so results are the same bits whatever the number of
+// threads; the parameters' gradients are summed over examples in order after all are done.
 //
 // Built at first use by diffusion_lib.kernels (g++ and TensorFlow's headers).
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -56,30 +57,23 @@ void Store(const Flat& values, T* out) {
   Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(out, values.size()) = values.template cast<T>();
 }
 
-// sums[c] = sum over pixels of x[p, c] (or of (x[p, c] - centre[c])^2 when centre is given),
-// accumulated in float32 in pixel order, vectorised over channels.
-void ChannelSums(const float* __restrict x, const float* __restrict centre, int64_t pixels,
-                 int64_t channels, float* __restrict sums) {
-  std::fill(sums, sums + channels, 0.0f);
-  for (int64_t p = 0; p < pixels; ++p) {
-    const float* __restrict row = x + p * channels;
-    if (centre == nullptr) {
-      for (int64_t c = 0; c < channels; ++c) sums[c] += row[c];
-    } else {
-      for (int64_t c = 0; c < channels; ++c) {
-        const float d = row[c] - centre[c];
-        sums[c] += d * d;
-      }
-    }
-  }
-}
+// Pixels summed in float32 before their sum is added to the double total: vectorised over
+// channels, and accurate at any image size.
+constexpr int64_t kBlock = 64;
 
-// sums[c] = sum over pixels of x[p, c] * y[p, c].
-void ChannelDots(const float* __restrict x, const float* __restrict y, int64_t pixels,
-                 int64_t channels, float* __restrict sums) {
-  std::fill(sums, sums + channels, 0.0f);
-  for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t c = 0; c < channels; ++c) sums[c] += x[p * channels + c] * y[p * channels + c];
+// totals[c] = sum over pixels p of term(p * channels + c, c), in pixel order; `block` holds
+// `channels` floats of scratch.
+template <typename Term>
+void ChannelTotals(int64_t pixels, int64_t channels, double* __restrict totals,
+                   float* __restrict block, Term term) {
+  std::fill(totals, totals + channels, 0.0);
+  for (int64_t start = 0; start < pixels; start += kBlock) {
+    const int64_t stop = std::min(pixels, start + kBlock);
+    std::fill(block, block + channels, 0.0f);
+    for (int64_t p = start; p < stop; ++p)
+      for (int64_t c = 0; c < channels; ++c) block[c] += term(p * channels + c, c);
+    for (int64_t c = 0; c < channels; ++c) totals[c] += block[c];
+  }
 }
 
 // out[p, c] = x[p, c] * scale[c] + shift[c].
@@ -160,10 +154,12 @@ class GroupNormOp : public OpKernel {
 
     auto work = [&](int64_t begin, int64_t end) {
       Scratch loaded(std::is_same<T, float>::value ? 0 : size), out(size);
-      std::vector<float> sums(channels), channel_mean(channels), scale(channels), shift(channels);
+      std::vector<double> sums(channels);
+      std::vector<float> block(channels), channel_mean(channels), scale(channels), shift(channels);
       for (int64_t e = begin; e < end; ++e) {
         const float* xe = AsFloat(xs + e * size, loaded.data(), size);
-        ChannelSums(xe, nullptr, pixels, channels, sums.data());
+        ChannelTotals(pixels, channels, sums.data(), block.data(),
+                      [xe](int64_t i, int64_t) { return xe[i]; });
         for (int64_t k = 0; k < groups; ++k) {
           double s = 0.0;
           for (int64_t c = k * per_group; c < (k + 1) * per_group; ++c) s += sums[c];
@@ -171,7 +167,12 @@ class GroupNormOp : public OpKernel {
           means[e * groups + k] = m;
           for (int64_t c = k * per_group; c < (k + 1) * per_group; ++c) channel_mean[c] = m;
         }
-        ChannelSums(xe, channel_mean.data(), pixels, channels, sums.data());
+        const float* centre = channel_mean.data();
+        auto squared = [xe, centre](int64_t i, int64_t c) {
+          const float d = xe[i] - centre[c];
+          return d * d;
+        };
+        ChannelTotals(pixels, channels, sums.data(), block.data(), squared);
         for (int64_t k = 0; k < groups; ++k) {
           double s = 0.0;
           for (int64_t c = k * per_group; c < (k + 1) * per_group; ++c) s += sums[c];
@@ -240,7 +241,8 @@ class GroupNormGradOp : public OpKernel {
     auto work = [&](int64_t begin, int64_t end) {
       const bool same = std::is_same<T, float>::value;
       Scratch loaded_x(same ? 0 : size), upstream(size), gate(silu ? size : 0);
-      std::vector<float> sum_dy(channels), sum_xdy(channels);
+      std::vector<double> sum_dy(channels), sum_xdy(channels);
+      std::vector<float> block(channels);
       std::vector<float> scale(channels), shift(channels), slope(channels), offset(channels);
       for (int64_t e = begin; e < end; ++e) {
         const float* xe = AsFloat(xs + e * size, loaded_x.data(), size);
@@ -257,16 +259,19 @@ class GroupNormGradOp : public OpKernel {
           y = y.logistic() * (1.0f + y * (1.0f - y.logistic()));
           d *= y;
         }
-        ChannelSums(upstream.data(), nullptr, pixels, channels, sum_dy.data());
-        ChannelDots(xe, upstream.data(), pixels, channels, sum_xdy.data());
+        const float* up = upstream.data();
+        ChannelTotals(pixels, channels, sum_dy.data(), block.data(),
+                      [up](int64_t i, int64_t) { return up[i]; });
+        ChannelTotals(pixels, channels, sum_xdy.data(), block.data(),
+                      [xe, up](int64_t i, int64_t) { return xe[i] * up[i]; });
         // dx = inv (dxhat - mean_g(dxhat) - xhat mean_g(dxhat xhat)), dxhat = dy gamma, as
         // dx = dy scale + x slope + offset per group.
         for (int64_t k = 0; k < groups; ++k) {
           const float m = means[e * groups + k], r = invs[e * groups + k];
           double d_mean = 0.0, d_var = 0.0;
           for (int64_t c = k * per_group; c < (k + 1) * per_group; ++c) {
-            const double mean_dy = static_cast<double>(sum_dy[c]) / pixels;
-            const double xhat_dy = r * (static_cast<double>(sum_xdy[c]) / pixels - m * mean_dy);
+            const double mean_dy = sum_dy[c] / pixels;
+            const double xhat_dy = r * (sum_xdy[c] / pixels - m * mean_dy);
             d_mean += g[c] * mean_dy;
             d_var += g[c] * xhat_dy;
             part_gamma[e * channels + c] = xhat_dy * pixels;
