@@ -310,9 +310,9 @@ EDM_VARIANTS: dict[str, ModelVariant] = {
         ),
         _HEUN_35_CHURN,
         # Filling in: Heun in 50 steps with churn, reconstruction guidance of weight 30 and 2
-        # resamplings (benchmarks/inpainting.py, top half given: the classifier recognises the
-        # digit in 87.5% of the completions in a 122 s stage, against 85.5% in 79 s without the
-        # resampling, 63% by replacement and 67% by RePaint's resampling alone).
+        # resamplings: of the methods benchmarks/inpainting.py compares (docs/inpainting.md),
+        # the one the classifier recognises most often with the top half given, within the
+        # stage's 3-minute budget for 100 digits x 4 completions.
         inpaint=InpaintPart(
             _HEUN_35_CHURN.replace(num_steps=50), resamplings=2, reconstruction=30.0
         ),

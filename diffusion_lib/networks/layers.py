@@ -91,7 +91,7 @@ def group_norm(
     without the SiLU, at the same speed and with the same bits.
 
     On a CPU, float32 and bfloat16 inputs go to the compiled kernel of `kernels` (the same
-    math in one op each way, 2-5x faster: `compiled_group_norm`), unless
+    math in one op each way, faster: `compiled_group_norm`), unless
     DIFFUSION_LIB_KERNELS=off or it cannot be built; `tensorflow_group_norm` is the reference
     and the GPU path.
     """
