@@ -220,6 +220,7 @@ def test_evaluation_scores_another_sampler_beside_the_runs_own_report(tiny_run):
     assert own.read_bytes() == before
 
 
+@pytest.mark.system  # the longest flow test: kept out of the default run's 5-minute budget
 def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_path):
     # 300 of the variant's 3,000 steps: what is checked here is the plumbing, not the quality.
     first = train_and_sample(
