@@ -73,7 +73,7 @@ def op_milliseconds(fn, x, groups: int, repeats: int) -> float:
 
 
 def measure_ops(networks: list[str], repeats: int, table: Table) -> None:
-    ops = tf.load_op_library(str(kernels.build()))
+    ops = kernels.load()
 
     def compiled(*args):
         return layers.compiled_group_norm(ops, *args)

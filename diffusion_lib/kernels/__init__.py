@@ -96,9 +96,10 @@ def _command(compiler: str, target: pathlib.Path) -> list[str]:
     ]
 
 
-def library_path() -> pathlib.Path:
-    """Where the built kernel of this source, TensorFlow, compiler and CPU lives."""
-    compiler = _compiler()
+def library_path(compiler: str | None = None) -> pathlib.Path:
+    """Where the built kernel of this source, TensorFlow, compiler (default: `CXX`'s) and CPU
+    lives."""
+    compiler = compiler or _compiler()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
@@ -118,7 +119,8 @@ def build() -> pathlib.Path:
     """The kernel's shared library, compiled first if the cache does not hold it. Raises
     KernelBuildError naming the cause."""
     try:
-        target = library_path()
+        compiler = _compiler()
+        target = library_path(compiler)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process compiles, the others wait
@@ -127,7 +129,7 @@ def build() -> pathlib.Path:
             log.warning("compiling the GroupNorm kernel into %s (once)", target)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 built = pathlib.Path(scratch) / target.name
-                command = _command(_compiler(), built)
+                command = _command(compiler, built)
                 done = subprocess.run(
                     command, capture_output=True, text=True, timeout=BUILD_SECONDS, check=False
                 )
@@ -141,6 +143,12 @@ def build() -> pathlib.Path:
             return target
     except (OSError, subprocess.SubprocessError) as err:
         raise KernelBuildError(f"cannot build the GroupNorm kernel: {err}") from None
+
+
+def load():
+    """The kernel's ops (`diffusion_group_norm`, `diffusion_group_norm_grad`), built first if
+    need be, whatever DIFFUSION_LIB_KERNELS says. Raises KernelBuildError."""
+    return tf.load_op_library(str(build()))
 
 
 def inside_xla() -> bool:
@@ -160,7 +168,7 @@ def group_norm_ops():
     if chosen == "off" or tf.config.list_physical_devices("GPU"):
         return None
     try:
-        return tf.load_op_library(str(build()))
+        return load()
     except (KernelBuildError, tf.errors.OpError) as err:
         if chosen == "on":
             raise KernelBuildError(f"{ENV}=on: {err}") from None

@@ -75,7 +75,7 @@ def test_the_cache_is_keyed_by_the_source(fresh, monkeypatch):
 def test_each_example_is_the_same_bits_whatever_the_batch(dtype):
     """Examples are split over threads: an example's output and its gradient must not depend on
     which others share its call."""
-    ops = tf.load_op_library(str(kernels.build()))
+    ops = kernels.load()
     rng = np.random.default_rng(3)
     x = tf.cast(rng.normal(1.0, 2.0, size=(9, 6, 5, 12)), dtype)
     dy = tf.cast(rng.normal(size=x.shape), dtype)
@@ -112,7 +112,7 @@ def test_a_function_xla_compiles_keeps_tensorflow_ops():
 
 
 def test_wrong_shapes_are_refused_by_the_op():
-    ops = tf.load_op_library(str(kernels.build()))
+    ops = kernels.load()
     x = tf.zeros([2, 3, 3, 6])
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="do not split into 4"):
         ops.diffusion_group_norm(x, tf.ones([6]), tf.zeros([6]), groups=4, epsilon=1e-5)

@@ -14,7 +14,7 @@ from diffusion_lib.networks import layers
 def way(request, monkeypatch):
     """Each test runs with the compiled kernel (built here: a build failure fails the test) and
     with TensorFlow's ops."""
-    ops = tf.load_op_library(str(kernels.build())) if request.param == "compiled" else None
+    ops = kernels.load() if request.param == "compiled" else None
     monkeypatch.setattr(kernels, "group_norm_ops", lambda: ops)
     return request.param
 
