@@ -99,6 +99,10 @@ class Section:
     def to_dict(self) -> dict[str, Any]:
         return {spec.name: _plain(getattr(self, spec.name)) for spec in dataclasses.fields(self)}
 
+    def identity(self) -> dict[str, Any]:
+        """What of this section decides what is trained: its fields but the RESUMABLE ones."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+
 
 def _plain(value):
     """JSON-ready: tuples as lists."""
@@ -298,9 +302,20 @@ class ExecutionConfig(Section):
     # gradient rounded to 8 significant bits before the sum); float32 sums them exactly.
     allreduce_dtype: str = "float32"
 
+    def identity(self) -> dict[str, Any]:
+        """A run moves between the precisions that checkpoint the same state when it is resumed:
+        float32, mixed bfloat16 and "auto" (one of them) keep float32 weights and optimizer
+        state; mixed float16 adds a loss scale to the optimizer's."""
+        return {**super().identity(), "precision": checkpoint_layout(self.precision)}
+
     def __post_init__(self):
         object.__setattr__(self, "devices", tuple(self.devices))
         super().__post_init__()
+
+
+def checkpoint_layout(precision: str) -> str:
+    """What a run of `precision` checkpoints: "loss-scaled" state, or "float32" state only."""
+    return "loss-scaled" if precision == "mixed_float16" else "float32"
 
 
 # The model families: each objective's own settings, a section apiece (`model` in a config).
@@ -636,13 +651,11 @@ class TrainConfig:
 
     # -- what a run is -------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """What decides what is trained: every field but the sections' RESUMABLE ones."""
+        """What decides what is trained: every field but the sections' RESUMABLE ones, as each
+        section states it (`Section.identity`)."""
         return {
             "objective": self.objective,
-            **{
-                name: {k: v for k, v in section.to_dict().items() if k not in section.RESUMABLE}
-                for name, section in self.sections().items()
-            },
+            **{name: section.identity() for name, section in self.sections().items()},
         }
 
     def architecture(self) -> dict[str, Any]:
@@ -668,7 +681,26 @@ class TrainConfig:
         )
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(self.identity())
+
+    def matches_fingerprint(self, fingerprint: str) -> bool:
+        """Whether checkpoints marked with `fingerprint` were written by a run of this identity:
+        its fingerprint, or one written when the precision was part of the identity as given
+        (any precision of the same checkpoint layout)."""
+        if fingerprint == self.fingerprint():
+            return True
+        layout = checkpoint_layout(self.execution.precision)
+        identity = self.identity()
+        return any(
+            fingerprint
+            == _digest({**identity, "execution": {**identity["execution"], "precision": p}})
+            for p in PRECISIONS
+            if checkpoint_layout(p) == layout
+        )
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Every name a version-1 record may hold: the sections' fields and the renamed ones.

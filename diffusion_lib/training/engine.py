@@ -325,7 +325,7 @@ def _read_record(
             written_by = read_marker(run_dir / CHECKPOINTS_DIR, steps[-1])["config_fingerprint"]
         except (ValueError, KeyError, TypeError, OSError):
             pass  # a marker as damaged as the record: nothing to rebuild it against
-    if steps and written_by != config.fingerprint():
+    if steps and not config.matches_fingerprint(written_by):
         raise ConfigError(
             f"{damage}, and this config is not the one its checkpoints were written by "
             f"(fingerprint {config.fingerprint()}, ckpt-{steps[-1]}'s {written_by}): resume with "

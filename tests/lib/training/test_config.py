@@ -1,5 +1,6 @@
 """The training config: validation names the field, identity ignores what may change on resume."""
 
+import hashlib
 import json
 import math
 
@@ -73,6 +74,32 @@ def test_identity_ignores_resumable_fields():
         == base.replace(num_steps=99, checkpoint_every=7, strategy="mirrored").fingerprint()
     )
     assert base.fingerprint() != base.replace(learning_rate=1e-2).fingerprint()
+
+
+def test_a_run_moves_between_precisions_that_checkpoint_the_same_state():
+    """float32, mixed bfloat16 and "auto" keep float32 weights and optimizer state: one identity.
+    Mixed float16 adds a loss scale to the optimizer's state: another identity."""
+    base = config_preset("toy-ddpm")
+    same = [base.replace(precision=p) for p in ("float32", "mixed_bfloat16", "auto")]
+    assert {config.fingerprint() for config in same} == {base.fingerprint()}
+    scaled = base.replace(precision="mixed_float16")
+    assert scaled.fingerprint() != base.fingerprint()
+    assert base.differences(scaled) == ["execution.precision"]
+    assert base.differences(same[1]) == []
+
+    # A checkpoint marker written when the identity held the precision as given: matched by
+    # every precision of its layout, not by the other layout's or another identity's.
+    def marker_of(config):
+        identity = config.identity()
+        identity["execution"]["precision"] = config.execution.precision
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    for written in same:
+        assert all(config.matches_fingerprint(marker_of(written)) for config in same)
+        assert not scaled.matches_fingerprint(marker_of(written))
+        assert not base.replace(learning_rate=1e-2).matches_fingerprint(marker_of(written))
+    assert scaled.matches_fingerprint(marker_of(scaled))
+    assert not base.matches_fingerprint(marker_of(scaled))
 
 
 def test_presets_exist():

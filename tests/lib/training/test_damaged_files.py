@@ -2,6 +2,7 @@
 the run's parameters when its checkpoints were written by them (else refused, untouched), and a
 training log cut short is rebuilt from the TensorBoard events beside it. Real training runs."""
 
+import hashlib
 import json
 import shutil
 
@@ -97,3 +98,23 @@ def test_a_training_log_cut_short_is_rebuilt_from_tensorboard(eight, trained):
     assert warnings == [
         f"{log}: step(s) 15, 20, 25, 30 are in neither the log nor the TensorBoard events"
     ]
+
+
+def test_a_damaged_config_json_is_rebuilt_against_markers_that_name_the_precision(eight, trained):
+    """Checkpoint markers whose fingerprint hashed the precision as given ("auto" here, as the
+    class-conditional mnist-cpu runs train) still vouch for a run resumed in another precision
+    of the same checkpoint layout."""
+    identity = _config(eight).identity()
+    identity["execution"]["precision"] = "auto"
+    named = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    for marker in (trained / "checkpoints").glob("ckpt-*.json"):
+        record = json.loads(marker.read_text())
+        marker.write_text(json.dumps({**record, "config_fingerprint": named}))
+    path = trained / "config.json"
+    path.write_text("{")
+    with pytest.raises(ConfigError, match=r"not the one its checkpoints were written by"):
+        Trainer(_config(eight, precision="mixed_float16"), trained)
+    warnings = []
+    trainer = Trainer(_config(eight, precision="float32"), trained, warn=warnings.append)
+    assert int(trainer.step.numpy()) == 30 and "rebuilt from this run's parameters" in warnings[0]
+    assert Run(trained).config.execution.precision == "float32"

@@ -143,7 +143,16 @@ def test_run_directory_of_another_config_is_refused_untouched(eight, tmp_path):
     with pytest.raises(ConfigError, match=r"trains objective 'ddpm', this config 'edm'; resume"):
         train(config.replace(objective="edm"), tmp_path / "run")
     assert _mtimes(tmp_path / "run" / "checkpoints") == before
-    # Resumable fields may change: more steps continue the same run.
+    # Mixed float16 adds a loss scale to the optimizer's state, which this run's checkpoints do
+    # not have.
+    with pytest.raises(ConfigError, match=r"fields differ: \['execution.precision'\]"):
+        train(config.replace(precision="mixed_float16", num_steps=4), tmp_path / "run")
+    assert _mtimes(tmp_path / "run" / "checkpoints") == before
+    # Resumable fields may change: more steps continue the same run, here in mixed bfloat16,
+    # which checkpoints the same float32 state.
+    assert (
+        train(config.replace(num_steps=4, precision="mixed_bfloat16"), tmp_path / "run").step == 4
+    )
     assert train(config.replace(num_steps=5), tmp_path / "run").step == 5
     # A run directory written before a field existed trained with its default: it resumes, and
     # a value other than that default is still refused.
