@@ -57,6 +57,12 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "sde-vp-default": ("mnist-cpu", "sde-vp", "the preset as it is", {}),
     "sde-ve-default": ("mnist-cpu", "sde-ve", "the preset as it is", {}),
     "edm-default": ("mnist-cpu", "edm", "the preset as it is", {}),
+    "edm-float32": (
+        "mnist-cpu",
+        "edm",
+        "in float32 instead of precision auto (mixed bfloat16 on this CPU)",
+        {"train": {"precision": "float32"}},
+    ),
     "ddpm-unconditional": (
         "mnist-cpu",
         "ddpm",

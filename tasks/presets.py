@@ -293,7 +293,9 @@ SDE_VARIANTS: dict[str, dict[str, ModelVariant]] = {
 # in 18 steps (35 network calls) with churn, on each preset's network and batch. mnist-cpu: the
 # main job, 3,000 steps of its budget (within 10 minutes on 2 cores), training noise ln sigma ~
 # N(0, 1.4^2) instead of EDM's N(-1.2, 1.2^2): on these short runs the higher levels, where
-# the digits take shape, need the draws (benchmarks/sample_quality.py's edm-* rows).
+# the digits take shape, need the draws (benchmarks/sample_quality.py's edm-* rows); in
+# precision "auto", mixed bfloat16 on CPUs with bfloat16 units, where it trains faster than
+# float32 at the same FID (benchmarks/sample_quality.py's edm-float32 row, main_job_time.py).
 _HEUN_35_CHURN = SamplerSpec.of(
     "heun", num_steps=18, s_churn=40.0, s_min=0.05, s_max=50.0, s_noise=1.003
 )
@@ -305,6 +307,7 @@ EDM_VARIANTS: dict[str, ModelVariant] = {
         TrainPart.of(
             "mnist-edm",
             **{**_MNIST_CPU_BUDGET, "num_steps": 3_000},
+            precision="auto",
             noise_log_mean=0.0,
             noise_log_std=1.4,
         ),
