@@ -12,9 +12,10 @@ the conditional's.
 
 RUN_DIR: `python -m flows.inpaint` as a user runs it (a fresh process, on a copy of the run so
 nothing of it changes), once per method: the replacement method, RePaint with 3 resamplings,
-reconstruction guidance, and the last two together. A row per method and baseline: the classifier's accuracy on the
-completions against the true digit, the error on the hidden part, FID against held-out digits,
-diversity among the completions, and the stage's wall time.
+reconstruction guidance, and the last two together (`--method NAME`, repeated, picks some). A
+row per method and baseline: the classifier's accuracy on the completions against the true
+digit, the error on the hidden part, FID against held-out digits, diversity among the
+completions, and the stage's wall time.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ def stage(args) -> Table:
     )
     baselines = None
     for method, flags in METHODS.items():
+        if args.method and method not in args.method:
+            continue
         scratch = pathlib.Path(tempfile.mkdtemp(prefix="inpainting-bench-"))
         shutil.copytree(args.run_dir, scratch / "run", ignore=shutil.ignore_patterns("inpaint"))
         command = [sys.executable, "-m", "flows.inpaint", "--preset", args.preset]
@@ -185,6 +188,9 @@ def main() -> None:
     parser.add_argument("--masks", default="top-known")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--completions", type=int, default=4)
+    parser.add_argument(
+        "--method", action="append", choices=list(METHODS), help="only these (default: all)"
+    )
     add_markdown_option(parser)
     args = parser.parse_args()
     if not args.gaussian and args.run_dir is None:
