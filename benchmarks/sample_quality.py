@@ -66,7 +66,7 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
     "ddpm-unconditional": (
         "mnist-cpu",
         "ddpm",
-        "without labels, 3,000 steps in float32: the EDM preset's budget",
+        "without labels, the EDM preset's 3,000 steps, in float32",
         {"train": {"num_classes": 0, "num_steps": 3_000, "precision": "float32"}},
     ),
     "edm-before": (
@@ -75,12 +75,10 @@ CONFIGS: dict[str, tuple[str, str, str, dict]] = {
         "EDM's own training noise N(-1.2, 1.2^2), 1,900 steps",
         {"train": {"noise_log_mean": -1.2, "noise_log_std": 1.2, "num_steps": 1_900}},
     ),
-    "edm-1900": (
-        "mnist-cpu",
-        "edm",
-        "1,900 steps",
-        {"train": {"num_steps": 1_900}},
-    ),
+    **{
+        f"edm-{steps}": ("mnist-cpu", "edm", f"{steps:,} steps", {"train": {"num_steps": steps}})
+        for steps in (1_900, 4_000)
+    },
     "edm-wide-noise": (
         "mnist-cpu",
         "edm",
