@@ -135,7 +135,8 @@ def gaussian(args) -> Table:
 
 def stage(args) -> Table:
     table = Table(
-        f"inpainting:stage-{args.model}",
+        # Another number of digits is another table (the flow's default, 100, has none).
+        f"inpainting:stage-{args.model}" + (f"-{args.images}" if args.images != 100 else ""),
         ["method", "accuracy", "hidden MSE", "hidden PSNR dB", "FID (floor)", "diversity"]
         + ["stage wall s"],
         n=f"{args.images} held-out digits x {args.completions} completions, one run a method",
