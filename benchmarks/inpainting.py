@@ -16,6 +16,11 @@ reconstruction guidance, and the last two together (`--method NAME`, repeated, p
 row per method and baseline: the classifier's accuracy on the completions against the true
 digit, the error on the hidden part, FID against held-out digits, diversity among the
 completions, and the stage's wall time.
+
+RUN_DIR --posterior: what an exact model's completions would be recognised as, from the
+training digits alone: the label of a training digit drawn from a kernel density's posterior
+given the given part, against the true label, on every held-out digit; the bandwidth with the
+best held-out likelihood, and h -> 0, the nearest neighbour.
 """
 
 from __future__ import annotations
@@ -169,6 +174,52 @@ def stage(args) -> Table:
     return table
 
 
+def posterior(args) -> Table:
+    """How often a draw from the training digits' own p(label | given part) names the true
+    digit: a Gaussian kernel density on the training digits' given pixels (pixels in [0, 1]) at
+    bandwidths h, each with its held-out log-likelihood; h -> 0 is the nearest neighbour."""
+    import numpy as np
+
+    from diffusion_lib.data import open_dataset
+    from diffusion_lib.masks import mask_of
+
+    train = open_dataset(args.run_dir / "data" / "train").read()
+    test = open_dataset(args.run_dir / "data" / "test").read()
+    given = mask_of(args.masks, train.values.shape[1:]).reshape(-1)
+    known = train.values.reshape(len(train.values), -1)[:, given].astype(np.float64) / 255
+    held = test.values.reshape(len(test.values), -1)[:, given].astype(np.float64) / 255
+    squared = (held**2).sum(1)[:, None] + (known**2).sum(1)[None] - 2 * held @ known.T
+    squared = np.maximum(squared, 0.0)
+    same = train.labels[None, :] == test.labels[:, None]
+    table = Table(
+        "inpainting:posterior",
+        [
+            "bandwidth h",
+            "held-out log-likelihood (nats)",
+            "effective neighbours",
+            "label agreement",
+        ],
+        n=f"{len(held):,} held-out digits (all of the test split), {len(known):,} training digits",
+        caption=f"mask {args.masks}: the label of a training digit drawn with weight "
+        "exp(-d^2 / 2h^2), d the distance between the given parts, against the true label",
+    )
+    nearest = same[np.arange(len(held)), squared.argmin(1)].mean()
+    table.add("0 (the nearest neighbour)", "-", "1.0", f"{nearest:.1%}")
+    for h in (0.1, 0.2, 0.3, 0.5, 1.0):
+        log_w = -squared / (2 * h * h)
+        top = log_w.max(1, keepdims=True)
+        log_sum = top[:, 0] + np.log(np.exp(log_w - top).sum(1))
+        weights = np.exp(log_w - log_sum[:, None])
+        log_likelihood = log_sum - np.log(len(known)) - given.sum() / 2 * np.log(2 * np.pi * h * h)
+        table.add(
+            h,
+            f"{log_likelihood.mean():.1f}",
+            f"{(1 / (weights**2).sum(1)).mean():.1f}",
+            f"{(weights * same).sum(1).mean():.1%}",
+        )
+    return table
+
+
 def _cells(entry: dict) -> list[str]:
     fid = f"{entry['fid']:.2f} ({entry['fid_floor']:.2f})" if "fid" in entry else "-"
     accuracy = f"{entry['accuracy']:.1%}" if "accuracy" in entry else "-"
@@ -192,6 +243,11 @@ def main() -> None:
     parser.add_argument(
         "--method", action="append", choices=list(METHODS), help="only these (default: all)"
     )
+    parser.add_argument(
+        "--posterior",
+        action="store_true",
+        help="with RUN_DIR: the training digits' own label posterior instead of the stage",
+    )
     add_markdown_option(parser)
     args = parser.parse_args()
     if not args.gaussian and args.run_dir is None:
@@ -203,7 +259,7 @@ def main() -> None:
     machine = measure_machine()
     tables = [gaussian(args)] if args.gaussian else []
     if args.run_dir is not None:
-        tables.append(stage(args))
+        tables.append(posterior(args) if args.posterior else stage(args))
     publish(__file__, args, tables, machine)
 
 
