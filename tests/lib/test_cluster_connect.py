@@ -16,6 +16,14 @@ FAILED = (
     "See ray_client_server_23001.err for detailed logs."
 )
 
+# The other way: the new process died before the proxier read its command line.
+DIED = (
+    "Initialization failure from server:\nTraceback (most recent call last):\n  File "
+    '"proxier.py", line 765, in Datapath\n    if not self.proxy_manager.start_specific_server(\n'
+    '  File "proxier.py", line 396, in start_specific_server\n    cmd = psutil_proc.cmdline()\n'
+    "psutil.ZombieProcess: PID still exists but it's a zombie (pid=11083)"
+)
+
 
 class _Ray:
     def __init__(self, failures: list[str]):
@@ -29,7 +37,7 @@ class _Ray:
 
 def test_a_client_server_that_failed_to_start_is_tried_again(monkeypatch, caplog):
     monkeypatch.setattr(cluster, "CLIENT_RETRY_SECONDS", 0.0)
-    ray = _Ray([FAILED, FAILED])
+    ray = _Ray([FAILED, DIED])
     cluster._init_client(ray, "ray://head:10001")
     assert ray.calls == 3
     assert sum("could not start a client server" in r.message for r in caplog.records) == 2
