@@ -46,7 +46,7 @@ REACH_SECONDS = 10.0
 # "Starting Ray client server failed" (seen once in a few dozen connections here while other
 # jobs shared the 2 cores), or a traceback out of the proxier's start_specific_server when the
 # new process died before the proxier read it (psutil.ZombieProcess, seen once in a CI run).
-CLIENT_SERVER_FAILED = ("Starting Ray client server failed", "in start_specific_server")
+CLIENT_START_FAILURES = ("Starting Ray client server failed", "in start_specific_server")
 CLIENT_ATTEMPTS = 3
 CLIENT_RETRY_SECONDS = 2.0
 
@@ -110,7 +110,7 @@ def _init_client(ray, address: str) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
             return
         except ConnectionError as err:
-            if not any(sign in str(err) for sign in CLIENT_SERVER_FAILED):
+            if not any(sign in str(err) for sign in CLIENT_START_FAILURES):
                 raise ClusterUnreachable(
                     f"the Ray cluster at {address} refused this process ({err}); if it uses "
                     "token authentication, set RAY_AUTH_MODE=token and its token in "
