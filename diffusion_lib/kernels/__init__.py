@@ -80,13 +80,28 @@ def _cpu_flags() -> str:
     return os.uname().machine
 
 
+@functools.cache
+def _native_flags(compiler: str) -> tuple[str, ...]:
+    """-march=native, without AVX512-FP16 where it would turn that on: the kernel has no
+    half-precision code, and on CPUs with it (Intel Sapphire Rapids and later) TensorFlow's
+    bundled Eigen does not compile its FP16 packet math with g++ 12."""
+    probe = subprocess.run(
+        [compiler, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    fp16 = "__AVX512FP16__" in probe.stdout
+    return ("-march=native", "-mno-avx512fp16") if fp16 else ("-march=native",)
+
+
 def _command(compiler: str, target: pathlib.Path) -> list[str]:
     return [
         compiler,
         "-shared",
         "-fPIC",
         "-O3",
-        "-march=native",
+        *_native_flags(compiler),
         "-w",  # TensorFlow's headers warn by the hundred
         *tf.sysconfig.get_compile_flags(),
         str(SOURCE),

@@ -71,6 +71,23 @@ def test_the_cache_is_keyed_by_the_source(fresh, monkeypatch):
     assert first.parent == fresh / "cache" / "kernels"
 
 
+def _compiler_defining(tmp_path, macros: str) -> str:
+    """A stand-in compiler whose -march=native defines `macros` (and compiles nothing)."""
+    script = tmp_path / f"cxx-{abs(hash(macros))}"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' '{macros}'\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_avx512_fp16_is_left_out_where_native_turns_it_on(fresh):
+    # On CPUs with AVX512-FP16 (Intel Sapphire Rapids and later), -march=native made g++ 12
+    # compile TensorFlow's bundled Eigen FP16 code, which fails: the kernel was never built.
+    with_fp16 = _compiler_defining(fresh, "#define __AVX512F__ 1 #define __AVX512FP16__ 1")
+    without = _compiler_defining(fresh, "#define __AVX512F__ 1")
+    assert kernels._native_flags(with_fp16) == ("-march=native", "-mno-avx512fp16")
+    assert kernels._native_flags(without) == ("-march=native",)
+
+
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_each_example_is_the_same_bits_whatever_the_batch(dtype):
     """Examples are split over threads: an example's output and its gradient must not depend on
