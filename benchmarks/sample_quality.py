@@ -150,7 +150,7 @@ def _apply(changes: dict) -> None:
 
 
 # The main job's pictures, shown by README.md and the documentation's home page: the grid, and
-# the sampling GIF's first rows (the whole GIF is several MB).
+# the sampling GIF's first rows (the whole GIF is about 1 MB).
 PICTURES = {"grid.png": "main-job-grid.png", "sampling.gif": "main-job-sampling.gif"}
 GIF_ROWS = 3
 
@@ -166,7 +166,7 @@ def _publish_pictures(run_dir: pathlib.Path, assets: pathlib.Path = REPO / "docs
         if name.endswith(".gif"):
             frames = iio.imread(source, index=None)
             durations = [iio.immeta(source, index=i)["duration"] for i in range(len(frames))]
-            tile = 28 * 3 + 1  # render.sampling_gif's 28-pixel digits at scale 3, 1-pixel gaps
+            tile = (frames.shape[1] - 1) // 8  # the chain's 8 rows of digits, 1-pixel gaps
             iio.imwrite(
                 staged,
                 frames[:, : 1 + GIF_ROWS * tile],

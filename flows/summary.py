@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (
 )
 
 from tasks.evaluate import format_floor, format_ratio
-from tasks.render import shown_image
+from tasks.render import shown_images
 
 SUMMARY_KEY = "run-summary"
 # The stages' own reports the summary links to, by artifact key.
@@ -130,9 +130,7 @@ class RunSummary:
         images = [("samples", self.grid), ("sampling", self.gif)]
         shown = [(t, pathlib.Path(p)) for t, p in images if p and pathlib.Path(p).is_file()]
         if shown:
-            lines += ["", "## Samples", ""]
-            for title, path in shown:
-                lines += [shown_image(title, path), ""]
+            lines += ["", "## Samples", "", *shown_images(shown)]
         return "\n".join(lines).rstrip() + "\n"
 
     def publish(self) -> None:

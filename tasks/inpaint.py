@@ -18,7 +18,7 @@ from diffusion_lib.sample_sets import make_room
 from diffusion_lib.samplers import SamplerSpec
 from tasks.data import finalize_shards, prepare_shards
 from tasks.progress import run_logger, show_progress
-from tasks.render import embedded_png
+from tasks.render import shown_images
 from tasks.retries import worth_retrying
 
 
@@ -94,7 +94,7 @@ def render_completion_report(
     rendered = render_completions(run_dir, completions_dir, out_dir)
     show_progress("render", 1, 1, "rendering completions")
     lines = [f"# Completions of held-out examples, `{run_dir}`", ""]
-    lines += [f"![original, given, completions]({embedded_png(rendered['grid'])})", ""]
+    lines += shown_images([("original, given, completions", rendered["grid"])])
     lines += metrics_table(report)
     lines += [f"- the chain filling the hole: `{rendered['gif']}`", f"- set: `{completions_dir}`"]
     create_markdown_artifact(

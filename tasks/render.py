@@ -18,8 +18,15 @@ from diffusion_lib.samplers import SamplerSpec
 from tasks.progress import show_progress
 from tasks.retries import worth_retrying
 
-# The largest image a markdown artifact embeds: a sampling GIF is 0.1-0.3 MB.
-EMBED_LIMIT_BYTES = 4 << 20
+
+def embed_budget() -> int:
+    """How many bytes of embedded images one markdown artifact holds: Prefect's server drops,
+    with a warning, the event of an artifact whose JSON exceeds its maximum event size
+    (PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default); 64 kB of it is left for
+    the artifact's text."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().server.events.maximum_size_bytes - (64 << 10)
 
 
 def embedded_png(path: pathlib.Path) -> str:
@@ -28,12 +35,19 @@ def embedded_png(path: pathlib.Path) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def shown_image(title: str, path: pathlib.Path) -> str:
-    """Markdown that shows the image at `path` in the UI, or names the path when it is
-    larger than EMBED_LIMIT_BYTES."""
-    if path.stat().st_size > EMBED_LIMIT_BYTES:
-        return f"- {title}: `{path}` ({path.stat().st_size / 2**20:.1f} MB, too large to show here)"
-    return f"![{title}]({embedded_png(path)})"
+def shown_images(images: list[tuple[str, pathlib.Path]]) -> list[str]:
+    """Markdown lines that show each (title, path) in the UI, in order, while their data URIs
+    fit one artifact's `embed_budget`; an image that does not fit is named by its path."""
+    lines, left = [], embed_budget()
+    for title, path in images:
+        uri = embedded_png(path)
+        if len(uri) <= left:
+            lines += [f"![{title}]({uri})", ""]
+            left -= len(uri)
+        else:
+            size = path.stat().st_size / 2**20
+            lines += [f"- {title}: `{path}` ({size:.1f} MB, too large to show here)", ""]
+    return lines
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
@@ -50,13 +64,12 @@ def render_outputs(
     renders = render_run(run_dir, samples_dir, out_dir, step, sampler=sampler)
     show_progress("render", 1, 1, "rendering grid, GIF, plots")
     lines = [f"# Samples from `{run_dir}` (step {renders.step})", ""]
-    for title, path in (
+    images = [
         ("samples", renders.grid),
         ("loss", renders.loss_curve),
         ("score field", renders.score_field),
-    ):
-        if path is not None:
-            lines += [f"![{title}]({embedded_png(path)})", ""]
+    ]
+    lines += shown_images([(title, path) for title, path in images if path is not None])
     lines += [
         f"- sampling GIF: `{renders.gif}`",
         f"- sample shards: `{samples_dir}`",

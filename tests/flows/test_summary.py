@@ -4,6 +4,7 @@ by its path instead of embedded."""
 import pathlib
 
 import pytest
+from prefect.settings import PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES, temporary_settings
 
 from flows.summary import RunSummary, StageRecord
 from tasks import render
@@ -25,12 +26,22 @@ def test_each_version_says_what_it_covers(tmp_path):
     assert summary.covers() == "all stages done"
 
 
-def test_an_image_too_large_to_embed_is_named_by_its_path(tmp_path, monkeypatch):
-    gif = tmp_path / "sampling.gif"
-    gif.write_bytes(b"GIF89a" + bytes(2000))
-    assert render.shown_image("sampling", gif).startswith("![sampling](data:image/gif;base64,R0lG")
-    monkeypatch.setattr(render, "EMBED_LIMIT_BYTES", 1000)
-    assert render.shown_image("sampling", gif) == (
-        f"- sampling: `{gif}` (0.0 MB, too large to show here)"
-    )
+def test_images_are_embedded_while_the_artifact_fits_one_prefect_event(tmp_path):
+    grid, gif = tmp_path / "grid.png", tmp_path / "sampling.gif"
+    grid.write_bytes(b"\x89PNG" + bytes(30_000))
+    # The main job's EDM sampling GIF is 1.4 MB: as base64 (1.9 MB) the artifact's event went
+    # over the server's 1.5 MB and was dropped with a warning.
+    gif.write_bytes(b"GIF89a" + bytes(1_440_000))
+    assert render.embed_budget() == 1_500_000 - 65_536
+    lines = render.shown_images([("samples", grid), ("sampling", gif)])
+    assert lines[0].startswith("![samples](data:image/png;base64,iVBORw")
+    assert lines[2] == f"- sampling: `{gif}` (1.4 MB, too large to show here)"
+    assert sum(len(line) for line in lines) < render.embed_budget()
     assert pathlib.Path(gif).is_file()
+    # The budget is the server's: raised, both are shown; each image is weighed in order.
+    with temporary_settings({PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES: 3_000_000}):
+        shown = render.shown_images([("samples", grid), ("sampling", gif)])
+    assert [line[:12] for line in shown] == ["![samples](d", "", "![sampling](", ""]
+    with temporary_settings({PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES: 2_000_000}):
+        shown = render.shown_images([("sampling", gif), ("samples", grid)])
+    assert shown[0].startswith("![sampling](") and shown[2].startswith("- samples: ")

@@ -151,7 +151,6 @@ def test_a_class_conditional_image_run_renders_one_class_a_column(mnist_tiny_run
     )  # the same, labelled
     generate_samples(tmp_path / "run", tmp_path / "samples", n=100, sampler=SAMPLER)
     renders = render_run(tmp_path / "run", tmp_path / "samples", tmp_path / "r", sampler=SAMPLER)
-    cell = 28 * 3 + 1  # sampling_gif's scale 3, one pixel of padding
+    cell = 28 * 2 + 1  # the GIF's and the grid's scale 2, one pixel of padding
     assert iio.imread(renders.gif, index=0).shape[:2] == (8 * cell + 1, 10 * cell + 1)
-    cell = 28 * 2 + 1  # the grid's scale 2
     assert iio.imread(renders.grid).shape[:2] == (8 * cell + 1, 10 * cell + 1)
