@@ -295,7 +295,7 @@ SDE_VARIANTS: dict[str, dict[str, ModelVariant]] = {
 # N(0, 1.4^2) instead of EDM's N(-1.2, 1.2^2): on these short runs the higher levels, where
 # the digits take shape, need the draws (benchmarks/sample_quality.py's edm-* rows); in
 # precision "auto", mixed bfloat16 on CPUs with bfloat16 units, where it trains faster than
-# float32 at the same FID (benchmarks/sample_quality.py's edm-float32 row, main_job_time.py).
+# float32 at the same FID (benchmarks/sample_quality.py's edm-float32 row beside the main job's).
 _HEUN_35_CHURN = SamplerSpec.of(
     "heun", num_steps=18, s_churn=40.0, s_min=0.05, s_max=50.0, s_noise=1.003
 )
