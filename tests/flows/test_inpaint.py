@@ -80,6 +80,7 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(
     assert not list((toy_run / "inpaint").rglob("shard-*"))
 
 
+@pytest.mark.system  # the longest inpainting test: kept out of the default run's 5-minute budget
 def test_an_image_run_inpaints_with_a_png_mask_and_refuses_one_of_another_size(
     prefect_server, mnist_tiny_run, tmp_path, capsys
 ):
