@@ -95,9 +95,8 @@ def sampling_gif(
     frames, path, *, columns: int = 8, scale: int = 2, hold_last: int = 10, duration: float = 0.08
 ) -> GifInfo:
     """frames [F, B, H, W, C] (a sampler's trajectory) -> a GIF of the grid, last frame held.
-    At `scale` 2, as the sample grid: the main job's 64-digit chain, noisy in most frames,
-    makes a GIF of 0.8 MB, which the run summary shows in the Prefect UI (1.4 MB at scale 3
-    was too large to embed)."""
+    `scale` 2, the sample grid's: a chain's noisy frames compress poorly, and at this scale
+    the main job's GIF stays small enough for the run summary to embed it in the Prefect UI."""
     frames = np.asarray(frames)
     if frames.ndim != 5:
         raise ValueError(f"frames must have shape [F, B, H, W, C], got {frames.shape}")

@@ -29,8 +29,8 @@ def test_each_version_says_what_it_covers(tmp_path):
 def test_images_are_embedded_while_the_artifact_fits_one_prefect_event(tmp_path):
     grid, gif = tmp_path / "grid.png", tmp_path / "sampling.gif"
     grid.write_bytes(b"\x89PNG" + bytes(30_000))
-    # The main job's EDM sampling GIF is 1.4 MB: as base64 (1.9 MB) the artifact's event went
-    # over the server's 1.5 MB and was dropped with a warning.
+    # A 1.4 MB GIF (the main job's EDM chain drawn at scale 3) is 1.9 MB as base64: over the
+    # server's 1.5 MB event limit, the artifact's event would be dropped with a warning.
     gif.write_bytes(b"GIF89a" + bytes(1_440_000))
     assert render.embed_budget() == 1_500_000 - 65_536
     lines = render.shown_images([("samples", grid), ("sampling", gif)])
