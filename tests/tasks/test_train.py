@@ -145,6 +145,7 @@ def test_a_batch_larger_than_the_data_is_bad_input_and_a_fixed_rerun_is_accepted
     assert committed_steps(tmp_path / "runs" / "run" / "checkpoints") == [4]
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_a_deadline_stops_the_workers_after_a_checkpoint(prefect_server, data_dir, tmp_path):
     config = _toy_config(data_dir, num_steps=10**6, checkpoint_every=10**6, log_every=10)
     start = time.time()
