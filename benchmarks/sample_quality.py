@@ -160,13 +160,15 @@ def _publish_pictures(run_dir: pathlib.Path, assets: pathlib.Path = REPO / "docs
     `assets`."""
     import imageio.v3 as iio
 
+    from diffusion_lib.reports import PREVIEW_ROWS
+
     for name, target in PICTURES.items():
         source = run_dir / "render" / name
         staged = assets / f".{target}.partial"
         if name.endswith(".gif"):
             frames = iio.imread(source, index=None)
             durations = [iio.immeta(source, index=i)["duration"] for i in range(len(frames))]
-            tile = (frames.shape[1] - 1) // 8  # the chain's 8 rows of digits, 1-pixel gaps
+            tile = (frames.shape[1] - 1) // PREVIEW_ROWS  # rows of digits, 1-pixel gaps
             iio.imwrite(
                 staged,
                 frames[:, : 1 + GIF_ROWS * tile],

@@ -30,6 +30,8 @@ from diffusion_lib.training.checkpoints import read_marker
 # What the files in out_dir were rendered from (written last): a re-run with the same inputs
 # finds it and renders nothing.
 STAMP = "rendered-from.json"
+# Rows of samples in the grid and the sampling GIF of an image run (a column per class, or 8).
+PREVIEW_ROWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,7 @@ def render_run(
     restored = run.restore(step)
     images = restored.normalizer.is_image
     columns = restored.config.network.num_classes or 8
-    shown = 8 * columns if images else 1000
+    shown = PREVIEW_ROWS * columns if images else 1000
     chain = _set_preview(restored, samples, sampler, shown)
     if chain is None:
         chain = draw(restored, sampler, shown, 0, frames=preview_steps).frames
