@@ -182,9 +182,10 @@ def posterior(args) -> Table:
 
     from diffusion_lib.data import open_dataset
     from diffusion_lib.masks import mask_of
+    from diffusion_lib.run import Run
 
-    train = open_dataset(args.run_dir / "data" / "train").read()
-    test = open_dataset(args.run_dir / "data" / "test").read()
+    run = Run(args.run_dir)
+    train, test = (open_dataset(run.data_dir(split)).read() for split in ("train", "test"))
     given = mask_of(args.masks, train.values.shape[1:]).reshape(-1)
     known = train.values.reshape(len(train.values), -1)[:, given].astype(np.float64) / 255
     held = test.values.reshape(len(test.values), -1)[:, given].astype(np.float64) / 255
