@@ -203,6 +203,7 @@ def test_two_workers_match_two_replicas_and_one_killed_worker_resumes_both(
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_divergence_fails_at_once_without_a_restart(prefect_server, data_dir, tmp_path):
     """A diverging run (a learning rate of 1e30) stops at its first non-finite step: the
     workers return with the step named, and the engine does not start them again."""
