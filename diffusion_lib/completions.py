@@ -12,27 +12,49 @@ images), `source_index` (its row in the run's test set; the examples are a seede
 it), `mask_name` and `completion`. Rows are
 drawn in chunks of `chunk_rows` (a multiple of `completions`), chunk j from seed [seed, j], so a
 lost shard is drawn again bit for bit. The given entries of every completion are the original's,
-bit for bit.
+bit for bit. Chunk 0 is drawn with its chain (the filling GIF's frames) and remembered in this
+process, so the set's pictures do not draw it again.
 
     completion_set_spec(run_dir, masks=["top-known"], images=100, completions=4,
                         sampler=SamplerSpec.of("ddim", num_steps=100, eta=1.0)) -> DatasetSpec
+    completion_set_in(directory, run_dir, **the same) -> DatasetSpec   # resumes a set there
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import json
 import pathlib
+import threading
 
 import numpy as np
 
 from diffusion_lib.data import DataError, DatasetSpec, open_dataset
 from diffusion_lib.data.sources.base import Examples, check_range, register_source
-from diffusion_lib.draw import RECONSTRUCTION_FAMILIES, Given, check_compatible, draw, fills_in
+from diffusion_lib.draw import (
+    RECONSTRUCTION_FAMILIES,
+    Given,
+    check_compatible,
+    draw,
+    fills_in,
+    preview_steps,
+)
 from diffusion_lib.masks import MaskError, mask_of
 from diffusion_lib.run import Run
+from diffusion_lib.sample_sets import fingerprints_in
 from diffusion_lib.samplers import SamplerSpec
 
 ROWS_PER_SHARD = 400
+# A chunk (one batch through the sampler) holds this many examples' completions: a larger
+# batch keeps the cores busier per row, and memory holds one chunk. A set planned in the chunks
+# of an earlier default is resumed in its own (`completion_set_in`).
+CHUNK_EXAMPLES = 50
+EARLIER_CHUNK_EXAMPLES = (10,)
+# First chunks drawn with their chain in this process, by what decides them.
+_FIRST_CHUNKS_KEPT = 4
+_first_chunks: collections.OrderedDict = collections.OrderedDict()
+_first_chunks_lock = threading.Lock()
 
 
 class DiffusionCompletions:
@@ -132,13 +154,33 @@ class DiffusionCompletions:
         mask.setflags(write=False)
         return mask
 
-    def draw_rows(self, chunk: int, *, frames=None):
-        """(Drawn, originals, masks, labels) of chunk `chunk`."""
+    def draw_rows(self, chunk: int):
+        """(Drawn, originals, masks, labels) of chunk `chunk`; chunk 0 with its chain at the
+        `preview_steps` (drawn once in this process for the same set and checkpoint)."""
         start = chunk * self.chunk_rows
         stop = min(start + self.chunk_rows, self.n)
         mask_index, example, _ = self.rows(start, stop)
         originals = self._originals.values[example]
         masks = self.masks_of(mask_index, example)
+        labels = None if self._originals.labels is None else self._originals.labels[example]
+        restored = self.run.restore(self.step)
+        if chunk:
+            return self._draw(restored, chunk, originals, masks), originals, masks, labels
+        key = (restored.identity, json.dumps(self.metadata(), sort_keys=True), self.n,
+               self.chunk_rows) if restored.identity else None  # fmt: skip
+        with _first_chunks_lock:
+            drawn = _first_chunks.get(key)
+        if drawn is None:
+            drawn = self._draw(restored, 0, originals, masks, frames=preview_steps)
+            drawn.samples.setflags(write=False)
+            with _first_chunks_lock:
+                if key is not None:
+                    _first_chunks[key] = drawn
+                while len(_first_chunks) > _FIRST_CHUNKS_KEPT:
+                    _first_chunks.popitem(last=False)
+        return drawn, originals, masks, labels
+
+    def _draw(self, restored, chunk: int, originals, masks, *, frames=None):
         given = Given(
             originals,
             masks,
@@ -146,14 +188,11 @@ class DiffusionCompletions:
             resamplings=self.resamplings,
             reconstruction=self.reconstruction,
         )
-        restored = self.run.restore(self.step)
         try:
-            drawn = draw(restored, self.spec, stop - start, [self.seed, chunk], frames=frames,
-                         given=given)  # fmt: skip
+            return draw(restored, self.spec, len(originals), [self.seed, chunk], frames=frames,
+                        given=given)  # fmt: skip
         except ValueError as err:  # NaN or Inf in the samples
             raise DataError(f"chunk {chunk} of the completions: {err}") from None
-        labels = None if self._originals.labels is None else self._originals.labels[example]
-        return drawn, originals, masks, labels
 
     def read(self, start: int, stop: int) -> Examples:
         check_range(start, stop, self.n)
@@ -207,7 +246,8 @@ def completion_set_spec(
     `masks` (specs of `diffusion_lib.masks`; a mask that gives all or nothing, or does not fit
     the data, is refused), `images` held-out examples (the first of the run's test set),
     `completions` draws of each, by `sampler` (one that can fill in given entries), from
-    checkpoint `step` (default: the latest). `chunk_rows` defaults to 10 examples' completions.
+    checkpoint `step` (default: the latest). `chunk_rows` defaults to CHUNK_EXAMPLES examples'
+    completions.
     The examples are drawn from the test set by `seed`, as the completions are. `jump_length`
     and `resamplings` are RePaint's, `reconstruction` the weight of reconstruction guidance
     (`draw.reconstruction_guided`; DDPM runs' and the score-SDE samplers)."""
@@ -235,7 +275,7 @@ def completion_set_spec(
             f"reconstruction guidance is for DDPM runs' samplers and the score-SDE samplers, "
             f"not {sampler.name!r}"
         )
-    chunk_rows = chunk_rows or min(images, 10) * completions
+    chunk_rows = chunk_rows or min(images, CHUNK_EXAMPLES) * completions
     if chunk_rows % completions:
         raise DataError(f"chunk_rows ({chunk_rows}) must be a multiple of completions")
     rows_per_shard = max(chunk_rows, rows_per_shard - rows_per_shard % chunk_rows)
@@ -264,6 +304,22 @@ def completion_set_spec(
     )
 
 
+def completion_set_in(directory: str | pathlib.Path, run_dir: str | pathlib.Path, **options):
+    """`completion_set_spec(run_dir, **options)` for the set to write in `directory`: without a
+    `chunk_rows` of the caller's, a set already there drawn in the chunks of an earlier default
+    keeps them (resumed, or read back when finished) instead of being drawn again."""
+    spec = completion_set_spec(run_dir, **options)
+    held = fingerprints_in(pathlib.Path(directory))
+    if options.get("chunk_rows") is not None or not held or spec.fingerprint() in held:
+        return spec
+    for examples in EARLIER_CHUNK_EXAMPLES:
+        rows = min(options["images"], examples) * options["completions"]
+        earlier = completion_set_spec(run_dir, **{**options, "chunk_rows": rows})
+        if earlier.fingerprint() in held:
+            return earlier
+    return spec
+
+
 # Hidden pixels in the "given" column of the grid: mid-grey, so a hole shows on any digit.
 HOLE = 128
 
@@ -280,7 +336,6 @@ def render_completions(
     and `filling.gif`, the chain of the set's first chunk filling the hole (drawn again, from
     the chunk's own seed, so it ends on the completions the set holds)."""
     from diffusion_lib import render
-    from diffusion_lib.draw import preview_steps
     from diffusion_lib.reports import reference_points
 
     out = pathlib.Path(out_dir)
@@ -290,7 +345,7 @@ def render_completions(
     source = DiffusionCompletions("completions", **options)
     k = source.completions
     shown = min(examples, source.images, source.chunk_rows // k)
-    drawn, originals, masks, _ = source.draw_rows(0, frames=preview_steps)
+    drawn, originals, masks, _ = source.draw_rows(0)
     stored = completions.read(0, shown * k).values
     if not np.array_equal(drawn.samples[: shown * k].astype(stored.dtype), stored):
         raise DataError(f"{completions_dir}: the set's first chunk is not the one drawn now")

@@ -209,7 +209,7 @@ def sample_set_spec(
     )
 
 
-def _fingerprints_in(directory: pathlib.Path) -> set[str]:
+def fingerprints_in(directory: pathlib.Path) -> set[str]:
     """The fingerprints of the sample set(s) a directory holds (manifest and readable shards)."""
     found = set()
     try:
@@ -233,7 +233,7 @@ def make_room(spec: DatasetSpec, directory: str | pathlib.Path) -> pathlib.Path 
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         return None
-    others = _fingerprints_in(directory) - {spec.fingerprint()}
+    others = fingerprints_in(directory) - {spec.fingerprint()}
     if not others:
         return None
     base = f"{directory.name}-{min(others)[:12]}"

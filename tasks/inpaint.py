@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib._atomic import atomic_write_bytes
-from diffusion_lib.completions import completion_set_spec, render_completions
+from diffusion_lib.completions import completion_set_in, render_completions
 from diffusion_lib.data import DatasetSpec, open_dataset, plan_dataset
 from diffusion_lib.evaluation.inpainting import METHODS, completion_metrics
 from diffusion_lib.sample_sets import make_room
@@ -27,8 +27,9 @@ def plan_completions(
     run_dir: str, out_dir: str, *, sampler: SamplerSpec, step: int | None, **options
 ) -> tuple[DatasetSpec, int]:
     """The completion set's spec and its shard count. Another set in `out_dir` (other masks,
-    sampler or checkpoint) is moved beside it; the same set half-written stays and resumes."""
-    spec = completion_set_spec(run_dir, sampler=sampler, step=step, **options)
+    sampler or checkpoint) is moved beside it; the same set half-written, or drawn in the chunks
+    of an earlier default, stays and resumes."""
+    spec = completion_set_in(out_dir, run_dir, sampler=sampler, step=step, **options)
     moved = make_room(spec, out_dir)
     if moved is not None:
         run_logger("tasks.inpaint").info("an earlier completion set was moved to %s", moved)
