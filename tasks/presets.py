@@ -313,9 +313,9 @@ EDM_VARIANTS: dict[str, ModelVariant] = {
         ),
         _HEUN_35_CHURN,
         # Filling in: Heun in 100 steps with churn, reconstruction guidance of weight 30 and 2
-        # resamplings: of the methods benchmarks/inpainting.py compares (docs/inpainting.md),
-        # the one the classifier recognises most often with the top half given, within the
-        # stage's 3-minute budget for 100 digits x 4 completions.
+        # resamplings: of the methods benchmarks/inpainting.py compares (docs/inpainting.md's
+        # 500-digit table), the one the classifier recognises most often with the top half
+        # given, within the stage's 3-minute budget for 100 digits x 4 completions.
         inpaint=InpaintPart(
             _HEUN_35_CHURN.replace(num_steps=100), resamplings=2, reconstruction=30.0
         ),
