@@ -13,7 +13,7 @@ it), `mask_name` and `completion`. Rows are
 drawn in chunks of `chunk_rows` (a multiple of `completions`), chunk j from seed [seed, j], so a
 lost shard is drawn again bit for bit. The given entries of every completion are the original's,
 bit for bit. Chunk 0 is drawn with its chain (the filling GIF's frames) and remembered in this
-process, so the set's pictures do not draw it again.
+process (`draw.remember`), so the set's pictures do not draw it again.
 
     completion_set_spec(run_dir, masks=["top-known"], images=100, completions=4,
                         sampler=SamplerSpec.of("ddim", num_steps=100, eta=1.0)) -> DatasetSpec
@@ -22,11 +22,9 @@ process, so the set's pictures do not draw it again.
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import pathlib
-import threading
 
 import numpy as np
 
@@ -39,6 +37,7 @@ from diffusion_lib.draw import (
     draw,
     fills_in,
     preview_steps,
+    remember,
 )
 from diffusion_lib.masks import MaskError, mask_of
 from diffusion_lib.run import Run
@@ -51,10 +50,6 @@ ROWS_PER_SHARD = 400
 # of an earlier default is resumed in its own (`completion_set_in`).
 CHUNK_EXAMPLES = 50
 EARLIER_CHUNK_EXAMPLES = (10,)
-# First chunks drawn with their chain in this process, by what decides them.
-_FIRST_CHUNKS_KEPT = 4
-_first_chunks: collections.OrderedDict = collections.OrderedDict()
-_first_chunks_lock = threading.Lock()
 
 
 class DiffusionCompletions:
@@ -166,18 +161,12 @@ class DiffusionCompletions:
         restored = self.run.restore(self.step)
         if chunk:
             return self._draw(restored, chunk, originals, masks), originals, masks, labels
-        key = (restored.identity, json.dumps(self.metadata(), sort_keys=True), self.n,
-               self.chunk_rows) if restored.identity else None  # fmt: skip
-        with _first_chunks_lock:
-            drawn = _first_chunks.get(key)
-        if drawn is None:
-            drawn = self._draw(restored, 0, originals, masks, frames=preview_steps)
-            drawn.samples.setflags(write=False)
-            with _first_chunks_lock:
-                if key is not None:
-                    _first_chunks[key] = drawn
-                while len(_first_chunks) > _FIRST_CHUNKS_KEPT:
-                    _first_chunks.popitem(last=False)
+        key = ("completions", restored.identity, json.dumps(self.metadata(), sort_keys=True),
+               self.n, self.chunk_rows)  # fmt: skip
+        drawn = remember(
+            key if restored.identity else None,
+            lambda: self._draw(restored, 0, originals, masks, frames=preview_steps),
+        )
         return drawn, originals, masks, labels
 
     def _draw(self, restored, chunk: int, originals, masks, *, frames=None):
@@ -333,8 +322,9 @@ def render_completions(
 ) -> dict[str, pathlib.Path]:
     """Writes into `out_dir`, for the set's first mask: `grid.png` (images: a row per example,
     original | given | its completions; points: the completed points over the held-out data)
-    and `filling.gif`, the chain of the set's first chunk filling the hole (drawn again, from
-    the chunk's own seed, so it ends on the completions the set holds)."""
+    and `filling.gif`, the chain of the set's first chunk filling the hole (remembered from the
+    set's drawing in this process, or drawn again from the chunk's own seed: it ends on the
+    completions the set holds)."""
     from diffusion_lib import render
     from diffusion_lib.reports import reference_points
 

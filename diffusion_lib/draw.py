@@ -422,28 +422,36 @@ def draw_chunk(
         )
 
     identity = getattr(restored, "identity", ())
-    if not identity:  # weights of unknown origin: nothing to remember them by
-        return fresh()
     replicas = strategy.num_replicas_in_sync if strategy else 1
     # data_rms is not part of the key: it only sets the RMS an annealed chain's health compares
     # against, which is recomputed for the caller's (an evaluation measures it, a sample set
     # does not: with it in the key the sample set redrew the evaluation's chunk).
     key = (identity, spec, size, int(seed), int(index), replicas)
-    with _memo_lock:
-        remembered = _memo.get(key)
-        if remembered is not None:
-            _memo.move_to_end(key)
-    if remembered is None:
-        remembered = fresh()
-        remembered.samples.setflags(write=False)
-        with _memo_lock:
-            _memo[key] = remembered
-            while sum(_nbytes(d) for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
-                _memo.popitem(last=False)
+    remembered = remember(key if identity else None, fresh)
     health = tuple(
         LevelHealth(h.sigma, h.rms, float(np.hypot(data_rms, h.sigma))) for h in remembered.health
     )
     return dataclasses.replace(remembered, health=health)
+
+
+def remember(key, fresh: Callable[[], Drawn]) -> Drawn:
+    """The draw remembered in this process under `key` (hashable: what decides the draw), or
+    `fresh()` remembered under it, its samples read-only; with key None (weights of unknown
+    origin: nothing to remember them by) `fresh()` alone."""
+    if key is None:
+        return fresh()
+    with _memo_lock:
+        remembered = _memo.get(key)
+        if remembered is not None:
+            _memo.move_to_end(key)
+            return remembered
+    remembered = fresh()
+    remembered.samples.setflags(write=False)
+    with _memo_lock:
+        _memo[key] = remembered
+        while sum(_nbytes(d) for d in _memo.values()) > MEMO_BYTES and len(_memo) > 1:
+            _memo.popitem(last=False)
+    return remembered
 
 
 def _nbytes(drawn: Drawn) -> int:

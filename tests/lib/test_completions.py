@@ -13,6 +13,7 @@ from diffusion_lib.completions import (
     render_completions,
 )
 from diffusion_lib.data import open_dataset, prepare_dataset
+from diffusion_lib.draw import clear_memo
 from diffusion_lib.samplers import SamplerSpec
 
 OPTIONS = {
@@ -81,7 +82,7 @@ def test_the_pictures_reuse_the_first_chunk_the_set_drew_in_this_process(
 
     # In another process (nothing remembered) the chunk is drawn again, the same bit for bit:
     # render_completions checks it against the set, and draws the same pictures.
-    completions._first_chunks.clear()
+    clear_memo()
     again = render_completions(toy_ddpm_run, tmp_path / "set", tmp_path / "again")
     assert len(calls) == chunks + 1
     for name in ("grid", "gif"):
