@@ -177,6 +177,7 @@ def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     ]
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_a_rerun_repairs_a_damaged_config_and_a_training_log_cut_short(tiny_run, tmp_path):
     """A copy of the finished run with config.json cut short and metrics.jsonl cut in the middle
     of a row: a plain re-run completes, config.json is back byte for byte, the log holds every
