@@ -52,7 +52,7 @@ CHUNK_EXAMPLES = 50
 EARLIER_CHUNK_EXAMPLES = (10,)
 
 
-def _chunk_rows(images: int, completions: int, examples: int = CHUNK_EXAMPLES) -> int:
+def chunk_rows_for(images: int, completions: int, examples: int = CHUNK_EXAMPLES) -> int:
     """Rows of a chunk of `examples` examples' completions (fewer when the set is smaller)."""
     return min(images, examples) * completions
 
@@ -269,7 +269,7 @@ def completion_set_spec(
             f"reconstruction guidance is for DDPM runs' samplers and the score-SDE samplers, "
             f"not {sampler.name!r}"
         )
-    chunk_rows = chunk_rows or _chunk_rows(images, completions)
+    chunk_rows = chunk_rows or chunk_rows_for(images, completions)
     if chunk_rows % completions:
         raise DataError(f"chunk_rows ({chunk_rows}) must be a multiple of completions")
     rows_per_shard = max(chunk_rows, rows_per_shard - rows_per_shard % chunk_rows)
@@ -307,7 +307,7 @@ def completion_set_in(directory: str | pathlib.Path, run_dir: str | pathlib.Path
     if options.get("chunk_rows") is not None or not held or spec.fingerprint() in held:
         return spec
     for examples in EARLIER_CHUNK_EXAMPLES:
-        rows = _chunk_rows(options["images"], options["completions"], examples)
+        rows = chunk_rows_for(options["images"], options["completions"], examples)
         earlier = completion_set_spec(run_dir, **{**options, "chunk_rows": rows})
         if earlier.fingerprint() in held:
             return earlier

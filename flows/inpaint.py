@@ -41,6 +41,7 @@ def inpaint_flow(
     resamplings: Positive | None = None,
     jump_length: Positive | None = None,
     reconstruction: Weight | None = None,
+    chunk_examples: Positive | None = None,
 ) -> dict:
     """Fills in held-out examples of a finished run under each mask, scores the completions
     against two baselines and renders them. Returns the set, the report and the pictures."""
@@ -74,6 +75,7 @@ def inpaint_flow(
             resamplings=resamplings,
             jump_length=jump_length,
             reconstruction=reconstruction,
+            chunk_examples=chunk_examples,
         )
         futures = completion_shards.map(unmapped(set_spec), unmapped(directory), range(count))
         files = follow_shards(

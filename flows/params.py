@@ -15,6 +15,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field
 
+from diffusion_lib.completions import CHUNK_EXAMPLES
 from diffusion_lib.samplers import SAMPLERS
 from tasks.presets import BASE_MODEL, DEFAULT_MODELS, MODELS, PRESETS
 
@@ -93,6 +94,11 @@ MEANINGS = {
         "clean example towards the given entries at every step (0: none; one backward pass "
         "through the network a step; DDPM runs' and the score-SDE samplers; default: the "
         "preset's)"
+    ),
+    "chunk_examples": (
+        "examples filled in at once, each with its completions (default: "
+        f"{CHUNK_EXAMPLES}); fewer hold less memory, as reconstruction guidance on a large "
+        "network on a small GPU needs; another value draws another set"
     ),
 }
 

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from diffusion_lib._atomic import atomic_write_bytes
-from diffusion_lib.completions import completion_set_in, render_completions
+from diffusion_lib.completions import chunk_rows_for, completion_set_in, render_completions
 from diffusion_lib.data import DatasetSpec, open_dataset, plan_dataset
 from diffusion_lib.evaluation.inpainting import METHODS, completion_metrics
 from diffusion_lib.sample_sets import make_room
@@ -24,11 +24,22 @@ from tasks.retries import worth_retrying
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=worth_retrying)
 def plan_completions(
-    run_dir: str, out_dir: str, *, sampler: SamplerSpec, step: int | None, **options
+    run_dir: str,
+    out_dir: str,
+    *,
+    sampler: SamplerSpec,
+    step: int | None,
+    chunk_examples: int | None = None,
+    **options,
 ) -> tuple[DatasetSpec, int]:
-    """The completion set's spec and its shard count. Another set in `out_dir` (other masks,
-    sampler or checkpoint) is moved beside it; the same set half-written, or drawn in the chunks
-    of an earlier default, stays and resumes."""
+    """The completion set's spec and its shard count, drawn `chunk_examples` examples at a time
+    (None: the default, `completions.CHUNK_EXAMPLES`). Another set in `out_dir` (other masks,
+    sampler, checkpoint or chunks) is moved beside it; the same set half-written, or drawn in
+    the chunks of an earlier default, stays and resumes."""
+    if chunk_examples is not None:
+        options["chunk_rows"] = chunk_rows_for(
+            options["images"], options["completions"], chunk_examples
+        )
     spec = completion_set_in(out_dir, run_dir, sampler=sampler, step=step, **options)
     moved = make_room(spec, out_dir)
     if moved is not None:

@@ -67,6 +67,7 @@ def test_imputation_on_the_toy_run_writes_the_set_report_and_pictures(prefect_se
         (["--images", "5000"], "holds 1000 examples, not 5000"),
         (["--sampler", "dpm_solver_pp"], "cannot fill in given entries"),
         (["--reconstruction", "-1"], "reconstruction"),
+        (["--chunk-examples", "0"], "chunk_examples: Input should be greater than 0"),
     ],
 )
 def test_bad_input_exits_2_naming_it_and_writes_nothing(

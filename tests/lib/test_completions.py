@@ -69,6 +69,7 @@ def test_the_pictures_reuse_the_first_chunk_the_set_drew_in_this_process(
 
     draw = completions.draw
     monkeypatch.setattr(completions, "draw", counted)
+    clear_memo()  # another test in this process may have drawn the same set's first chunk
     spec = completion_set_spec(toy_ddpm_run, **OPTIONS)
     prepare_dataset(spec, tmp_path / "set")
     chunks = -(-len(open_dataset(tmp_path / "set")) // dict(spec.options)["chunk_rows"])
