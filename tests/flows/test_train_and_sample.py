@@ -146,6 +146,7 @@ def test_tiny_preset_end_to_end(tiny_run):
         assert any(m.startswith(f"stage {stage!r} finished in") for m in messages)
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_a_rerun_redoes_nothing_and_a_corrupt_shard_is_rebuilt(tiny_run):
     """One re-run of the finished run, with one training shard corrupted since: that shard is
     rebuilt byte for byte and nothing else is redone (the other shards, the training log and
@@ -250,6 +251,7 @@ def test_score_model_and_a_warm_start_from_the_previous_run(prefect_server, tmp_
     assert second.result()["step"] == 30
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_a_failing_stage_is_named_in_the_failure_report(tiny_run):
     root, _ = tiny_run
     # r1 trained a DDPM: training a score model in the same directory is refused (bad input,

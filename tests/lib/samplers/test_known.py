@@ -92,6 +92,7 @@ def test_where_the_parts_are_independent_the_replacement_method_is_the_plain_cha
         np.testing.assert_array_equal(filled[:, 1], plain[:, 1], err_msg=name)
 
 
+@pytest.mark.system  # kept out of the default run's 5-minute budget
 def test_where_they_are_correlated_resampling_draws_the_conditional():
     """Tolerances: the mean within 0.05 (a twelfth of the conditional's std 0.6, 2.6 standard
     errors at n = 2,000) and the variance within 15% of the conditional's, times the sampler's
