@@ -497,8 +497,13 @@ class ShardedDataset:
         dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
         if normalize:
             normalize_fn = self.normalizer()
+            # Not converted by autograph (nothing here branches on a tensor): a converted
+            # function's source goes to a temporary file that only a normal exit removes, and
+            # training workers are ended by signals.
             dataset = dataset.map(
-                lambda b: Batch(normalize_fn(b.x), b.label, b.index, b.step),
+                tf.autograph.experimental.do_not_convert(
+                    lambda b: Batch(normalize_fn(b.x), b.label, b.index, b.step)
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
