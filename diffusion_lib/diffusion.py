@@ -486,7 +486,7 @@ class GaussianDiffusion:
 
         # One compiled step per timestep (traced once; t is a tensor): eager op dispatch would
         # otherwise dominate for small networks, ~36 ms per step.
-        @tf.function
+        @tf.function(autograph=False)
         def terms_at(step):
             t = tf.fill([tf.shape(x0)[0]], step)
             noise = tf.random.stateless_normal(

@@ -89,7 +89,7 @@ def ode_log_likelihood(
         tt = tf.fill([tf.shape(x_t)[0]], t)
         return sde.reverse_drift(score_fn, x_t, tt, probability_flow=True)
 
-    @tf.function
+    @tf.function(autograph=False)
     def hutchinson(t, state):
         x_t = state[0]
         with tf.GradientTape() as tape:
@@ -99,7 +99,7 @@ def ode_log_likelihood(
         grad = tape.gradient(projected, x_t)
         return drift, _per_example_sum(grad * v)
 
-    @tf.function
+    @tf.function(autograph=False)
     def exact(t, state):
         x_t = state[0]
         flat_shape = tf.shape(x_t)

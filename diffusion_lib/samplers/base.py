@@ -243,7 +243,7 @@ def score_table_step(score_fn: Callable, sigmas, drifts, spreads) -> Callable:
     drift_table = tf.constant(np.asarray(drifts, np.float64))
     spread_table = tf.constant(np.asarray(spreads, np.float64))
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x_k, i, step_seed):
         dt = x_k.dtype
         sigma = tf.fill([tf.shape(x_k)[0]], tf.cast(sigma_table[i], dt))
@@ -378,7 +378,9 @@ def _on_replicas(fn: Callable, strategy: tf.distribute.Strategy) -> Callable:
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         return fn(state, *rest, tf.random.experimental.stateless_fold_in(seed, replica))
 
-    return tf.function(lambda state, *args: strategy.run(replica_fn, args=(state, *args)))
+    return tf.function(
+        lambda state, *args: strategy.run(replica_fn, args=(state, *args)), autograph=False
+    )
 
 
 # Folded into a step's seed for the draw that re-noises the known entries.
@@ -402,14 +404,14 @@ def _known_chain(step: Callable, x: tf.Tensor, known: Known, marginals, chain_se
         noised = tf.cast(alpha[p], dt) * values_p + tf.cast(std[p], dt) * z
         return tf.where(mask_p > 0.5, noised, x_p)
 
-    @tf.function
+    @tf.function(autograph=False)
     def known_step(state, i, seed):
         x_i, values_i, mask_i = state
         x_next = step(x_i, i, seed)
         noise_seed = tf.random.experimental.stateless_fold_in(seed, _KNOWN_NOISE)
         return settle(x_next, values_i, mask_i, i + 1, noise_seed), values_i, mask_i
 
-    @tf.function
+    @tf.function(autograph=False)
     def lift(state, start, end, seed):
         x_s, values_s, mask_s = state
         dt = x_s.dtype

@@ -111,7 +111,7 @@ def ddim_sample(
     init_seed, chain_seed = split_seed(seed)
     x = initial_state(noise, shape, init_seed, dtype, "noise")
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x_t, i, step_seed):
         t = tf.fill([tf.shape(x_t)[0]], t_table[i])
         pred_x0, pred_noise, _ = diffusion.model_predictions(model, x_t, t, clip_x0=clip_x0)

@@ -51,7 +51,7 @@ def ddpm_sample(
     x = initial_state(noise, shape, init_seed, dtype, "noise")
     num_timesteps = diffusion.num_timesteps
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x_t, i, step_seed):
         t = tf.fill([tf.shape(x_t)[0]], num_timesteps - 1 - i)
         out = diffusion.p_mean_variance(model, x_t, t, clip_x0=clip_x0)

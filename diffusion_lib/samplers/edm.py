@@ -153,7 +153,7 @@ def _sample(
     def denoised(x_hat, level, t, alpha):
         return _denoised(score_fn, x_hat, level, t, alpha)
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x_hat, i, step_seed):
         dt = x_hat.dtype
         sigma, hat, after = (tf.cast(table[k][i], dt) for k in ("sigma", "sigma_hat", "sigma_next"))

@@ -114,7 +114,7 @@ def langevin_dynamics(
     _, chain_seed = split_seed(seed)
     x = initial_state(x, None, None, None, "x")
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x_k, i, step_seed):
         z = tf.random.stateless_normal(tf.shape(x_k), step_seed, dtype=x_k.dtype)
         alpha = tf.constant(step_size, x_k.dtype)  # not tf.cast: that rounds via float32

@@ -158,7 +158,7 @@ def dpm_solver_pp_sample(
     table_c = tf.constant(dpm_solver_tables(sde, times, order))
     x, chain_seed = _start(sde, x, shape, seed, dtype)
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(state, i, step_seed):
         del step_seed  # deterministic
         x_k, m1, m2 = state
@@ -183,7 +183,7 @@ def probability_flow_fn(score_fn: ScoreFn, sde: SDE, strategy=None):
     """fun(t, (x,)) -> (dx/dt,) of the probability-flow ODE for `dormand_prince`, the network
     call split over the strategy's replicas."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def drift(x_r, t):
         return sde.reverse_drift(
             score_fn, x_r, tf.fill([tf.shape(x_r)[0]], t), probability_flow=True

@@ -174,7 +174,7 @@ def pc_step(score_fn: ScoreFn, tables: PredictorTables, corrector_steps: int, sn
         for name in ("times", "scale", "drift", "spread", "corrector_ratio")
     }
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(x, i, step_seed):
         dt = x.dtype
         t = tf.cast(table["times"][i], dt)
@@ -212,7 +212,7 @@ def _start(sde: SDE, x, shape, seed, dtype) -> tuple[tf.Tensor, tf.Tensor]:
 def denoise(score_fn: ScoreFn, sde: SDE, x: tf.Tensor, t: float, strategy=None) -> tf.Tensor:
     """Tweedie's formula at time t: E[x(0) | x(t) = x] = (x + std(t)^2 s(x, t)) / alpha(t)."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def one(x_r):
         tt = tf.fill([tf.shape(x_r)[0]], tf.constant(t, x_r.dtype))
         return data_prediction(sde, _checks.call_network(score_fn, x_r, tt), x_r, tt)
