@@ -294,7 +294,9 @@ def run_chain(
     its num_steps + 1 positions) re-noise them after every step, and the chain follows
     `resampling_schedule`; frames, `watch` and `progress` see each position's last visit.
 
-    `step` should be a `tf.function`; i is an int32 scalar tensor, so it traces once.
+    `step` should be a `tf.function(autograph=False)`; i is an int32 scalar tensor, so it traces
+    once. A step branches on a tensor with `tf.cond` (autograph would write each converted
+    function's source to a temporary file that a process ended by a signal leaves behind).
     With a `strategy`, the batch is split evenly over its replicas and every step runs on all of
     them at once; each replica folds its id into the step seed, so the samples are a function of
     (seed, replica count).
